@@ -1,0 +1,3 @@
+from dsport.core.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,27 @@
+"""The float reference: clear float64 PyTorch for every op, the oracle every
+other backend is judged against. Float outputs come back in float64 (the
+reference is exempt from the output dtypes of the spec, which bind real
+backends); FP8, integer and byte outputs come back bit-exact in their dtype.
+
+FP8 ops here are the "quant-mimicking" reference: they take the same FP8
+inputs a kernel takes and apply the same quantization, so FP8 kernels can be
+checked tightly against them.
+"""
+from __future__ import annotations
+
+from dsport.backends.reference import quant
+
+NAME = "reference"
+DESCRIPTION = "float64 PyTorch, written for clarity; the oracle of conformance"
+PRECISION = "float64 (quantization scale arithmetic in float32, as the contract says)"
+
+OPS = {
+    "act_quant": quant.act_quant,
+    "dequant": quant.dequant,
+    "weight_dequant": quant.weight_dequant,
+    "fp8_gemm": quant.fp8_gemm,
+}
+
+
+def available() -> tuple[bool, str]:
+    return True, "pure PyTorch; runs on any device"

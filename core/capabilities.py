@@ -1,0 +1,78 @@
+"""What a backend's implementation of an op can serve. A capability check
+answers with human-readable reasons, never a bare boolean: an empty list
+means "supported"."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dsport.core.spec import DTYPE_GROUPS, OpSpec, Param, Tensor
+
+
+@dataclass(frozen=True)
+class Capability:
+    """Limits of one implementation. ``None`` means "no limit"."""
+
+    dtypes: tuple[torch.dtype, ...] | None = None   # float input dtypes accepted
+    fp8_formats: tuple[str, ...] | None = None      # FP8 element formats (by name)
+    scale_formats: tuple[str, ...] | None = None
+    heads: tuple[int, ...] | None = None            # head counts H
+    topk_multiple: int | None = None                # k must be a multiple of this
+    topk_max: int | None = None
+    page_sizes: tuple[int, ...] | None = None       # KV-cache block sizes BS
+    devices: tuple[str, ...] | None = None          # torch device types
+    archs: tuple[str, ...] | None = None            # GPU archs the code is built for
+    note: str = ""
+
+    def reasons(self, query: Mapping[str, Any]) -> list[str]:
+        """Why this implementation cannot serve ``query`` (see :func:`query_of`)."""
+        out: list[str] = []
+
+        def need(key: str, allowed: tuple | None, what: str) -> None:
+            v = query.get(key)
+            if allowed is not None and v is not None and v not in allowed:
+                out.append(f"{what} {_name(v)} not in {[_name(a) for a in allowed]}")
+
+        need("dtype", self.dtypes, "dtype")
+        need("fp8_format", self.fp8_formats, "fp8 format")
+        need("scale_format", self.scale_formats, "scale format")
+        need("heads", self.heads, "head count")
+        need("page_size", self.page_sizes, "page size")
+        need("device", self.devices, "device")
+        need("arch", self.archs, "arch")
+        k = query.get("topk")
+        if k is not None and self.topk_multiple and k % self.topk_multiple:
+            out.append(f"topk {k} is not a multiple of {self.topk_multiple}")
+        if k is not None and self.topk_max is not None and k > self.topk_max:
+            out.append(f"topk {k} > {self.topk_max}")
+        return out
+
+
+def _name(v: Any) -> str:
+    return str(v).removeprefix("torch.")
+
+
+def query_of(spec: OpSpec, bound: Mapping[str, Any], dims: Mapping[str, Any]) -> dict[str, Any]:
+    """The capability-relevant facts of one call: dtype, fp8/scale format,
+    heads, topk, page size and device, read off the validated arguments."""
+    q: dict[str, Any] = {}
+    for a in spec.args:
+        v = bound.get(a.name)
+        if isinstance(a, Tensor) and isinstance(v, torch.Tensor):
+            q.setdefault("device", v.device.type)
+            if v.dtype in DTYPE_GROUPS["fp8"]:
+                q.setdefault("fp8_format", "e4m3fn" if v.dtype == torch.float8_e4m3fn else "e4m3fnuz")
+            elif v.dtype.is_floating_point and a.name not in ("weights", "k_scale", "s", "sa", "sb", "freqs"):
+                q.setdefault("dtype", v.dtype)
+        elif isinstance(a, Param) and a.name in ("fmt", "scale_fmt") and v is not None:
+            q.setdefault("fp8_format" if a.name == "fmt" else "scale_format", str(v))
+    if "H" in dims:
+        q["heads"] = dims["H"]
+    if "k" in dims:
+        q["topk"] = dims["k"]
+    if "BS" in dims:
+        q["page_size"] = dims["BS"]
+    return q

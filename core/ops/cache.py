@@ -1,0 +1,42 @@
+"""KV-cache byte layouts: the 656-byte FP8 MLA latent cache and the
+132-byte-per-token indexer key cache (SPEC §4, §6)."""
+from __future__ import annotations
+
+import torch
+
+from dsport.core.fp8 import FP8_FORMATS, Fp8Format
+from dsport.core.spec import OpSpec, Output, Param, Tensor, register
+
+FMT = Param("fmt", (str, Fp8Format), "e4m3fn", tuple(FP8_FORMATS))
+
+mla_cache_pack = register(OpSpec(
+    name="mla_cache_pack", family="cache",
+    summary="Pack latent rows [N, 576] into 656 B each: 512 fp8 (four 128-tiles, ue8m0 scales), 4 fp32 scales, 64 bf16 rope values.",
+    args=(Tensor("kv", ("N", 576)), FMT),
+    outputs=(Output("cache", ("N", 656), torch.uint8),),
+    metric="exact", source="FlashMLA sparse decode FP8 cache layout (V3.2)",
+))
+
+mla_cache_unpack = register(OpSpec(
+    name="mla_cache_unpack", family="cache",
+    summary="Inverse of mla_cache_pack: [N, 656] bytes -> dequantized [N, 576] float32.",
+    args=(Tensor("cache", ("N", 656), ("uint8",)), FMT),
+    outputs=(Output("kv", ("N", 576), torch.float32),),
+    metric="exact", source="FlashMLA sparse decode FP8 cache layout (V3.2)",
+))
+
+index_cache_pack = register(OpSpec(
+    name="index_cache_pack", family="cache",
+    summary="Quantize indexer keys per token (ue8m0, one 128-group) into paged blocks: BS x 128 fp8 bytes, then BS fp32 scales.",
+    args=(Tensor("k", ("NB", "BS", 128)), FMT),
+    outputs=(Output("cache", ("NB", "BS", 132), torch.uint8),),
+    metric="exact", source="DeepGEMM fp8_paged_mqa_logits key-cache layout",
+))
+
+index_cache_unpack = register(OpSpec(
+    name="index_cache_unpack", family="cache",
+    summary="Inverse of index_cache_pack: bytes -> (k fp8 [NB, BS, 128], k_scale fp32 [NB, BS]).",
+    args=(Tensor("cache", ("NB", "BS", 132), ("uint8",)), FMT),
+    outputs=(Output("k", ("NB", "BS", 128), lambda a: FP8_FORMATS[str(a["fmt"])].dtype), Output("k_scale", ("NB", "BS"), torch.float32)),
+    metric="exact", source="DeepGEMM fp8_paged_mqa_logits key-cache layout",
+))
