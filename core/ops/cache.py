@@ -1,5 +1,5 @@
-"""KV-cache byte layouts: the 656-byte FP8 MLA latent cache and the
-132-byte-per-token indexer key cache (SPEC §4, §6)."""
+"""The 656-byte-per-token FP8 MLA latent cache layout (SPEC §6). The
+indexer's key cache lives with the indexer (core/ops/indexer.py)."""
 from __future__ import annotations
 
 import torch
@@ -23,20 +23,4 @@ mla_cache_unpack = register(OpSpec(
     args=(Tensor("cache", ("N", 656), ("uint8",)), FMT),
     outputs=(Output("kv", ("N", 576), torch.float32),),
     metric="exact", source="FlashMLA sparse decode FP8 cache layout (V3.2)",
-))
-
-index_cache_pack = register(OpSpec(
-    name="index_cache_pack", family="cache",
-    summary="Quantize indexer keys per token (ue8m0, one 128-group) into paged blocks: BS x 128 fp8 bytes, then BS fp32 scales.",
-    args=(Tensor("k", ("NB", "BS", 128)), FMT),
-    outputs=(Output("cache", ("NB", "BS", 132), torch.uint8),),
-    metric="exact", source="DeepGEMM fp8_paged_mqa_logits key-cache layout",
-))
-
-index_cache_unpack = register(OpSpec(
-    name="index_cache_unpack", family="cache",
-    summary="Inverse of index_cache_pack: bytes -> (k fp8 [NB, BS, 128], k_scale fp32 [NB, BS]).",
-    args=(Tensor("cache", ("NB", "BS", 132), ("uint8",)), FMT),
-    outputs=(Output("k", ("NB", "BS", 128), lambda a: FP8_FORMATS[str(a["fmt"])].dtype), Output("k_scale", ("NB", "BS"), torch.float32)),
-    metric="exact", source="DeepGEMM fp8_paged_mqa_logits key-cache layout",
 ))

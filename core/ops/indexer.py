@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from dsport.core.spec import DTYPE_GROUPS, Check, OpSpec, Output, Tensor, register
+from dsport.core.fp8 import FP8_FORMATS, Fp8Format
+from dsport.core.spec import DTYPE_GROUPS, Check, OpSpec, Output, Param, Tensor, register
 
 SRC = "DeepGEMM fp8_mqa_logits / fp8_paged_mqa_logits; DeepSeek-V3.2-Exp inference/kernel.py fp8_index"
 
@@ -55,4 +56,22 @@ indexer_logits_paged = register(OpSpec(
                   lambda a, d: f"seqlens max {int(a['seqlens'].max()) if a['seqlens'].numel() else '-'}, MB*BS={d['MB'] * d['BS']}")),
     metric="close", reduction="D", source=SRC,
     flops=lambda d: 2.0 * d["B"] * d["MB"] * d["BS"] * d["H"] * d["D"],
+))
+
+FMT = Param("fmt", (str, Fp8Format), "e4m3fn", tuple(FP8_FORMATS))
+
+index_cache_pack = register(OpSpec(
+    name="index_cache_pack", family="cache",
+    summary="Quantize indexer keys per token (ue8m0, one 128-group) into paged blocks: BS x 128 fp8 bytes, then BS fp32 scales.",
+    args=(Tensor("k", ("NB", "BS", 128)), FMT),
+    outputs=(Output("cache", ("NB", "BS", 132), torch.uint8),),
+    metric="exact", source="DeepGEMM fp8_paged_mqa_logits key-cache layout",
+))
+
+index_cache_unpack = register(OpSpec(
+    name="index_cache_unpack", family="cache",
+    summary="Inverse of index_cache_pack: bytes -> (k fp8 [NB, BS, 128], k_scale fp32 [NB, BS]).",
+    args=(Tensor("cache", ("NB", "BS", 132), ("uint8",)), FMT),
+    outputs=(Output("k", ("NB", "BS", 128), lambda a: FP8_FORMATS[str(a["fmt"])].dtype), Output("k_scale", ("NB", "BS"), torch.float32)),
+    metric="exact", source="DeepGEMM fp8_paged_mqa_logits key-cache layout",
 ))
