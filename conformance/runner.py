@@ -74,7 +74,7 @@ def select_items(plan: Plan) -> list[tuple[str, str]]:
 def reproduce_command(backend: str, op: str, case: str, module: str | None = None) -> str:
     parts = ["dsport", "conformance", "--backends", backend, "--ops", op, "--cases", case]
     if module:
-        parts[3:5] = ["--backend-module", module]
+        parts[2:4] = ["--backend-module", module]
     return shlex.join(parts)
 
 

@@ -24,3 +24,15 @@ OPS = {"act_quant": act_quant, "dequant": dequant}
 
 def available():
     return True, "test-only backend"
+
+
+TARGETS = ("sm_90a", "gfx950")
+
+
+def build(target, out_dir):
+    """Two kernels per target: one compiles, one fails (as a real build can)."""
+    from dsport.core.build import KernelBuild
+
+    return [KernelBuild("unstable", "act_quant_kernel", ("act_quant",), target, "built", artifact=f"{out_dir}/act_quant.bin",
+                        registers=40, spills=0, matrix_instr=None),
+            KernelBuild("unstable", "dequant_kernel", ("dequant",), target, "failed", detail="ptxas: out of registers")]
