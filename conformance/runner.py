@@ -9,6 +9,7 @@ segfault or hang never ends the run.
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import logging
@@ -22,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +48,8 @@ class Plan:
     build_targets: list[str] | None = None
     build_dir: str | None = None
     build_timeout: float = 600.0
+    jobs: int = 1                         # backends run at the same time, one worker each
+    ref_cache: str | None = None          # reference outputs shared by the run's workers (default: a temp dir)
 
 
 def select_items(plan: Plan) -> list[tuple[str, str]]:
@@ -171,7 +175,7 @@ def run_backend(label: str, module: str | None, items: Sequence[tuple[str, str]]
         on_row(row)
 
     while remaining:
-        job = {"backend": label, "backend_module": module, "items": remaining}
+        job = {"backend": label, "backend_module": module, "items": remaining, "ref_cache": plan.ref_cache}
         if build_targets:
             job = {**job, "items": [], "build": {"targets": [c for _, c in remaining], "out_dir": plan.build_dir or tempfile.mkdtemp(prefix="dsport-build-")}}
         w = _Worker(job)
@@ -234,25 +238,40 @@ def run(plan: Plan, on_row: Callable[[dict[str, Any]], None] = lambda r: None,
         on_backend: Callable[[str, int], None] = lambda name, n: None) -> tuple[dict[str, BackendRun], list[dict[str, Any]]]:
     """Every selected backend over the selected cases; returns availability and result rows."""
     items = select_items(plan)
+    targets: list[tuple[str, str | None]] = [(b, None) for b in plan.backends] + [(m.rsplit(".", 1)[-1], m) for m in plan.backend_modules]
+    with tempfile.TemporaryDirectory(prefix="dsport-ref-") as tmp:
+        plan = dataclasses.replace(plan, ref_cache=plan.ref_cache or tmp)
+        lock = threading.Lock()
+
+        def locked(row: dict[str, Any]) -> None:
+            with lock:
+                on_row(row)
+
+        with ThreadPoolExecutor(max_workers=max(1, plan.jobs)) as pool:
+            done = list(pool.map(lambda t: _one_backend(t[0], t[1], items, plan, locked, on_backend), targets))
     runs: dict[str, BackendRun] = {}
     rows: list[dict[str, Any]] = []
-    targets: list[tuple[str, str | None]] = [(b, None) for b in plan.backends] + [(m.rsplit(".", 1)[-1], m) for m in plan.backend_modules]
-    for label, module in targets:
-        on_backend(label, len(items))
-        info, got = run_backend(label, module, items, plan, on_row)
-        if plan.build_targets and info.available:
-            want = [t for t in plan.build_targets if t in info.targets or t == "all"]
-            if "all" in want:
-                want = list(info.targets)
-            for t in plan.build_targets:
-                if t != "all" and t not in info.targets:
-                    log.info("backend %s has no build target %s", label, t)
-            if want:
-                _, built = run_backend(label, module, [], plan, on_row, build_targets=want)
-                got += built
+    for info, got in done:  # in the order asked for, whatever order they finished in
         runs[info.label] = info
         rows += got
     return runs, rows
+
+
+def _one_backend(label: str, module: str | None, items: list[tuple[str, str]], plan: Plan,
+                 on_row: Callable[[dict[str, Any]], None], on_backend: Callable[[str, int], None]) -> tuple[BackendRun, list[dict[str, Any]]]:
+    on_backend(label, len(items))
+    info, got = run_backend(label, module, items, plan, on_row)
+    if plan.build_targets and info.available:
+        want = [t for t in plan.build_targets if t in info.targets or t == "all"]
+        if "all" in want:
+            want = list(info.targets)
+        for t in plan.build_targets:
+            if t != "all" and t not in info.targets:
+                log.info("backend %s has no build target %s", label, t)
+        if want:
+            _, built = run_backend(label, module, [], plan, on_row, build_targets=want)
+            got += built
+    return info, got
 
 
 def load_build_reports(paths: Iterable[str]) -> list[dict[str, Any]]:

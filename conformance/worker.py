@@ -58,8 +58,25 @@ def _tuple(x: Any) -> tuple:
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
+def reference_outputs(ref: Callable[..., Any], case: Any, cache_dir: str | None) -> tuple:
+    """The reference's outputs for a case, computed once per run: the float64
+    reference is often slower than the backend under test, and every backend
+    of a run is judged on the same outputs."""
+    import torch
+
+    path = os.path.join(cache_dir, f"{case.op}--{case.id}--{case.seed}.pt") if cache_dir else None
+    if path and os.path.exists(path):
+        return tuple(torch.load(path))
+    outs = _tuple(ref(**case.inputs()))
+    if path:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        torch.save(list(outs), tmp)
+        os.replace(tmp, path)  # atomic: a concurrent worker sees the whole file or none
+    return outs
+
+
 def run_case(mod: ModuleType, ref_ops: dict[str, Callable[..., Any]], op: str, case_id: str,
-             is_reference: bool = False) -> dict[str, Any]:
+             is_reference: bool = False, ref_cache: str | None = None) -> dict[str, Any]:
     """Run and judge one case in this process; returns a result row (no reproduce/machine fields)."""
     from dsport.conformance.cases import cases_for
     from dsport.conformance.metrics import judge
@@ -92,7 +109,7 @@ def run_case(mod: ModuleType, ref_ops: dict[str, Callable[..., Any]], op: str, c
     if op not in ref_ops:
         return verdict("skip", f"no reference implementation of {op} yet: nothing to judge against")
     try:
-        refs = _tuple(ref_ops[op](**case.inputs()))
+        refs = reference_outputs(ref_ops[op], case, ref_cache)
     except Exception as e:  # the oracle failing is not the backend's fault: the case cannot be judged
         return verdict("skip", f"reference raised {type(e).__name__}: {e}")
     t0 = time.perf_counter()
@@ -174,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     for op, case_id in job["items"]:
         _emit(proto, event="start", op=op, case=case_id)
         try:
-            row = run_case(mod, ref_ops, op, case_id, is_reference)
+            row = run_case(mod, ref_ops, op, case_id, is_reference, job.get("ref_cache"))
         except Exception as e:  # a harness-side failure on one case must not end the run
             row = {"op": op, "case": case_id, "verdict": "crash", "reason": f"harness error {type(e).__name__}: {e}",
                    "metrics": {"traceback": traceback.format_exc(limit=-4)}}

@@ -31,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quick", dest="case_set", action="store_const", const="quick", help="the quick case set (default)")
     g.add_argument("--full", dest="case_set", action="store_const", const="full", help="every case, DeepSeek-sized ones included")
     p.set_defaults(case_set="quick")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="backends run at the same time, one worker process each (default 1)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per case before it is recorded as timeout (default 60)")
     p.add_argument("--json", metavar="FILE", help="write the JSON report (schema: conformance/SCHEMA.md)")
     p.add_argument("--junit", metavar="FILE", help="write JUnit XML for CI systems")
@@ -105,7 +106,7 @@ def _run(args: argparse.Namespace, err: Any) -> int:
     plan = Plan(backends=_csv(args.backends) or ([] if args.backend_module else _default_backends()),
                 backend_modules=args.backend_module, ops=_csv(args.ops), case_set=args.case_set, cases=_csv(args.cases),
                 timeout=args.timeout, build_targets=(targets or ["all"]) if (args.build or targets) else None,
-                build_dir=args.build_dir)
+                build_dir=args.build_dir, jobs=args.jobs)
     items = select_items(plan)
     if args.list:
         for op, case in items:
