@@ -3,6 +3,7 @@ without the source tree: nothing named `core` or `backends` leaks into
 site-packages, and each subpackage of the repo is in the wheel."""
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,8 +15,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> pathlib.Path:
+    # Build from a pristine copy: setuptools reuses an in-tree build/ folder, whose
+    # stale contents would hide a subpackage missing from pyproject.toml.
+    src = tmp_path_factory.mktemp("src") / "dsport"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "reports"))
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check", "-w", str(out), str(ROOT)],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check", "-w", str(out), str(src)],
                    check=True, capture_output=True)
     (whl,) = out.glob("dsport-*.whl")
     return whl
