@@ -35,8 +35,9 @@ def _one_group_per_tile(m_indices: torch.Tensor) -> torch.Tensor:
 
 
 def _mixed_tiles(m_indices: torch.Tensor) -> str:
-    bad = torch.nonzero(~_one_group_per_tile(m_indices)).squeeze(1).tolist()
-    return f"rows {bad[0] * ALIGN}..{bad[0] * ALIGN + ALIGN - 1} mix groups {sorted(set(m_indices[bad[0] * ALIGN:(bad[0] + 1) * ALIGN].tolist()) - {-1})}"
+    first = int(torch.nonzero(~_one_group_per_tile(m_indices))[0]) * ALIGN
+    groups = sorted(set(m_indices[first:first + ALIGN].tolist()) - {-1})
+    return f"rows {first}..{first + ALIGN - 1} mix groups {groups}"
 
 
 # -- case builders ------------------------------------------------------------------------------
