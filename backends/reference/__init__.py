@@ -9,7 +9,7 @@ checked tightly against them.
 """
 from __future__ import annotations
 
-from dsport.backends.reference import quant
+from dsport.backends.reference import moe, quant
 
 NAME = "reference"
 DESCRIPTION = "float64 PyTorch, written for clarity; the oracle of conformance"
@@ -20,6 +20,10 @@ OPS = {
     "dequant": quant.dequant,
     "weight_dequant": quant.weight_dequant,
     "fp8_gemm": quant.fp8_gemm,
+    "moe_gate": moe.moe_gate,
+    "moe_experts": moe.moe_experts,
+    "moe_grouped_gemm_contiguous": moe.moe_grouped_gemm_contiguous,
+    "moe_grouped_gemm_masked": moe.moe_grouped_gemm_masked,
 }
 
 
