@@ -142,14 +142,15 @@ def failures(doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 def print_terminal(doc: Mapping[str, Any], console: Any = None, max_failures: int = 40) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
     ops, cols, cells = matrix(doc)
     table = Table(title=f"dsport conformance ({doc.get('case_set', '?')} set)", show_lines=False)
-    table.add_column("op")
+    table.add_column("op", no_wrap=True)
     for c in cols:
-        table.add_column(c)
+        table.add_column(escape(c))
     for op in ops:
         row = [op]
         for c in cols:
@@ -160,12 +161,12 @@ def print_terminal(doc: Mapping[str, Any], console: Any = None, max_failures: in
     for env in doc["environments"]:
         for name, b in env["backends"].items():
             if not b["available"]:
-                console.print(f"[dim]{name}@{env['machine']}: skipped, {b['reason']}[/]")
+                console.print(escape(f"{name}@{env['machine']}: skipped, {b['reason']}"), style="dim", highlight=False)
     bad = failures(doc)
-    for r in bad[:max_failures]:
-        console.print(f"[{STYLE[r['verdict']]}]{r['verdict'].upper()}[/] {r['backend']} {r['op']}/{r['case']}: {r['reason']}",
+    for r in bad[:max_failures]:  # reasons quote shapes like [0, -1]: never read them as markup
+        console.print(f"[{STYLE[r['verdict']]}]{r['verdict'].upper()}[/] " + escape(f"{r['backend']} {r['op']}/{r['case']}: {r['reason']}"),
                       highlight=False)
-        console.print(f"    reproduce: {r['reproduce']}", style="dim", highlight=False)
+        console.print(escape(f"    reproduce: {r['reproduce']}"), style="dim", highlight=False)
     if len(bad) > max_failures:
         console.print(f"... and {len(bad) - max_failures} more failing cases (see the JSON report)")
     counts = doc["summary"]["counts"]

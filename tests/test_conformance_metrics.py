@@ -90,3 +90,14 @@ def test_routing_accepts_tied_experts_and_checks_weights():
     assert not j.ok and j.metrics["tokens_misrouted"] == 1
     j = M.routing((torch.tensor([[0.5, 0.5]]), rids), (rw, rids), args, t)
     assert not j.ok and "weights" in j.reason
+
+
+def test_rope_bound_grows_with_the_angle_and_attention_sums_both_reductions():
+    u = 2.0 ** -24
+    short = tolerance("rope", torch.float32, torch.float32, None, 1, max_angle=10.0)
+    long = tolerance("rope", torch.float32, torch.float32, None, 1, max_angle=1.6e5)
+    assert long.peak_rel - short.peak_rel == pytest.approx(2 * u * (1.6e5 - 10.0))
+    row = row_for("sparse_mla_prefill", "float32", "-")
+    assert row.reduction == ("DQK", "k")
+    t = tolerance("sparse_mla_prefill", torch.float32, torch.float32, None, [576, 2048])
+    assert t.peak_rel == pytest.approx(2 * u + 8 * u + u * (24 + math.sqrt(2048)))
