@@ -106,7 +106,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     plan = Plan(ops=split(config.getoption("--dsport-ops")), case_set=config.getoption("--dsport-set"),
                 cases=split(config.getoption("--dsport-cases")))
     pairs = select_items(plan)
-    suite = ConformanceSuite.from_parent(session, name=SUITE)
+    suite = ConformanceSuite.from_parent(session, name=SUITE, nodeid=SUITE)
     targets = [(n, None) for n in config.getoption("--dsport-backend")] + [(None, m) for m in config.getoption("--dsport-backend-module")]
     for name, module in targets:
         mod = _load(name, module)

@@ -272,7 +272,8 @@ def _one_backend(label: str, module: str | None, items: list[tuple[str, str]], p
                 log.info("backend %s has no build target %s", label, t)
         if want:
             _, built = run_backend(label, module, [], plan, on_row, build_targets=want)
-            got += built
+            # a build compiles every kernel of the target; --ops narrows what is reported
+            got += [r for r in built if not plan.ops or any(fnmatch.fnmatchcase(o, p) for o in r.get("ops") or [r["op"]] for p in plan.ops)]
     return info, got
 
 
