@@ -164,7 +164,8 @@ def print_terminal(doc: Mapping[str, Any], console: Any = None, max_failures: in
                 console.print(escape(f"{name}@{env['machine']}: skipped, {b['reason']}"), style="dim", highlight=False)
     bad = failures(doc)
     for r in bad[:max_failures]:  # reasons quote shapes like [0, -1]: never read them as markup
-        console.print(f"[{STYLE[r['verdict']]}]{r['verdict'].upper()}[/] " + escape(f"{r['backend']} {r['op']}/{r['case']}: {r['reason']}"),
+        seed = f" (seed {r['seed']})" if r.get("seed") is not None else ""
+        console.print(f"[{STYLE[r['verdict']]}]{r['verdict'].upper()}[/] " + escape(f"{r['backend']} {r['op']}/{r['case']}{seed}: {r['reason']}"),
                       highlight=False)
         console.print(escape(f"    reproduce: {r['reproduce']}"), style="dim", highlight=False)
     if len(bad) > max_failures:

@@ -77,6 +77,13 @@ def select_items(plan: Plan) -> list[tuple[str, str]]:
     return items
 
 
+def _seed(op: str, case: str) -> int | None:
+    from dsport.core.spec import specs
+
+    spec = specs().get(op)
+    return next((c.seed for c in spec.cases() if c.id == case), None) if spec else None
+
+
 def reproduce_command(backend: str, op: str, case: str, module: str | None = None) -> str:
     parts = ["dsport", "conformance", "--backends", backend, "--ops", op, "--cases", case]
     if module:
@@ -165,6 +172,8 @@ def run_backend(label: str, module: str | None, items: Sequence[tuple[str, str]]
     def add(row: dict[str, Any]) -> None:
         row.setdefault("backend", info.label)
         row["backend"] = info.label if row.get("metric") != "build" or not row.get("backend") else row["backend"]
+        if "seed" not in row and row["op"] != "(build)":
+            row["seed"] = _seed(row["op"], row["case"])
         for k, v in (("tags", []), ("seed", None), ("metric", None), ("shapes", {}), ("dtypes", {}), ("params", {}), ("dtype", None),
                      ("fp8_format", None), ("reason", ""), ("metrics", {}), ("tolerance", {}), ("seconds", None)):
             row.setdefault(k, v)
@@ -186,16 +195,20 @@ def run_backend(label: str, module: str | None, items: Sequence[tuple[str, str]]
         try:
             ready = w.next(plan.load_timeout)
         except queue.Empty:
-            ready = {"event": "ready", "available": False, "reason": f"backend import did not finish within {plan.load_timeout:.0f} s"}
+            ready = {"event": "ready", "available": False, "verdict": "timeout",
+                     "reason": f"backend import did not finish within {plan.load_timeout:.0f} s"}
         if ready is None:
-            ready = {"event": "ready", "available": False, "reason": f"backend worker died while loading: {w.died()}"}
+            ready = {"event": "ready", "available": False, "verdict": "crash", "reason": f"backend worker died while loading: {w.died()}"}
         info.available, info.reason = bool(ready.get("available")), ready.get("reason", "")
         info.ops, info.targets, info.env = ready.get("ops", []), ready.get("targets", []), ready.get("env", {})
         if module and ready.get("name"):
             info.label = ready["name"]
         if not info.available:
+            # unavailable here (a missing dependency, no device) is a skip; a backend that cannot even load is not
+            verdict = ready.get("verdict") or ("crash" if ready.get("broken") else "skip")
             for op, case in remaining:
-                add({"op": op, "case": case, "verdict": "skip", "reason": f"backend unavailable: {info.reason}"})
+                add({"op": op, "case": case, "verdict": verdict,
+                     "reason": f"backend unavailable: {info.reason}" if verdict == "skip" else f"backend failed to load: {info.reason}"})
             w.close()
             break
         case_timeout = plan.build_timeout if build_targets else plan.timeout

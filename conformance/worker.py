@@ -157,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         mod = load(job)
     except Exception as e:
-        _emit(proto, event="ready", available=False, name=job.get("backend"), reason=f"import failed: {type(e).__name__}: {e}")
+        # a missing dependency makes a backend unavailable here; any other import error means it is broken
+        missing = isinstance(e, ImportError) or type(e).__name__ == "BackendUnavailable"
+        _emit(proto, event="ready", available=False, broken=not missing, name=job.get("backend"),
+              reason=f"import failed: {type(e).__name__}: {e}")
         return 0
     env = {k: str(v) for k, v in (getattr(mod, "ENV", None) or {}).items()}
     if env and any(os.environ.get(k) != v for k, v in env.items()) and not os.environ.get(ENV_MARK):

@@ -167,3 +167,12 @@ def test_pytest_plugin_is_inert_without_its_option(pytester):
     pytester.makepyfile("def test_own():\n    assert True\n")
     res = pytester.runpytest_inprocess("-p", "dsport.conformance.pytest_plugin", "-q", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=1)
+
+
+def test_a_backend_that_cannot_load_is_a_crash_and_a_missing_one_a_skip():
+    runs, rows = run(Plan(backend_modules=["conformance_planted.broken", "conformance_planted.not_there"],
+                          ops=["dequant"], cases=["tiny"], jobs=2))
+    by = {r["backend"]: r for r in rows}
+    assert by["broken"]["verdict"] == "crash" and "half-written backend" in by["broken"]["reason"]
+    assert by["not_there"]["verdict"] == "skip" and "ModuleNotFoundError" in by["not_there"]["reason"]
+    assert by["broken"]["seed"] == by["not_there"]["seed"] is not None
