@@ -64,15 +64,55 @@ def reference_outputs(ref: Callable[..., Any], case: Any, cache_dir: str | None)
     of a run is judged on the same outputs."""
     import torch
 
-    path = os.path.join(cache_dir, f"{case.op}--{case.id}--{case.seed}.pt") if cache_dir else None
-    if path and os.path.exists(path):
-        return tuple(torch.load(path))
-    outs = _tuple(ref(**case.inputs()))
-    if path:
-        tmp = f"{path}.{os.getpid()}.tmp"
-        torch.save(list(outs), tmp)
-        os.replace(tmp, path)  # atomic: a concurrent worker sees the whole file or none
-    return outs
+    if not cache_dir:
+        return _tuple(ref(**case.inputs()))
+    path = os.path.join(cache_dir, f"{case.op}--{case.id}--{case.seed}.pt")
+    # Workers of one run share the cache; the first to need a case computes it (holding a lock
+    # file with its pid), the others wait for the file instead of computing the same thing.
+    lock = path + ".lock"
+    while not os.path.exists(path):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if not _holder_alive(lock):
+                _unlink(lock)  # its holder was killed (a timeout, a crash): take over
+            time.sleep(0.01)
+            continue
+        try:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            outs = _tuple(ref(**case.inputs()))
+            tmp = f"{path}.{os.getpid()}.tmp"
+            torch.save(list(outs), tmp)
+            os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+            return outs
+        finally:
+            _unlink(lock)
+    return tuple(torch.load(path))
+
+
+def _holder_alive(lock: str) -> bool:
+    try:
+        with open(lock) as f:
+            pid = int(f.read() or 0)
+    except (OSError, ValueError):
+        return True  # being written right now
+    if not pid:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def run_case(mod: ModuleType, ref_ops: dict[str, Callable[..., Any]], op: str, case_id: str,
