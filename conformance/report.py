@@ -172,6 +172,19 @@ def print_terminal(doc: Mapping[str, Any], console: Any = None, max_failures: in
         console.print(f"... and {len(bad) - max_failures} more failing cases (see the JSON report)")
     counts = doc["summary"]["counts"]
     console.print(", ".join(f"[{STYLE[v]}]{n} {v}[/]" for v, n in counts.items() if n) or "no cases ran")
+    times = backend_seconds(doc)
+    if times:
+        console.print("time in implementations: " + ", ".join(escape(f"{b} {t:.1f} s") for b, t in times.items()), style="dim")
+
+
+def backend_seconds(doc: Mapping[str, Any]) -> dict[str, float]:
+    """Seconds spent inside each backend's calls (or builds): where a slow run's time went."""
+    multi = len({r.get("machine") for r in doc["results"]}) > 1
+    out: dict[str, float] = {}
+    for r in doc["results"]:
+        if r.get("seconds") is not None and r["verdict"] not in ("skip", "unsupported"):
+            out[_col(r, multi)] = out.get(_col(r, multi), 0.0) + float(r["seconds"])
+    return out
 
 
 # -- JUnit --------------------------------------------------------------------------------
@@ -222,6 +235,9 @@ def markdown(doc: Mapping[str, Any], max_failures: int = 30) -> str:
         out.append(f"| `{op}` | " + " | ".join(row) + " |")
     counts = doc["summary"]["counts"]
     out += ["", "Totals: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n)]
+    times = backend_seconds(doc)
+    if times:
+        out.append("Time in implementations: " + ", ".join(f"{b} {t:.1f} s" for b, t in times.items()))
     bad = failures(doc)
     if bad:
         out += ["", "<details><summary>Failing cases</summary>", ""]
