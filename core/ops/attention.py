@@ -200,6 +200,8 @@ def _sparse_prefill_cases() -> list[Case]:
         Case(op, "T1", _prefill(1, 16, 64, 32), tags=EDGE),
         Case(op, "rows-all-invalid", _prefill(6, 8, 32, 16, edit=_rows_invalid((1, 4))), tags=EDGE,
              note="rows 1 and 4 have no valid index: out 0, lse -inf, max_logits -inf"),
+        Case(op, "all-invalid", _prefill(3, 8, 16, 8, edit=_rows_invalid((0, 1, 2))), tags=EDGE,
+             note="no valid index anywhere: out 0, lse -inf, never NaN"),
         Case(op, "duplicates", _prefill(5, 8, 32, 16, edit=_duplicates), tags=EDGE,
              note="each index entry is its own softmax term"),
         Case(op, "S-lt-k", _prefill(4, 8, 10, 32, edit=_dense_selection), tags=EDGE,
@@ -264,6 +266,11 @@ def _decode_rows_invalid(gen, a):
     return a
 
 
+def _decode_all_invalid(gen, a):
+    a["indices"].fill_(-1)
+    return a
+
+
 def _decode_duplicates(gen, a):
     idx = a["indices"]
     idx[..., 1::2] = idx[..., 0::2][..., : idx[..., 1::2].shape[-1]]
@@ -289,6 +296,8 @@ def _sparse_decode_cases() -> list[Case]:
         Case(op, "T1", _sparse_decode(1, 1, 16, 32, 2, 64, 64), tags=EDGE),
         Case(op, "rows-all-invalid", _sparse_decode(2, 2, 8, 32, 4, 64, 100, edit=_decode_rows_invalid), tags=EDGE,
              note="batch 0's last query has no valid index: out 0, lse -inf"),
+        Case(op, "all-invalid", _sparse_decode(2, 1, 8, 32, 4, 64, 100, edit=_decode_all_invalid), tags=EDGE,
+             note="every index -1: out 0, lse -inf, never NaN"),
         Case(op, "duplicates", _sparse_decode(2, 1, 8, 32, 4, 64, 100, edit=_decode_duplicates), tags=EDGE),
         Case(op, "S-lt-k", _sparse_decode(2, 1, 8, 64, 4, 16, 20), tags=EDGE, note="k > sequence length: padded with -1"),
         Case(op, "non-contiguous", _sparse_decode(2, 2, 8, 32, 4, 64, 100, edit=_non_contiguous_decode), tags=EDGE),
