@@ -432,3 +432,14 @@ def test_error_names_op_and_argument(call, op, arg, fragment):
     assert (e.value.op, e.value.arg) == (op, arg)
     msg = str(e.value)
     assert msg.startswith(f"{op}: argument '{arg}': expected") and fragment in msg and "got" in msg
+
+
+@pytest.mark.parametrize("call, op, arg, fragment", [
+    (lambda: quantize_indexer_inputs(Q, K, torch.randn(1, 3)), "quantize_indexer_inputs", "weights", "[T, H]"),
+    (lambda: quantize_indexer_inputs(Q, torch.randn(5, 8), W), "quantize_indexer_inputs", "k", "D = 16"),
+    (lambda: quantize_indexer_inputs(Q[0], K, W), "quantize_indexer_inputs", "q", "rank 3"),
+    (lambda: quantize_indexer_inputs(_fp8(2, 3, 16), K, W), "quantize_indexer_inputs", "q", "float"),
+    (lambda: quantize_indexer_inputs(Q, K, W, fmt="e5m2"), "quantize_indexer_inputs", "fmt", "e4m3fn"),
+])
+def test_helper_error_names_op_and_argument(call, op, arg, fragment):
+    test_error_names_op_and_argument(call, op, arg, fragment)

@@ -136,7 +136,8 @@ def test_rope_dot_product_depends_only_on_relative_position(interleaved):
 # -- Hadamard -----------------------------------------------------------------------------
 def test_hadamard_d2_and_d4_by_hand():
     a, b = 0.3, -1.7
-    assert ref.hadamard(torch.tensor([a, b], dtype=torch.float64)).tolist() == pytest.approx([(a + b) / math.sqrt(2), (a - b) / math.sqrt(2)], rel=1e-15)
+    y = ref.hadamard(torch.tensor([a, b], dtype=torch.float64)).tolist()
+    assert y == pytest.approx([(a + b) / math.sqrt(2), (a - b) / math.sqrt(2)], rel=1e-15)
     # H4 rows: ++++, +-+-, ++--, +--+ ; scale 1/2
     assert ref.hadamard(torch.tensor([1.0, 2.0, 3.0, 4.0])).tolist() == pytest.approx([5.0, -1.0, -2.0, 0.0], abs=1e-15)
     assert ref.hadamard(torch.tensor([[2.5]])).tolist() == [[2.5]]

@@ -198,10 +198,14 @@ def _bounds_ok(a, d) -> bool:
     return ks.numel() == 0 or bool(((ks >= 0) & (ks <= ke) & (ke <= d["S"])).all())
 
 
+def _dt(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
 KIND_RULE = Check("k", "the same kind as q: both float, or both the same fp8 dtype", _same_kind,
-                  lambda a, d: f"q {str(a['q'].dtype).removeprefix('torch.')}, k {str(a['k'].dtype).removeprefix('torch.')}")
+                  lambda a, d: f"q {_dt(a['q'])}, k {_dt(a['k'])}")
 SCALE_RULE = Check("k_scale", "a tensor exactly when q and k are fp8 (their dequantization scale), else None", _scale_iff_fp8,
-                   lambda a, d: f"k_scale {'given' if a['k_scale'] is not None else 'None'} with k {str(a['k'].dtype).removeprefix('torch.')}")
+                   lambda a, d: f"k_scale {'given' if a['k_scale'] is not None else 'None'} with k {_dt(a['k'])}")
 BOUNDS_RULE = Check("ke", "0 <= ks[t] <= ke[t] <= S", _bounds_ok,
                     lambda a, d: f"ks in [{int(a['ks'].min())}, {int(a['ks'].max())}], ke in [{int(a['ke'].min())}, {int(a['ke'].max())}], S={d['S']}")
 
