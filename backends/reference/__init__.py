@@ -9,7 +9,7 @@ checked tightly against them.
 """
 from __future__ import annotations
 
-from dsport.backends.reference import quant
+from dsport.backends.reference import moe, quant
 from dsport.backends.reference import indexer, norm, rotary, topk
 
 NAME = "reference"
@@ -31,6 +31,10 @@ OPS = {
     "index_cache_pack": indexer.index_cache_pack,
     "index_cache_unpack": indexer.index_cache_unpack,
     "topk_select": topk.topk_select,
+    "moe_gate": moe.moe_gate,
+    "moe_experts": moe.moe_experts,
+    "moe_grouped_gemm_contiguous": moe.moe_grouped_gemm_contiguous,
+    "moe_grouped_gemm_masked": moe.moe_grouped_gemm_masked,
 }
 
 
