@@ -422,7 +422,7 @@ Q, K, W, KS, KE = torch.randn(2, 3, 16), torch.randn(5, 16), torch.randn(2, 3), 
     (lambda: ref.topk_select(torch.randn(2, 5), 2, None, KE), "topk_select", "ke", "both given or both None"),
     (lambda: ref.topk_select(torch.randn(2, 5), 2, KS, i32(5, 6)), "topk_select", "ke", "ke[t] <= S"),
     (lambda: ref.topk_select(torch.randn(2, 5), 2, i32(4, 0), i32(3, 5)), "topk_select", "ke", "ks[t] <= ke[t]"),
-    (lambda: ref.topk_select(torch.randn(2, 5, dtype=torch.float64), 2), "topk_select", "logits", "dtype"),
+    (lambda: ref.topk_select(torch.randn(2, 5, dtype=torch.bfloat16), 2), "topk_select", "logits", "dtype"),
     (lambda: ref.topk_select(torch.randn(2, 5), 2, i32(0, 0, 0), i32(5, 5, 5)), "topk_select", "ks", "shape"),
     (lambda: ref.topk_select(torch.randn(5), 2), "topk_select", "logits", "rank 2"),
 ])
