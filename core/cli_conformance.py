@@ -8,6 +8,7 @@ a usage or configuration error.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from typing import Any
@@ -31,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quick", dest="case_set", action="store_const", const="quick", help="the quick case set (default)")
     g.add_argument("--full", dest="case_set", action="store_const", const="full", help="every case, DeepSeek-sized ones included")
     p.set_defaults(case_set="quick")
-    p.add_argument("-j", "--jobs", type=int, default=1, help="backends run at the same time, one worker process each (default 1)")
+    p.add_argument("-j", "--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="backends run at the same time, one worker process each; they share the reference outputs (default: 2 when there are 2 CPUs)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per case before it is recorded as timeout (default 60)")
     p.add_argument("--json", metavar="FILE", help="write the JSON report (schema: conformance/SCHEMA.md)")
     p.add_argument("--junit", metavar="FILE", help="write JUnit XML for CI systems")
