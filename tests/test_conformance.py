@@ -154,9 +154,21 @@ def test_cli_merge_and_list(planted, unstable, tmp_path, capsys):
     assert main(["conformance", "--ops", "no_such_op"]) == 2
 
 
+def _plugin_args() -> list[str]:
+    """'-p' the plugin unless an installed dsport already loads it through its pytest11 entry
+    point (registering the same module twice is an error in pytest)."""
+    import importlib.metadata
+    import os
+
+    autoload = not os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+    eps = importlib.metadata.entry_points(group="pytest11")
+    installed = any(ep.value == "dsport.conformance.pytest_plugin" for ep in eps)
+    return [] if autoload and installed else ["-p", "dsport.conformance.pytest_plugin"]
+
+
 def test_pytest_plugin_runs_cases_as_test_ids(pytester):
     pytester.makepyfile("def test_own():\n    assert True\n")
-    res = pytester.runpytest_inprocess("-p", "dsport.conformance.pytest_plugin", "--dsport-backend-module", PLANTED,
+    res = pytester.runpytest_inprocess(*_plugin_args(), "--dsport-backend-module", PLANTED,
                                        "--dsport-ops", "act_quant,dequant", "-q", "-p", "no:cacheprovider")
     # act_quant: every ue8m0 case fails (8), the two fp32 cases and T0 pass; dequant: fnuz fails, tiny and T0 pass
     res.assert_outcomes(passed=1 + 3 + 2, failed=8 + 1)
@@ -165,7 +177,7 @@ def test_pytest_plugin_runs_cases_as_test_ids(pytester):
 
 def test_pytest_plugin_is_inert_without_its_option(pytester):
     pytester.makepyfile("def test_own():\n    assert True\n")
-    res = pytester.runpytest_inprocess("-p", "dsport.conformance.pytest_plugin", "-q", "-p", "no:cacheprovider")
+    res = pytester.runpytest_inprocess(*_plugin_args(), "-q", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=1)
 
 
