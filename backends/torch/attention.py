@@ -23,12 +23,13 @@ def attend(q: torch.Tensor, kv: torch.Tensor, valid: torch.Tensor, sm_scale: flo
     scores [n, H, L]. Returns (out fp32 [n, H, d_v], lse [n, H], max_logit [n, H]); a row with nothing valid
     gives out 0, lse -inf, max -inf."""
     kvm = kv.to(mdt)
-    s = torch.matmul(q.to(mdt), kvm.transpose(1, 2)).float().mul_(sm_scale)   # [n, H, L]
-    mask = valid.unsqueeze(1) if valid.dim() == 2 else valid
-    s.masked_fill_(~mask, NEG_INF)
+    # the scale rides on q ([n, H, D]) instead of costing a pass over the [n, H, L] scores
+    s = torch.matmul((q.float() * sm_scale).to(mdt), kvm.transpose(1, 2)).float()   # [n, H, L]
+    if not bool(valid.all()):  # prefill indices are usually all valid: skip the masking pass then
+        s.masked_fill_(~(valid.unsqueeze(1) if valid.dim() == 2 else valid), NEG_INF)
     m = s.amax(-1)                                                              # [n, H]
     m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    p = (s - m_safe.unsqueeze(-1)).exp_()                                       # exp(-inf) = 0 at masked slots
+    p = s.sub_(m_safe.unsqueeze(-1)).exp_()                                     # in place; exp(-inf) = 0 when masked
     denom = p.sum(-1)
     out = torch.matmul(p.to(mdt), kvm[..., :d_v]).float()
     empty = denom == 0
@@ -53,6 +54,9 @@ def sparse_mla_prefill(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor,
     if t == 0 or s == 0 or k == 0:
         return out, lse, mx
     rows = kv[:, 0]
+    if rows.dtype != mdt and t * k > s:
+        # each row is gathered T*k/S times on average: widen the table once instead of every gathered copy
+        rows = rows.to(mdt)
     idx = indices[:, 0]
     step = _step(h, k, d, mdt)
     for t0 in range(0, t, step):  # query blocks bound the gathered working set
@@ -130,18 +134,23 @@ def mla_decode_dense(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch
     if b == 0 or sq == 0 or mb == 0:
         return out, lse
     pos = torch.arange(mb * bs, device=q.device)
-    step = max(1, policy.rows_per_block(mb * bs * (d * 4 + 3 * 4 * sq * h)))
-    for b0 in range(0, b, step):  # batch blocks bound the gathered [b, MB*BS, D] working set
-        bt, sl = block_table[b0:b0 + step], cache_seqlens[b0:b0 + step]
+    # blocks of (sequences, query rows) bound the [b, q_rows * H, MB * BS] fp32 score tiles
+    q_step = min(sq, policy.rows_per_block(3 * 4 * h * mb * bs))
+    b_step = 1 if q_step < sq else policy.rows_per_block(mb * bs * (d * 4 + 3 * 4 * sq * h))
+    for b0 in range(0, b, b_step):
+        bt, sl = block_table[b0:b0 + b_step], cache_seqlens[b0:b0 + b_step]
         n = bt.shape[0]
-        kv = kv_cache[bt.clamp(min=0).long()].reshape(n, mb * bs, d)
-        limit = sl[:, None].expand(n, sq)
-        if causal:
-            limit = limit - sq + 1 + torch.arange(sq, device=q.device)[None, :]
-        valid = (pos[None, None, :] < limit[:, :, None]) & (bt >= 0).repeat_interleave(bs, 1)[:, None, :]
-        qb = q[b0:b0 + step].reshape(n, sq * h, d)
-        vmask = valid[:, :, None, :].expand(n, sq, h, mb * bs).reshape(n, sq * h, mb * bs)
-        o, l, _ = attend(qb, kv, vmask, sm_scale, d_v, mdt)
-        out[b0:b0 + step] = o.reshape(n, sq, h, d_v).to(q.dtype)
-        lse[b0:b0 + step] = l.reshape(n, sq, h).transpose(1, 2)
+        kv = kv_cache[bt.clamp(min=0).long()].reshape(n, mb * bs, d).to(mdt)       # widened once per sequence block
+        live = (bt >= 0).repeat_interleave(bs, 1)[:, None, :]
+        for s0 in range(0, sq, q_step):
+            s1 = min(sq, s0 + q_step)
+            limit = sl[:, None].expand(n, s1 - s0)
+            if causal:
+                limit = limit - sq + 1 + torch.arange(s0, s1, device=q.device)[None, :]
+            valid = (pos[None, None, :] < limit[:, :, None]) & live                    # [n, rows, L]
+            qb = q[b0:b0 + n, s0:s1].reshape(n, (s1 - s0) * h, d)
+            vmask = valid[:, :, None, :].expand(n, s1 - s0, h, mb * bs).reshape(n, (s1 - s0) * h, mb * bs)
+            o, l, _ = attend(qb, kv, vmask, sm_scale, d_v, mdt)
+            out[b0:b0 + n, s0:s1] = o.reshape(n, s1 - s0, h, d_v).to(q.dtype)
+            lse[b0:b0 + n, :, s0:s1] = l.reshape(n, s1 - s0, h).transpose(1, 2)
     return out, lse

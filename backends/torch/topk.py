@@ -18,15 +18,12 @@ def topk_window(logits: torch.Tensor, k: int, ks: torch.Tensor | None, ke: torch
         pos = torch.arange(col0, col0 + w, device=logits.device)
         inside = (pos[None, :] >= ks[:, None]) & (pos[None, :] < ke[:, None])
         logits = logits.masked_fill(~inside, float("-inf"))
-        n_valid = (ke - ks).clamp(min=0, max=w)
-    else:
-        n_valid = torch.full((t,), w, device=logits.device)
-    # sorted: the first n_valid picks of a row are its in-window entries (masked ones are -inf and sort last)
-    idx = torch.topk(logits, kk, dim=-1, sorted=True).indices
-    keep = torch.arange(kk, device=logits.device)[None, :] < n_valid[:, None]
-    if ks is not None:  # an in-window -inf logit ties with the masked ones: never let a masked column through
-        keep &= (idx + col0 >= ks[:, None]) & (idx + col0 < ke[:, None])
-    out[:, :kk] = torch.where(keep, idx + col0, -1).to(torch.int32)
+    # masked columns are -inf, so every finite in-window entry outranks them; a picked column outside the
+    # window means the row had fewer than k entries (or only -inf ones) and becomes -1 padding
+    idx = torch.topk(logits, kk, dim=-1, sorted=False).indices + col0
+    if ks is not None:
+        idx = torch.where((idx >= ks[:, None]) & (idx < ke[:, None]), idx, -1)
+    out[:, :kk] = idx.to(torch.int32)
     return out
 
 
