@@ -97,14 +97,14 @@ def layer_calls(batch: int, context: int, ep: int = 32) -> list[Call]:
           _bmm("absorb W_UK", "projections", h, b, V.kv_lora_rank, V.qk_nope_head_dim),
           Call("latent cache write", "small ops", "mla_cache_pack", {"kv": _m(b, V.d_qk)}, "dsa")]
     # lightning indexer (DSA only)
-    c += _gemm("indexer wq_b", "indexer", b, ih * idim, V.q_lora_rank, "dsa")
-    c += _gemm("indexer wk", "indexer", b, idim, V.dim, "dsa")
-    c += _gemm("indexer weights_proj", "indexer", b, ih, V.dim, "dsa")
-    c += [Call("indexer k_norm", "indexer proj", "layer_norm", {"x": _m(b, idim), "w": _m(idim), "b": _m(idim)}, "dsa"),
-          Call("indexer rope", "indexer proj", "rope", {"x": _m(b, ih + 1, V.qk_rope_head_dim), "positions": _m(b, dtype=torch.int64),
+    c += _gemm("indexer wq_b", "indexer proj", b, ih * idim, V.q_lora_rank, "dsa")
+    c += _gemm("indexer wk", "indexer proj", b, idim, V.dim, "dsa")
+    c += _gemm("indexer weights_proj", "indexer proj", b, ih, V.dim, "dsa")
+    c += [Call("indexer k_norm", "small ops", "layer_norm", {"x": _m(b, idim), "w": _m(idim), "b": _m(idim)}, "dsa"),
+          Call("indexer rope", "small ops", "rope", {"x": _m(b, ih + 1, V.qk_rope_head_dim), "positions": _m(b, dtype=torch.int64),
                                                    "freqs": _m(V.qk_rope_head_dim // 2, dtype=torch.float32), "interleaved": False}, "dsa"),
-          Call("indexer hadamard", "indexer proj", "hadamard", {"x": _m(b, ih + 1, idim)}, "dsa"),
-          Call("indexer q quant", "indexer proj", "act_quant", {"x": _m(b, ih, idim)}, "dsa"),
+          Call("indexer hadamard", "small ops", "hadamard", {"x": _m(b, ih + 1, idim)}, "dsa"),
+          Call("indexer q quant", "small ops", "act_quant", {"x": _m(b, ih, idim)}, "dsa"),
           Call("index cache write", "small ops", "index_cache_pack", {"k": _m(cdiv(b, PAGE), PAGE, idim)}, "dsa"),
           Call("indexer logits", "indexer logits O(L)", "indexer_logits_paged",
                {"q": _m(b, ih, idim, dtype=FP8), "k_cache": _m(b * mb, PAGE, 132, dtype=torch.uint8), "weights": _m(b, ih, dtype=torch.float32),
@@ -195,4 +195,8 @@ def markdown_table(cost: Mapping[str, Any]) -> str:
         cells = [f"{e['context'] // 1024}K"] + [t(d["groups"][g]) for g in groups] + [t(d["per_token_s"]), t(n["per_token_s"]),
                                                                                     f"{n['per_token_s'] / d['per_token_s']:.2f}x"]
         lines.append("| " + " | ".join(cells) + " |")
+    bound_only = sorted({c["op"] for e in cost["contexts"] for v in ("dsa", "dense") for c in e[v]["calls"]
+                         if c["efficiency"].startswith("roofline")})
+    if bound_only and cost["efficiency_from"] != "none (roofline bound)":
+        lines += ["", f"Ops with no measurement here, modelled at the roofline bound (efficiency 1): {', '.join(bound_only)}."]
     return "\n".join(lines) + "\n"

@@ -74,23 +74,35 @@ def match(device_name: str) -> str | None:
 
 
 # -- CPU probes ----------------------------------------------------------------------------------
-def _best_time(fn, reps: int) -> float:
+def _best_time(fn, reps: int, budget_s: float = 1.0) -> float:
+    """Best of up to ``reps`` timed calls after one warm-up, stopping once ``budget_s`` is spent."""
     fn()
-    best = float("inf")
+    best, start = float("inf"), time.perf_counter()
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s:
+            break
     return best
 
 
 def probe_matmul(n: int = 1024, reps: int = 5) -> dict[str, float]:
     """Best-of-reps FLOP/s of one n x n x n matmul per dtype: what this CPU's BLAS
-    reaches now (other processes on the cores count against it, as they do for the ops)."""
+    reaches now (other processes on the cores count against it, as they do for the ops).
+    A dtype without a fast CPU kernel (bf16 on CPUs lacking AMX/AVX512-BF16) is first
+    timed at n/4; if that is 10x slower than fp32 it is not probed at full size."""
     out = {}
-    for dt in (torch.float32, torch.bfloat16):
-        a, b = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
-        out[str(dt).removeprefix("torch.")] = 2.0 * n ** 3 / _best_time(lambda: torch.mm(a, b), reps)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out["float32"] = 2.0 * n ** 3 / _best_time(lambda: torch.mm(a, b), reps)
+    m = max(n // 4, 64)
+    a16, b16 = torch.randn(m, m).bfloat16(), torch.randn(m, m).bfloat16()
+    small = 2.0 * m ** 3 / _best_time(lambda: torch.mm(a16, b16), reps)
+    if small * 10 < out["float32"]:
+        out["bfloat16"] = small
+    else:
+        a16, b16 = a.bfloat16(), b.bfloat16()
+        out["bfloat16"] = 2.0 * n ** 3 / _best_time(lambda: torch.mm(a16, b16), reps)
     return out
 
 

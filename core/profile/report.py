@@ -136,11 +136,11 @@ def row_cells(r: Mapping[str, Any], multi: bool) -> list[str]:
     backend = f"{r['backend']}@{r['machine']}" if multi else r["backend"]
     if t is None:
         why = acc["reason"] or acc["verdict"]
-        return [r["op"], r["phase"], backend, acc["verdict"], "-", "-", "-", "-", "-", "-", why[:70]]
+        return [r["op"], r["phase"], backend, acc["verdict"], "-", "-", "-", "-", "-", "-", why[:90]]
     spread = f"±{t['iqr_s'] / t['median_s'] * 50:.0f}%" if t["median_s"] else "-"
     share = p["roofline_share"]
     share_s = "-" if share is None else f"{share * 100:.1f}%{'*' if p['roofline_partial'] else ''}{'!' if share > 1 else ''}"
-    note = "" if acc["checked_at"] == "the profiled shape" else f"acc @ {acc['checked_at'][:60]}"
+    note = "" if acc["checked_at"] == "the profiled shape" else "accuracy at check scale"
     return [r["op"], r["phase"], backend, "pass", f"{fmt_time(t['median_s'])} {spread}", _num(p["tflops"] * 1e3, "", 3),
             _num(p["gbps"]), _num(p["intensity"]), share_s, p["bound"], note]
 
@@ -152,13 +152,15 @@ def print_terminal(doc: Mapping[str, Any], console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(width=200)
     multi = len(doc["environments"]) > 1
     for env in doc["environments"]:
         rf = env["roofline"]
         peaks = ", ".join(f"{k} {v / 1e12:.3g} TFLOP/s" for k, v in rf["peak_flops"].items() if v)
         bw = f"{rf['bandwidth'] / 1e9:.3g} GB/s" if rf["bandwidth"] else "bandwidth unknown"
         console.print(f"[bold]{env['machine']}[/]: roofline {rf['name']} ({rf['origin']}): {peaks}, {bw}. {rf['note']}")
+        console.print(f"shapes: {env['scale'].get('describe', '')}\naccuracy checked at {env['check_scale'].get('describe', '')} "
+                      "unless a row says otherwise")
     t = Table(*HEADER, title="dsport profile: accuracy gate, then time and roofline (a failed case has no speed figure)")
     style = {"pass": "green", "fail": "red", "crash": "bold red", "unsupported": "yellow", "skip": "dim"}
     for r in doc["results"]:
@@ -210,7 +212,7 @@ def print_compare(doc: Mapping[str, Any], a: str, b: str, console: Any = None) -
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(width=200)
     t = Table("op", "case", a, b, f"speed-up of {a} over {b}", title=f"--compare {a} {b}: ratios only where both pass the accuracy gate")
     for c in compare(doc, a, b):
         if c["ratio"] is None:

@@ -124,7 +124,8 @@ def time_call(fn: Callable[..., Any], args: Mapping[str, Any], warmup: int = 1, 
     for i in range(repeats):
         if flush is not None:
             flush.fill_(i)
-        clock.time(lambda: fn(**sets[i % len(sets)]))
+        # continue the rotation after the warm-up calls: the first timed call must not reuse a warm set
+        clock.time(lambda: fn(**sets[(warmup + i) % len(sets)]))
         if i + 1 >= min_repeats and time.perf_counter() - spent > budget_s:
             break
     return Timing(clock.seconds(), clock.kind, cache, warmup)
