@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import json
 import logging
 import shlex
 import sys
@@ -39,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cost-hardware", metavar="NAME", help="cost view on this hardware.yaml roofline (roofline bound, not measured)")
     p.add_argument("--cost-backend", help="whose measured efficiencies the cost view uses (default: the first profiled backend)")
     p.add_argument("--no-cost", action="store_true", help="skip the cost view")
+    p.add_argument("--cost-only", action="store_true",
+                   help="only the cost view (no op is run): on --cost-hardware's roofline, or this CPU's probes, at efficiency 1")
 
 
 def _device(arg: str | None) -> str:
@@ -137,13 +140,15 @@ def profile(args: argparse.Namespace, console: Any) -> dict[str, Any]:
     return report.build_document(rows, env, "dsport profile " + shlex.join(sys.argv[2:] if len(sys.argv) > 2 else []))
 
 
-def _cost(args: argparse.Namespace, doc: dict[str, Any], console: Any) -> dict[str, Any] | None:
+def _cost(args: argparse.Namespace, doc: dict[str, Any] | None, console: Any) -> dict[str, Any]:
     from dsport.core.profile import cost as costmod
-    from dsport.core.profile.hardware import Roofline, from_table
+    from dsport.core.profile.hardware import Roofline, for_device, from_table
 
     contexts = [int(c) for c in args.contexts.split(",")]
     if args.cost_hardware:
         roof, eff = from_table(args.cost_hardware), {}
+    elif doc is None:
+        roof, eff = for_device(_device(args.device), args.hardware), {}
     else:
         rf = doc["environments"][0]["roofline"]
         roof = Roofline(rf["name"], rf["peak_flops"], rf["bandwidth"], rf["origin"], rf["note"])
@@ -164,6 +169,18 @@ def run(args: argparse.Namespace) -> int:
     from dsport.core.profile import plots, report
 
     console = Console(width=max(160, Console().width))
+    if args.cost_only:
+        c = _cost(args, None, console)
+        console.print(costmod.markdown_table(c))
+        if args.markdown:
+            Path(args.markdown).write_text("## Cost view\n\n" + costmod.markdown_table(c))
+        if args.json:
+            Path(args.json).write_text(json.dumps(c, indent=1, default=str) + "\n")
+        if args.plot:
+            base = Path(args.plot)
+            plots.layer_bars_png(c, str(base.with_name(base.stem + "_layer" + base.suffix)))
+            plots.cost_png(c, str(base.with_name(base.stem + "_cost" + base.suffix)))
+        return 0
     if args.merge:
         doc = report.merge([report.load(p) for p in args.merge], args.merge)
     elif args.from_json:

@@ -181,3 +181,16 @@ def test_profile_cases_carry_deepseek_dims():
     chk = cases[("sparse_mla_prefill", "prefill")].check.inputs()
     assert chk["q"].shape[0] < sp["q"].shape[0] and chk["q"].shape[1:] == sp["q"].shape[1:]
     assert {p for (_, p) in cases} == {"prefill", "decode"}
+
+
+def test_cli_compare_and_cost_only(run_cli, capsys, tmp_path):
+    _, _, out, _ = run_cli
+    capsys.readouterr()
+    assert main(["profile", "--from-json", out["json"], "--compare", "torch", "wrong", "--no-cost"]) == 1
+    text = capsys.readouterr().out
+    assert "ratio only when both pass" in text and "x" in text
+    p = tmp_path / "cost.json"
+    assert main(["profile", "--cost-only", "--cost-hardware", "H200", "--contexts", "8192,65536", "--json", str(p)]) == 0
+    c = json.loads(p.read_text())
+    assert [e["context"] for e in c["contexts"]] == [8192, 65536] and c["roofline_origin"] == "table"
+    assert all(call["efficiency"].startswith("roofline bound") for call in c["contexts"][0]["dsa"]["calls"])

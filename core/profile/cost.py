@@ -188,7 +188,7 @@ def markdown_table(cost: Mapping[str, Any]) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def t(s: float) -> str:
-        return f"{s * 1e6:.3g} us" if s < 1e-3 else f"{s * 1e3:.3g} ms"
+        return f"{s * 1e6:.3g} us" if s < 1e-3 else (f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s")
 
     for e in cost["contexts"]:
         d, n = e["dsa"], e["dense"]

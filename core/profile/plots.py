@@ -12,6 +12,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _unit(seconds: float) -> tuple[str, float]:
+    """The time unit that keeps the largest value between 1 and 1000."""
+    for name, scale in (("us", 1e6), ("ms", 1e3)):
+        if seconds * scale < 1000:
+            return name, scale
+    return "s", 1.0
+
+
 def roofline_png(doc: Mapping[str, Any], path: str) -> None:
     env = doc["environments"][0]
     rf = env["roofline"]
@@ -60,12 +68,13 @@ def layer_bars_png(cost: Mapping[str, Any], path: str, context: int | None = Non
             if c["seconds"]:
                 per_op[c["op"]] = per_op.get(c["op"], 0.0) + c["seconds"] / cost["batch"]
         total = sum(per_op.values())
+        unit, k = _unit(max(e["dsa"]["per_token_s"], e["dense"]["per_token_s"]))
         items = sorted(per_op.items(), key=lambda kv: kv[1])
-        ax.barh([k for k, _ in items], [v * 1e6 for _, v in items], color="tab:blue" if variant == "dsa" else "tab:gray")
+        ax.barh([name for name, _ in items], [v * k for _, v in items], color="tab:blue" if variant == "dsa" else "tab:gray")
         for i, (_, v) in enumerate(items):
-            ax.text(v * 1e6, i, f" {100 * v / total:.1f}%", va="center", fontsize=7)
-        ax.set_title(f"{title}: {total * 1e6:.4g} us/token", fontsize=9)
-        ax.set_xlabel("modelled time per token (us)")
+            ax.text(v * k, i, f" {100 * v / total:.1f}%", va="center", fontsize=7)
+        ax.set_title(f"{title}: {total * k:.4g} {unit}/token", fontsize=9)
+        ax.set_xlabel(f"modelled time per token ({unit})")
         ax.tick_params(axis="y", labelsize=8)
         ax.grid(True, axis="x", alpha=0.3)
     fig.suptitle(f"Where the time goes: one MoE decoder layer, context {e['context'] // 1024}K, decode batch {cost['batch']}, "
@@ -82,16 +91,17 @@ def cost_png(cost: Mapping[str, Any], path: str) -> None:
     groups = list(cost["contexts"][0]["dsa"]["groups"])
     fig, ax = plt.subplots(figsize=(9, 5.5))
     x = range(len(ctx))
+    unit, k = _unit(max(max(c["dense"]["per_token_s"], c["dsa"]["per_token_s"]) for c in cost["contexts"]))
     bottom = [0.0] * len(ctx)
     cmap = plt.get_cmap("tab10")
     for i, g in enumerate(groups):
-        vals = [c["dsa"]["groups"][g] * 1e6 for c in cost["contexts"]]
+        vals = [c["dsa"]["groups"][g] * k for c in cost["contexts"]]
         ax.bar(x, vals, bottom=bottom, label=f"DSA: {g}", color=cmap(i % 10), width=0.6)
         bottom = [b + v for b, v in zip(bottom, vals)]
-    ax.plot(list(x), [c["dense"]["per_token_s"] * 1e6 for c in cost["contexts"]], "k--o", label="dense MLA decode: total")
+    ax.plot(list(x), [c["dense"]["per_token_s"] * k for c in cost["contexts"]], "k--o", label="dense MLA decode: total")
     ax.set_xticks(list(x), [f"{c // 1024}K" for c in ctx])
     ax.set_xlabel("context length")
-    ax.set_ylabel("modelled time per token, one layer (us)")
+    ax.set_ylabel(f"modelled time per token, one layer ({unit})")
     ax.set_title(f"DSA O(L*k) vs dense O(L) per token (O(L^2) per sequence), decode batch {cost['batch']}\n"
                  f"{cost['roofline']} ({cost['roofline_origin']}); efficiencies {cost['efficiency_from']}", fontsize=9)
     ax.legend(fontsize=7)
