@@ -56,11 +56,14 @@ def _device(arg: str | None) -> str:
 
 
 def _backends(args: argparse.Namespace) -> tuple[dict[str, ModuleType], list[str]]:
-    from dsport.core.registry import BUILTIN_BACKENDS, load_backend
+    from dsport.core import registry
+    from dsport.core.registry import load_backend
 
     notes: list[str] = []
     mods: dict[str, ModuleType] = {}
-    names = args.backend or [b for b in BUILTIN_BACKENDS if b != "reference"]
+    # entry-point plugins too, where the registry can discover them
+    known = list(registry.discover()) if hasattr(registry, "discover") else list(registry.BUILTIN_BACKENDS)
+    names = args.backend or [b for b in known if b != "reference"]
     for name in names:
         try:
             mod = load_backend(name)

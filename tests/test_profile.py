@@ -24,7 +24,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def run_cli(tmp_path_factory):
     d = tmp_path_factory.mktemp("profile")
     out = {k: str(d / n) for k, n in (("json", "p.json"), ("md", "p.md"), ("png", "roof.png"))}
-    rc = main(["profile", "--backend", "torch", "--backend-module", "wrong=profile_wrong_backend", "--ops", "rms_norm,topk_select",
+    rc = main(["profile", "--backend", "torch", "--backend-module", "wrong=profile_wrong_backend", "--ops", "rms_norm,topk_select,hadamard",
                "--warmup", "0", "--repeats", "3", "--budget", "0.05", "--contexts", "8192,131072",
                "--json", out["json"], "--markdown", out["md"], "--plot", out["png"]])
     with open(out["json"]) as f:
@@ -37,7 +37,7 @@ def test_report_is_valid_and_complete(run_cli):
     assert report.errors(doc) == []
     assert doc["schema"] == "dsport-profile" and doc["schema_version"] == 1
     keys = {(r["backend"], r["op"], r["phase"]) for r in doc["results"]}
-    assert keys == {(b, o, p) for b in ("torch", "wrong") for o in ("rms_norm", "topk_select") for p in ("prefill", "decode")}
+    assert keys == {(b, o, p) for b in ("torch", "wrong") for o in ("rms_norm", "topk_select", "hadamard") for p in ("prefill", "decode")}
     env = doc["environments"][0]
     assert env["roofline"]["origin"] == "measured" and env["roofline"]["bandwidth"] > 0
     assert "matmul" in env["roofline"]["note"] and "copy" in env["roofline"]["note"]
@@ -55,6 +55,11 @@ def test_wrong_implementation_gets_no_speed_figure(run_cli):
             t = ok["timing"]
             assert t["repeats"] >= 3 and t["min_s"] <= t["median_s"] <= t["max_s"] and t["clock"] == "perf_counter"
             assert ok["perf"]["roofline_share"] > 0 and ok["flops"] > 0
+    late = rows[("wrong", "hadamard", "prefill")]  # right at the check shape, NaN at the profiled one
+    assert late["accuracy"]["verdict"] == "fail" and "at the profiled shape" in late["accuracy"]["reason"] and "NaN" in late["accuracy"]["reason"]
+    assert late["timing"] is None and late["perf"] is None
+    assert rows[("wrong", "hadamard", "decode")]["timing"] is not None
+    assert rows[("torch", "hadamard", "prefill")]["timing"]["warmup"] == 1  # the structure-checked call counts as warm-up
     md = open(out["md"]).read()
     fail_lines = [ln for ln in md.splitlines() if ln.startswith("| rms_norm") and "| wrong |" in ln]
     assert len(fail_lines) == 2 and all("| fail |" in ln and " us" not in ln and " ms" not in ln for ln in fail_lines)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from dsport.core.capabilities import query_of
 from dsport.core.profile import gate
 from dsport.core.profile.hardware import Roofline
 from dsport.core.profile.roofline import math_class, place
@@ -46,6 +47,29 @@ def _to(args: dict[str, Any], device: str) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
 
 
+def _query(spec: Any, args: dict[str, Any]) -> dict[str, Any]:
+    """The capability facts of the profiled call (dtype, fp8 format, heads, top-k, page size)."""
+    bound = spec.bind(**args)
+    return query_of(spec, bound, spec.validate(bound))
+
+
+def _structure(spec: Any, bound: dict[str, Any], outs: tuple, is_reference: bool) -> str:
+    """What is wrong with the outputs of the profiled call that needs no reference to see."""
+    dims = spec.validate(bound)
+    declared = [o for o in spec.outputs if o.when is None or bound.get(o.when) is not None]
+    if len(outs) != len(declared):
+        return f"{len(outs)} outputs, the spec declares {len(declared)}"
+    for o, x, shape in zip(declared, outs, spec.output_shapes(bound, dims)):
+        if not isinstance(x, torch.Tensor) or tuple(x.shape) != tuple(shape):
+            return f"output '{o.name}' is {tuple(getattr(x, 'shape', ()))}, the spec says {tuple(shape)}"
+        want = o.dtype(bound) if callable(o.dtype) else o.dtype
+        if not is_reference and x.dtype != want:
+            return f"output '{o.name}' has dtype {x.dtype}, the spec says {want}"
+        if x.is_floating_point() and x.dtype.itemsize > 1 and bool(torch.isnan(x).any()):
+            return f"output '{o.name}' holds NaN"
+    return ""
+
+
 def _row(pc: ProfileCase, backend: str, **kw: Any) -> dict[str, Any]:
     return {"backend": backend, "op": pc.op, "phase": pc.phase, "case": pc.id, "scale": pc.scale,
             "shapes": None, "flops": None, "bytes": None, "timing": None, "perf": None, **kw}
@@ -67,12 +91,18 @@ def run(plan: Plan, on_row: Callable[[dict[str, Any]], None] = lambda r: None) -
                 ref_error = f"reference raised {type(e).__name__}: {e}"
         else:
             ref_error = "no reference implementation: nothing to judge against"
+        case_args = pc.case.inputs()
+        query = _query(spec, case_args)
         timed_args: dict[str, Any] | None = None
         for name, mod in plan.backends.items():
             acc = {"verdict": "skip", "reason": "", "metrics": {}, "checked_at": checked_at, "judge": gate.SOURCE}
             impl = getattr(mod, "OPS", {}).get(pc.op)
+            cap = getattr(mod, "CAPABILITIES", {}).get(pc.op)
+            refused = cap.reasons(query) if impl is not None and cap is not None else []
             if impl is None:
                 acc.update(verdict="unsupported", reason=f"{name} does not implement {pc.op}")
+            elif refused:
+                acc.update(verdict="unsupported", reason="; ".join(refused))
             elif refs is None:
                 acc.update(reason=ref_error)
             else:
@@ -86,18 +116,28 @@ def run(plan: Plan, on_row: Callable[[dict[str, Any]], None] = lambda r: None) -
             row = _row(pc, name, accuracy=acc)
             if acc["verdict"] == "pass":
                 if timed_args is None:
-                    timed_args = _to(pc.case.inputs(), plan.device)
+                    timed_args = _to(case_args, plan.device)
                 bound = spec.bind(**timed_args)
                 flops, nbytes = spec.cost(bound)
                 row.update(shapes=describe_shapes(timed_args), flops=flops, bytes=nbytes)
                 try:
-                    t = time_call(impl, timed_args, plan.warmup, plan.repeats, plan.min_repeats, plan.budget_s, plan.llc_bytes)
+                    # the first call at the profiled shape doubles as a warm-up and is checked for structure:
+                    # output shapes and dtypes per the spec, and no NaN from finite inputs
+                    wrong = _structure(spec, bound, gate.as_tuple(impl(**timed_args)), is_reference=mod is plan.reference)
+                    if wrong:
+                        acc.update(verdict="fail", reason=f"at the profiled shape: {wrong}")
+                        row.update(shapes=None, flops=None, bytes=None)
+                        rows.append(row)
+                        on_row(row)
+                        continue
+                    t = time_call(impl, timed_args, max(plan.warmup - 1, 0), plan.repeats, plan.min_repeats, plan.budget_s, plan.llc_bytes)
+                    t.warmup += 1  # the structure-checked call above
                     row["timing"] = t.to_json()
                     row["perf"] = place(flops, nbytes, t.median_s, plan.roof, math_class(spec, bound))
                 except Exception as e:  # passed at the check shape, died at the profiled one
                     acc.update(verdict="crash", reason=f"at the profiled shape: raised {type(e).__name__}: {e}")
             rows.append(row)
             on_row(row)
-        del timed_args
+        del timed_args, case_args
         gc.collect()
     return rows
