@@ -26,19 +26,32 @@ def _prompt(n: int, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("n", [40, 100], ids=["ctx<topk", "ctx>topk"])
 def test_decode_with_cache_equals_reprefill(ckpt, backend, n):
+    """Prefill + 16 greedy decode steps through the caches, then one re-prefill
+    of all the tokens from scratch: the two must give the same logits."""
     model = Model.from_pretrained(ckpt, backend=backend)
-    tokens = model.generate(_prompt(n), 16)
-    assert tokens.shape == (1, n + 16)
-    stepwise = []
     model.reset(1, n + 16)
-    model(tokens[:, :n])
-    for i in range(n, n + 16):
-        stepwise.append(model(tokens[:, i : i + 1], i)[0, -1])
-    full = model(tokens)[0, n : n + 16]  # start_pos 0 re-prefills everything
+    tokens = _prompt(n)
+    nxt = model(tokens)[:, -1].argmax(-1, keepdim=True)
+    stepwise = []
+    for i in range(16):
+        tokens = torch.cat([tokens, nxt], dim=1)
+        step = model(nxt, n + i)[0, -1]
+        stepwise.append(step)
+        nxt = step.argmax(-1).view(1, 1)
+    full = model(tokens)[0, n:]  # start_pos 0: everything recomputed, caches rebuilt
     step = torch.stack(stepwise)
     cos = torch.nn.functional.cosine_similarity(step.double(), full.double(), dim=-1)
     assert cos.min() > 0.999, cos
     assert (step.argmax(-1) == full.argmax(-1)).float().mean() >= 0.9
+
+
+def test_generate_is_greedy_decoding(ckpt):
+    model = Model.from_pretrained(ckpt, backend="reference")
+    out = model.generate(_prompt(12, seed=9), 4)
+    assert out.shape == (1, 16)
+    logits = model(out[:, :-1])[0]
+    # each generated token is the argmax of the logits at the position before it
+    assert torch.equal(out[0, 12:], logits[11:].argmax(-1))
 
 
 def test_prefill_with_cached_prefix_equals_single_prefill(ckpt):

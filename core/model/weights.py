@@ -62,10 +62,14 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     by_shard: dict[str, list[str]] = defaultdict(list)
     for name, shard in wmap.items():
         by_shard[shard].append(name)
-    loaded, unexpected, wrong = set(), [], []
+    loaded, unexpected, wrong, absent = set(), [], [], []
     for shard, names in sorted(by_shard.items()):
         with safe_open(path / shard, framework="pt") as f:
+            present = set(f.keys())
             for name in sorted(names):
+                if name not in present:
+                    absent.append(f"{name} (listed in the index for {shard})")
+                    continue
                 parts = name.split(".")
                 if name.startswith("model.layers.") and int(parts[2]) >= n_layers:
                     continue
@@ -92,6 +96,8 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         problems.append(f"unexpected tensors: {sorted(unexpected)}")
     if wrong:
         problems.append(f"wrongly shaped tensors: {wrong}")
+    if absent:
+        problems.append(f"tensors named by the index but absent from their shard: {absent}")
     if problems:
         raise CheckpointError(f"{path}: " + "; ".join(problems))
     log.info("loaded %d tensors from %d shard(s) of %s", len(loaded), len(by_shard), path)
