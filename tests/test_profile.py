@@ -166,7 +166,8 @@ def test_cost_model_by_hand():
             "indices": torch.empty(b, 1, 2048, device="meta", dtype=torch.int32), "sm_scale": 0.1, "d_v": 512}
     flops, nbytes = cost.model_cost("sparse_mla_decode", args)
     assert flops == 2 * b * 2048 * 128 * (576 + 512)
-    assert nbytes == 2 * b * 128 * (576 + 512) + b * 2048 * 656
+    # bf16 q [b, 128, 576] and out [b, 128, 512]; per index one 656-byte cache row and a 4-byte int32; fp32 lse [b, 128]
+    assert nbytes == 2 * b * 128 * (576 + 512) + b * 2048 * (656 + 4) + 4 * b * 128
     h200 = hardware.from_table("H200")
     tab = cost.cost_table(h200, {}, batch=b, contexts=[8192, 131072])
     short, long = tab["contexts"]
