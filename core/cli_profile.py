@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", action="append", metavar="B", help="backend to profile (repeatable); default: every available one but the reference")
+    p.add_argument("--backend", action="append", metavar="B[,B]", help="backend(s) to profile (repeatable); default: every available one but the reference")
     p.add_argument("--backend-module", action="append", metavar="NAME=MODULE", default=[],
                    help="profile a backend module outside the built-in list (e.g. a port under development)")
     p.add_argument("--ops", action="append", metavar="OP[,OP]", help="only these ops (comma-separated, repeatable)")
@@ -63,7 +63,8 @@ def _backends(args: argparse.Namespace) -> tuple[dict[str, ModuleType], list[str
     mods: dict[str, ModuleType] = {}
     # entry-point plugins too, where the registry can discover them
     known = list(registry.discover()) if hasattr(registry, "discover") else list(registry.BUILTIN_BACKENDS)
-    names = args.backend or [b for b in known if b != "reference"]
+    names = [b.strip() for chunk in args.backend for b in chunk.split(",") if b.strip()] if args.backend else \
+        [b for b in known if b != "reference"]
     for name in names:
         try:
             mod = load_backend(name)
@@ -158,8 +159,6 @@ def _cost(args: argparse.Namespace, doc: dict[str, Any] | None, console: Any) ->
         backends = [r["backend"] for r in doc["results"]]
         who = args.cost_backend or (backends[0] if backends else None)
         eff = costmod.efficiencies(doc, who)
-        if rf["origin"] == "table" and not eff:
-            eff = {}
     c = costmod.cost_table(roof, eff, args.cost_batch, contexts)
     c["efficiency_backend"] = None if args.cost_hardware else (args.cost_backend or next((r["backend"] for r in doc["results"]), None))
     return c

@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from dsport.conformance.report import device_info, environment as _conf_env  # noqa: F401  (machine naming shared)
+from dsport.conformance.report import device_info
 from dsport.conformance.schema import errors as _schema_errors
 
 SCHEMA_NAME = "dsport-profile"

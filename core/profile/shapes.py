@@ -342,9 +342,5 @@ def profile_cases(scale: Scale, ops: list[str] | None = None, phases: tuple[str,
     return out
 
 
-def input_bytes(args: dict[str, Any]) -> int:
-    return sum(v.numel() * v.element_size() for v in args.values() if isinstance(v, torch.Tensor))
-
-
 def describe_shapes(args: dict[str, Any]) -> str:
     return ", ".join(f"{k}{list(v.shape)}" for k, v in args.items() if isinstance(v, torch.Tensor) and v.dim() > 0)
