@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-json", metavar="F", help="render an existing report instead of profiling")
     p.add_argument("--contexts", default="8192,16384,32768,65536,131072", help="context lengths of the cost view")
     p.add_argument("--cost-batch", type=int, default=32, help="decode batch of the cost view")
+    p.add_argument("--cost-phase", choices=("decode", "prefill"), default="decode",
+                   help="cost per generated token (decode) or per prompt token of a whole prefill in 4096-token chunks")
     p.add_argument("--cost-hardware", metavar="NAME", help="cost view on this hardware.yaml roofline (roofline bound, not measured)")
     p.add_argument("--cost-backend", help="whose measured efficiencies the cost view uses (default: the first profiled backend)")
     p.add_argument("--no-cost", action="store_true", help="skip the cost view")
@@ -159,7 +161,7 @@ def _cost(args: argparse.Namespace, doc: dict[str, Any] | None, console: Any) ->
         backends = [r["backend"] for r in doc["results"]]
         who = args.cost_backend or (backends[0] if backends else None)
         eff = costmod.efficiencies(doc, who)
-    c = costmod.cost_table(roof, eff, args.cost_batch, contexts)
+    c = costmod.cost_table(roof, eff, args.cost_batch, contexts, phase=args.cost_phase)
     c["efficiency_backend"] = None if args.cost_hardware else (args.cost_backend or next((r["backend"] for r in doc["results"]), None))
     return c
 

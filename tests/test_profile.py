@@ -200,3 +200,13 @@ def test_cli_compare_and_cost_only(run_cli, capsys, tmp_path):
     c = json.loads(p.read_text())
     assert [e["context"] for e in c["contexts"]] == [8192, 65536] and c["roofline_origin"] == "table"
     assert all(call["efficiency"].startswith("roofline bound") for call in c["contexts"][0]["dsa"]["calls"])
+
+
+def test_prefill_cost_shows_quadratic_dense_attention():
+    """Whole-prompt prefill per token: dense causal attention averages ~L/2 keys per token (O(L^2) per
+    prompt), sparse attention always k = 2048, so per-token dense grows 16x from 8K to 128K."""
+    tab = cost.cost_table(hardware.from_table("MI300X"), {}, contexts=[8192, 131072], phase="prefill", chunk=4096)
+    short, long = tab["contexts"]
+    assert long["dsa"]["groups"]["attention"] == pytest.approx(short["dsa"]["groups"]["attention"])
+    # causal pairs per token: (L + 1) / 2 -> (131072 + 1) / (8192 + 1)
+    assert long["dense"]["groups"]["attention"] / short["dense"]["groups"]["attention"] == pytest.approx(131073 / 8193, rel=0.02)

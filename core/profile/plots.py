@@ -20,6 +20,10 @@ def _unit(seconds: float) -> tuple[str, float]:
     return "s", 1.0
 
 
+def _what(cost: Mapping[str, Any]) -> str:
+    return f"decode batch {cost['batch']}" if cost.get("phase", "decode") == "decode" else f"prefill in {cost['chunk']}-token chunks"
+
+
 def roofline_png(doc: Mapping[str, Any], path: str) -> None:
     env = doc["environments"][0]
     rf = env["roofline"]
@@ -62,11 +66,11 @@ def layer_bars_png(cost: Mapping[str, Any], path: str, context: int | None = Non
     entries = cost["contexts"]
     e = next((c for c in entries if c["context"] == context), entries[-1])
     fig, axes = plt.subplots(1, 2, figsize=(13, 6), sharex=True)
-    for ax, variant, title in zip(axes, ("dsa", "dense"), ("DSA (indexer + top-k + sparse MLA)", "dense MLA decode")):
+    for ax, variant, title in zip(axes, ("dsa", "dense"), ("DSA (indexer + top-k + sparse MLA)", "dense MLA")):
         per_op: dict[str, float] = {}
         for c in e[variant]["calls"]:
-            if c["seconds"]:
-                per_op[c["op"]] = per_op.get(c["op"], 0.0) + c["seconds"] / cost["batch"]
+            if c["per_token_s"]:
+                per_op[c["op"]] = per_op.get(c["op"], 0.0) + c["per_token_s"]
         total = sum(per_op.values())
         unit, k = _unit(max(e["dsa"]["per_token_s"], e["dense"]["per_token_s"]))
         items = sorted(per_op.items(), key=lambda kv: kv[1])
@@ -77,7 +81,7 @@ def layer_bars_png(cost: Mapping[str, Any], path: str, context: int | None = Non
         ax.set_xlabel(f"modelled time per token ({unit})")
         ax.tick_params(axis="y", labelsize=8)
         ax.grid(True, axis="x", alpha=0.3)
-    fig.suptitle(f"Where the time goes: one MoE decoder layer, context {e['context'] // 1024}K, decode batch {cost['batch']}, "
+    fig.suptitle(f"Where the time goes: one MoE decoder layer, context {e['context'] // 1024}K, {_what(cost)}, "
                  f"EP{cost.get('ep', 32)} rank\n{cost['roofline']} ({cost['roofline_origin']} roofline); efficiencies {cost['efficiency_from']}",
                  fontsize=9)
     fig.tight_layout()
@@ -98,11 +102,11 @@ def cost_png(cost: Mapping[str, Any], path: str) -> None:
         vals = [c["dsa"]["groups"][g] * k for c in cost["contexts"]]
         ax.bar(x, vals, bottom=bottom, label=f"DSA: {g}", color=cmap(i % 10), width=0.6)
         bottom = [b + v for b, v in zip(bottom, vals)]
-    ax.plot(list(x), [c["dense"]["per_token_s"] * k for c in cost["contexts"]], "k--o", label="dense MLA decode: total")
+    ax.plot(list(x), [c["dense"]["per_token_s"] * k for c in cost["contexts"]], "k--o", label="dense MLA: total")
     ax.set_xticks(list(x), [f"{c // 1024}K" for c in ctx])
     ax.set_xlabel("context length")
     ax.set_ylabel(f"modelled time per token, one layer ({unit})")
-    ax.set_title(f"DSA O(L*k) vs dense O(L) per token (O(L^2) per sequence), decode batch {cost['batch']}\n"
+    ax.set_title(f"DSA O(L*k) vs dense O(L^2) per sequence, shown per token: {_what(cost)}\n"
                  f"{cost['roofline']} ({cost['roofline_origin']}); efficiencies {cost['efficiency_from']}", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(True, axis="y", alpha=0.3)
