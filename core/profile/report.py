@@ -141,8 +141,9 @@ def row_cells(r: Mapping[str, Any], multi: bool) -> list[str]:
     share = p["roofline_share"]
     share_s = "-" if share is None else f"{share * 100:.1f}%{'*' if p['roofline_partial'] else ''}{'!' if share > 1 else ''}"
     note = "" if acc["checked_at"] == "the profiled shape" else "accuracy at check scale"
-    return [r["op"], r["phase"], backend, "pass", f"{fmt_time(t['median_s'])} {spread}", _num(p["tflops"] * 1e3, "", 3),
-            _num(p["gbps"]), _num(p["intensity"]), share_s, p["bound"], note]
+    no_math = not r["flops"]  # pure data movement (quantize, pack): FLOP/s is not a figure of merit
+    return [r["op"], r["phase"], backend, "pass", f"{fmt_time(t['median_s'])} {spread}", "-" if no_math else _num(p["tflops"] * 1e3),
+            _num(p["gbps"]), "-" if no_math else _num(p["intensity"]), share_s, p["bound"], note]
 
 
 HEADER = ["op", "phase", "backend", "accuracy", "median (IQR/2)", "GFLOP/s", "GB/s", "FLOP/B", "roofline", "bound", "note"]
