@@ -125,15 +125,24 @@ def _bound_dims(spec: OpSpec, bound: Mapping[str, Any]) -> dict[str, Any]:
     return dims
 
 
+def _bind(var: Variant, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Schema arguments by name, defaults filled, dropped optionals None."""
+    bound: dict[str, Any] = dict.fromkeys(var.dropped)
+    bound.update(zip((a.name for a in var.args), args))
+    bound.update(kwargs)
+    for a in var.args:
+        if a.name not in bound:
+            bound[a.name] = None if isinstance(a, Tensor) or a.default is REQUIRED else a.default
+    return bound
+
+
 def _device(var: Variant, bound: Mapping[str, Any]) -> torch.device:
     return next(bound[a.name].device for a in var.args if isinstance(a, Tensor) and bound.get(a.name) is not None)
 
 
 def _make_fake(var: Variant) -> Callable[..., Any]:
-    names = [a.name for a in var.args]
-
-    def fake(*args: Any) -> Any:
-        bound = {**dict.fromkeys(var.dropped), **dict(zip(names, args))}
+    def fake(*args: Any, **kwargs: Any) -> Any:
+        bound = _bind(var, args, kwargs)
         dims = _bound_dims(var.spec, bound)
         shapes = var.spec.output_shapes(bound, dims)
         present = [i for i, o in enumerate(var.spec.outputs) if o.when is None or bound.get(o.when) is not None]
@@ -149,13 +158,11 @@ def _make_fake(var: Variant) -> Callable[..., Any]:
 
 
 def _make_impl(var: Variant, fn: Callable[..., Any]) -> Callable[..., Any]:
-    names = [a.name for a in var.args]
-
-    def impl(*args: Any) -> Any:
-        bound = {**dict.fromkeys(var.dropped), **dict(zip(names, args))}
+    def impl(*args: Any, **kwargs: Any) -> Any:
+        bound = _bind(var, args, kwargs)
         res = fn(**bound)
         outs = list(res) if isinstance(res, (tuple, list)) else [res]
-        inputs = {t.untyped_storage().data_ptr() for t in args if isinstance(t, torch.Tensor) and t.numel()}
+        inputs = {t.untyped_storage().data_ptr() for t in bound.values() if isinstance(t, torch.Tensor) and t.numel()}
         fixed = []
         for i, t in zip(var.outputs, outs):
             o = var.spec.outputs[i]
