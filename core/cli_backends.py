@@ -48,7 +48,7 @@ def explain(console: Console, args: argparse.Namespace) -> int:
             else:
                 others.append(f"{v.backend}: {'; '.join(v.reasons)}")
         served = o.served_by or "[red]none[/]"
-        table.add_row(o.op, served, o.role, escape("\n".join(others)))
+        table.add_row(o.op, served, o.role, escape(" | ".join(others)))
     console.print(table)
     failures = p.failures
     if failures:
