@@ -254,9 +254,10 @@ def as_config(selection: str | os.PathLike[str] | Mapping[str, Any] | Config | N
     raise ConfigError(f"resolve: expected a backend name, a YAML path, a mapping or a Config, got {type(selection).__name__}")
 
 
-def resolve(selection: str | os.PathLike[str] | Mapping[str, Any] | Config | None = "reference", validate: bool = True,
+def resolve(selection: str | os.PathLike[str] | Mapping[str, Any] | Config | None = None, validate: bool = True,
             torch_library: bool = False) -> OpTable:
-    """Bind every op once, as ``selection`` asks (see :func:`as_config`).
+    """Bind every op once, as ``selection`` asks (see :func:`as_config`);
+    with no selection, ``$DSPORT_CONFIG`` / ``$DSPORT_BACKEND``, else the reference.
 
     strict: any op the chosen backend (or its per-op override) cannot serve
     is a ResolveError listing every such op with its reason. fallback: such

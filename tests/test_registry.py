@@ -223,3 +223,17 @@ def test_reference_does_not_fall_back_by_default():
     assert dsport.core.config.Config(backend="triton").chain("rms_norm") == ("triton", "torch", "reference")
     assert dsport.core.config.Config(backend="triton", ops={"rms_norm": "tilelang"}).chain("rms_norm") == \
         ("tilelang", "triton", "torch", "reference")
+
+
+def test_environment_selects_when_resolve_gets_nothing(plugins, tmp_path, monkeypatch):
+    monkeypatch.delenv("DSPORT_CONFIG", raising=False)
+    monkeypatch.setenv("DSPORT_BACKEND", "twoops")
+    assert dsport.resolve().served_by["dequant"] == "twoops"
+    assert dsport.resolve("reference").served_by["dequant"] == "reference"  # an explicit name is taken as is
+    cfg = yaml_file(tmp_path, "backend: reference\nfallback: strict\n")
+    monkeypatch.setenv("DSPORT_CONFIG", str(cfg))
+    with pytest.raises(ResolveError, match="strict: backend 'twoops'"):  # file's policy, env's backend
+        dsport.resolve()
+    monkeypatch.delenv("DSPORT_BACKEND")
+    monkeypatch.delenv("DSPORT_CONFIG")
+    assert dsport.resolve().served_by["dequant"] == "reference"
