@@ -108,9 +108,11 @@ def test_fallback_serves_the_rest_from_the_chain_and_traces_each(plugins, tmp_pa
         assert f"twoops: does not implement {op}" in line
     assert not any(ln.startswith(("act_quant:", "dequant:")) for ln in t.trace)
     assert "served by reference (fallback)" in next(ln for ln in t.trace if ln.startswith("fp8_gemm:"))
-    # An op nobody serves is absent, and touching it says why.
-    with pytest.raises(ResolveError, match="rms_norm.*twoops: does not implement rms_norm.*reference: does not implement"):
-        t.rms_norm
+    # An op nobody in the chain serves is absent, and touching it says why.
+    alone = dsport.resolve({"backend": "twoops", "fallback_chain": ["npu_broken"]})
+    assert set(alone.ops) == set(TWO)
+    with pytest.raises(ResolveError, match="rms_norm.*twoops: does not implement rms_norm; npu_broken: unavailable: import failed"):
+        alone.rms_norm
 
 
 def test_strict_fails_listing_every_missing_op(plugins, tmp_path):
@@ -208,7 +210,9 @@ def test_explain_prints_each_op_and_why_others_were_rejected(plugins, tmp_path, 
     assert "fp8 format e4m3fnuz not in ['e4m3fn']" in rows["act_quant"]
     assert "npu_broken: unavailable: import failed: ImportError" in rows["fp8_gemm"]
     assert "twoops: does not implement fp8_gemm" in rows["fp8_gemm"]
-    assert "none" in rows["rms_norm"]
+    assert main(["backends", "--explain", "--backend", "twoops", "--fallback-chain", "npu_broken"]) == 0
+    rows = {ln.split("│")[1].strip(): ln for ln in capsys.readouterr().out.splitlines() if ln.count("│") >= 4 and ln.split("│")[1].strip()}
+    assert "none" in rows["rms_norm"] and "unserved" in rows["rms_norm"]
 
 
 def test_explain_strict_exits_nonzero(plugins, capsys):
