@@ -241,3 +241,25 @@ def test_environment_selects_when_resolve_gets_nothing(plugins, tmp_path, monkey
     monkeypatch.delenv("DSPORT_BACKEND")
     monkeypatch.delenv("DSPORT_CONFIG")
     assert dsport.resolve().served_by["dequant"] == "reference"
+
+
+def test_capability_reasons_are_sentences_naming_value_and_limit():
+    from dsport.core.capabilities import Capability
+
+    cap = Capability(dtypes=(torch.bfloat16,), fp8_formats=("e4m3fn",), scale_formats=("ue8m0",), heads=(64, 128),
+                     topk_values=(2048,), page_sizes=(64,), devices=("cuda",), archs=("sm_90a",))
+    q = {"dtype": torch.float32, "fp8_format": "e4m3fnuz", "scale_format": "fp32", "heads": 16, "topk": 512,
+         "page_size": 1, "device": "cpu", "arch": "gfx942"}
+    assert cap.reasons(q) == [
+        "dtype float32 not in ['bfloat16']", "fp8 format e4m3fnuz not in ['e4m3fn']", "scale format fp32 not in ['ue8m0']",
+        "head count 16 not in [64, 128]", "page size 1 not in [64]", "device cpu not in ['cuda']", "arch gfx942 not in ['sm_90a']",
+        "topk 512 not in [2048]"]
+    assert cap.reasons({"dtype": torch.bfloat16, "topk": 2048, "heads": 128}) == []
+    assert cap.reasons({}) == []  # unstated facts are not held against a backend
+
+
+def test_dispatch_benchmark_runs(capsys):
+    """A smoke run (timings are not asserted: this is a benchmark, not a timed test)."""
+    assert main(["bench", "dispatch", "--calls", "5", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "table(validate=False)" in out and "torch.ops.dsport" in out and "null dequant" in out
