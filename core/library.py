@@ -158,21 +158,35 @@ def _make_fake(var: Variant) -> Callable[..., Any]:
 
 
 def _make_impl(var: Variant, fn: Callable[..., Any]) -> Callable[..., Any]:
+    # Everything knowable from the spec is settled here, not per call: this
+    # wrapper sits on the hot path of every compiled dsport node.
+    names = tuple(a.name for a in var.args)
+    tensors = tuple(i for i, a in enumerate(var.args) if isinstance(a, Tensor))
+    outs_spec = tuple(var.spec.outputs[i] for i in var.outputs)
+    static = all(not callable(o.dtype) for o in outs_spec)
+    single = len(outs_spec) == 1
+
     def impl(*args: Any, **kwargs: Any) -> Any:
-        bound = _bind(var, args, kwargs)
+        if kwargs or len(args) != len(names):
+            bound = _bind(var, args, kwargs)
+            ins = [bound[names[i]] for i in tensors]
+        else:
+            bound = dict(zip(names, args))
+            for d in var.dropped:
+                bound[d] = None
+            ins = [args[i] for i in tensors]
         res = fn(**bound)
-        outs = list(res) if isinstance(res, (tuple, list)) else [res]
-        inputs = {t.untyped_storage().data_ptr() for t in bound.values() if isinstance(t, torch.Tensor) and t.numel()}
+        outs = (res,) if single and not isinstance(res, (tuple, list)) else tuple(res)
+        ptrs = {t.untyped_storage().data_ptr() for t in ins if t is not None and t.numel()}
         fixed = []
-        for i, t in zip(var.outputs, outs):
-            o = var.spec.outputs[i]
-            dt = o.dtype(bound) if callable(o.dtype) else o.dtype
+        for o, t in zip(outs_spec, outs):
+            dt = o.dtype if static else (o.dtype(bound) if callable(o.dtype) else o.dtype)
             if t.dtype != dt:
                 t = t.to(dt)
-            if t.numel() and t.untyped_storage().data_ptr() in inputs:
+            if t.numel() and t.untyped_storage().data_ptr() in ptrs:
                 t = t.clone()  # a custom op may not return a view of its input
             fixed.append(t)
-        return fixed[0] if len(fixed) == 1 else tuple(fixed)
+        return fixed[0] if single else tuple(fixed)
 
     return impl
 
