@@ -111,7 +111,7 @@ def render(name: str) -> dict[str, str]:
             import dsport
 
             # Bound once at import, like any OpTable: calls do no lookup.
-            _base = dsport.resolve({{"backend": "torch", "fallback_chain": ["reference"]}}, validate=False)
+            _base = dsport.resolve({{"backend": "torch", "fallback": "fallback", "fallback_chain": ["reference"]}}, validate=False)
 
 
             def delegates(fn):
@@ -140,7 +140,7 @@ def render(name: str) -> dict[str, str]:
 
             NAME = "{name}"
             # Only this backend: no chain, so an op it lacks is absent, not borrowed.
-            TABLE = dsport.resolve({{"backend": NAME, "fallback_chain": []}})
+            TABLE = dsport.resolve({{"backend": NAME, "fallback": "fallback", "fallback_chain": []}})
             REF = dsport.resolve("reference")
             CASES = [(op, c) for op, s in specs().items() for c in s.cases() if "quick" in c.tags]
             # Index selections with ties have more than one right answer; a plain

@@ -4,7 +4,7 @@ schema. Every unknown name is an error that lists the valid ones.
 
     backend: torch                  # the requested backend
     ops: {sparse_mla_prefill: triton}   # per-op overrides
-    fallback: fallback              # strict | fallback
+    fallback: fallback              # strict (default) | fallback
     fallback_chain: [torch, reference]  # tried after the requested backend
     device: cuda                    # torch device string
     dtype: bfloat16                 # float32 | bfloat16 | float16 | float64
@@ -47,7 +47,7 @@ class Config:
 
     backend: str = "reference"
     ops: Mapping[str, str] = field(default_factory=dict)
-    fallback: str = "fallback"
+    fallback: str = "strict"  # no op is served by a backend the user did not ask for unless they say so
     fallback_chain: tuple[str, ...] | None = None  # None: DEFAULT_CHAIN (see chain())
     device: str | None = None
     dtype: str | None = None

@@ -259,8 +259,8 @@ def resolve(selection: str | os.PathLike[str] | Mapping[str, Any] | Config | Non
     """Bind every op once, as ``selection`` asks (see :func:`as_config`);
     with no selection, ``$DSPORT_CONFIG`` / ``$DSPORT_BACKEND``, else the reference.
 
-    strict: any op the chosen backend (or its per-op override) cannot serve
-    is a ResolveError listing every such op with its reason. fallback: such
+    strict (the default): any op the chosen backend (or its per-op override)
+    cannot serve is a ResolveError listing every such op with its reason. fallback: such
     ops are served by the next able candidate of the chain; ``table.trace``
     says which and why. With ``validate`` each call checks its arguments
     against the op spec (``spec.checked``). With ``torch_library`` the
@@ -270,8 +270,10 @@ def resolve(selection: str | os.PathLike[str] | Mapping[str, Any] | Config | Non
     p = plan(config)
     if config.fallback == "strict" and p.failures:
         lines = "\n  ".join(f"{o.op}: {o.verdicts[0].backend}: {', '.join(o.verdicts[0].reasons)}" for o in p.failures)
+        chain = ", ".join(config.fallbacks) or "(empty)"
         raise ResolveError(f"strict: backend '{config.backend}' cannot serve {len(p.failures)} op(s) "
-                           f"for this config ({config.origin}):\n  {lines}")
+                           f"for this config ({config.origin}):\n  {lines}\n"
+                           f"(fallback: fallback would serve them from the chain: {chain})")
     table = specs()
     bound: dict[str, Callable[..., Any]] = {}
     for op, o in p.ops.items():

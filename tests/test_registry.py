@@ -109,7 +109,7 @@ def test_fallback_serves_the_rest_from_the_chain_and_traces_each(plugins, tmp_pa
     assert not any(ln.startswith(("act_quant:", "dequant:")) for ln in t.trace)
     assert "served by reference (fallback)" in next(ln for ln in t.trace if ln.startswith("fp8_gemm:"))
     # An op nobody in the chain serves is absent, and touching it says why.
-    alone = dsport.resolve({"backend": "twoops", "fallback_chain": ["npu_broken"]})
+    alone = dsport.resolve({"backend": "twoops", "fallback": "fallback", "fallback_chain": ["npu_broken"]})
     assert set(alone.ops) == set(TWO)
     with pytest.raises(ResolveError, match="rms_norm.*twoops: does not implement rms_norm; npu_broken: unavailable: import failed"):
         alone.rms_norm
@@ -134,7 +134,7 @@ def test_strict_fails_listing_every_missing_op(plugins, tmp_path):
 def test_calls_go_to_the_bound_backend(plugins):
     import dsport_twoops
 
-    t = dsport.resolve({"backend": "twoops", "fallback_chain": ["reference"]})
+    t = dsport.resolve({"backend": "twoops", "fallback": "fallback", "fallback_chain": ["reference"]})
     dsport_twoops.CALLS.clear()
     y, s = t.act_quant(torch.randn(2, 128))
     t.dequant(y, s)
@@ -144,10 +144,10 @@ def test_calls_go_to_the_bound_backend(plugins):
 
 def test_capability_filter_uses_the_config(plugins):
     """twoops declares act_quant for e4m3fn only: an e4m3fnuz config moves it to the chain."""
-    t = dsport.resolve({"backend": "twoops", "fallback_chain": ["reference"], "fp8": {"format": "e4m3fnuz"}})
+    t = dsport.resolve({"backend": "twoops", "fallback": "fallback", "fallback_chain": ["reference"], "fp8": {"format": "e4m3fnuz"}})
     assert t.served_by["act_quant"] == "reference" and t.served_by["dequant"] == "twoops"
     assert "twoops: fp8 format e4m3fnuz not in ['e4m3fn']" in next(ln for ln in t.trace if ln.startswith("act_quant:"))
-    ok = dsport.resolve({"backend": "twoops", "fallback_chain": ["reference"], "fp8": {"format": "e4m3fn"}})
+    ok = dsport.resolve({"backend": "twoops", "fallback": "fallback", "fallback_chain": ["reference"], "fp8": {"format": "e4m3fn"}})
     assert ok.served_by["act_quant"] == "twoops"
     with pytest.raises(ResolveError, match=r"act_quant: twoops: fp8 format e4m3fnuz not in \['e4m3fn'\]"):
         dsport.resolve({"backend": "twoops", "fallback": "strict", "fp8": {"format": "e4m3fnuz"}})
@@ -162,8 +162,8 @@ def test_per_op_override(plugins):
 def test_validate_flag_binds_checked_or_raw(plugins):
     import dsport_twoops
 
-    raw = dsport.resolve({"backend": "twoops", "fallback_chain": []}, validate=False)
-    checked = dsport.resolve({"backend": "twoops", "fallback_chain": []})
+    raw = dsport.resolve({"backend": "twoops", "fallback": "fallback", "fallback_chain": []}, validate=False)
+    checked = dsport.resolve({"backend": "twoops", "fallback": "fallback", "fallback_chain": []})
     assert raw.act_quant is dsport_twoops.act_quant
     assert checked.act_quant.__wrapped__ is dsport_twoops.act_quant
     with pytest.raises(dsport.ValidationError, match="act_quant: argument 'x'"):
@@ -181,7 +181,7 @@ def test_broken_plugin_is_reported_and_harms_nothing(plugins, capsys):
     assert "twoops" in out
     # Resolution of other backends is untouched; asking for the broken one says why.
     assert dsport.resolve("reference").served_by["act_quant"] == "reference"
-    assert dsport.resolve({"backend": "twoops", "fallback_chain": []}).served_by["dequant"] == "twoops"
+    assert dsport.resolve({"backend": "twoops", "fallback": "fallback", "fallback_chain": []}).served_by["dequant"] == "twoops"
     with pytest.raises(ResolveError, match="act_quant: npu_broken: unavailable: import failed: ImportError: libnpu_runtime"):
         dsport.resolve({"backend": "npu_broken", "fallback": "strict"})
 
@@ -200,6 +200,7 @@ def test_plugin_cannot_take_a_builtin_name(tmp_path, monkeypatch, capsys):
 def test_explain_prints_each_op_and_why_others_were_rejected(plugins, tmp_path, capsys):
     cfg = yaml_file(tmp_path, """
         backend: twoops
+        fallback: fallback
         fallback_chain: [npu_broken, reference]
         fp8: {format: e4m3fnuz}
     """)
@@ -210,7 +211,7 @@ def test_explain_prints_each_op_and_why_others_were_rejected(plugins, tmp_path, 
     assert "fp8 format e4m3fnuz not in ['e4m3fn']" in rows["act_quant"]
     assert "npu_broken: unavailable: import failed: ImportError" in rows["fp8_gemm"]
     assert "twoops: does not implement fp8_gemm" in rows["fp8_gemm"]
-    assert main(["backends", "--explain", "--backend", "twoops", "--fallback-chain", "npu_broken"]) == 0
+    assert main(["backends", "--explain", "--backend", "twoops", "--fallback", "fallback", "--fallback-chain", "npu_broken"]) == 0
     rows = {ln.split("│")[1].strip(): ln for ln in capsys.readouterr().out.splitlines() if ln.count("│") >= 4 and ln.split("│")[1].strip()}
     assert "none" in rows["rms_norm"] and "unserved" in rows["rms_norm"]
 
@@ -230,16 +231,16 @@ def test_reference_does_not_fall_back_by_default():
 
 
 def test_environment_selects_when_resolve_gets_nothing(plugins, tmp_path, monkeypatch):
-    monkeypatch.delenv("DSPORT_CONFIG", raising=False)
+    lenient = yaml_file(tmp_path, "fallback: fallback\nfallback_chain: [reference]\n")
+    monkeypatch.setenv("DSPORT_CONFIG", str(lenient))
     monkeypatch.setenv("DSPORT_BACKEND", "twoops")
-    assert dsport.resolve().served_by["dequant"] == "twoops"
+    t = dsport.resolve()  # the file's policy and chain, the environment's backend
+    assert (t.served_by["dequant"], t.served_by["fp8_gemm"]) == ("twoops", "reference")
     assert dsport.resolve("reference").served_by["dequant"] == "reference"  # an explicit name is taken as is
-    cfg = yaml_file(tmp_path, "backend: reference\nfallback: strict\n")
-    monkeypatch.setenv("DSPORT_CONFIG", str(cfg))
-    with pytest.raises(ResolveError, match="strict: backend 'twoops'"):  # file's policy, env's backend
+    monkeypatch.delenv("DSPORT_CONFIG")
+    with pytest.raises(ResolveError, match="strict: backend 'twoops'"):  # strict is the default policy
         dsport.resolve()
     monkeypatch.delenv("DSPORT_BACKEND")
-    monkeypatch.delenv("DSPORT_CONFIG")
     assert dsport.resolve().served_by["dequant"] == "reference"
 
 

@@ -45,10 +45,18 @@ def load_generated_test(project: Path, name: str):
     return mod
 
 
+# In-process runs judge a few families to stay quick; the slow test below runs
+# the generated file whole, every op.
+FAMILIES = ("quant", "norm")
+
+
 def run_generated(mod) -> dict[str, str]:
-    """Run the generated test function over its own cases: id -> pass/skip/fail: message."""
+    """Run the generated test function over its own cases (ops of FAMILIES):
+    id -> pass / skip: reason / fail: message."""
     out = {}
     for op, case in mod.CASES:
+        if specs()[op].family not in FAMILIES:
+            continue
         key = f"{op}/{case.id}"
         try:
             mod.test_matches_reference(op, case)
@@ -134,7 +142,7 @@ def test_bad_names_are_refused(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_pip_install_then_its_own_pytest(tmp_path):
-    """The real thing, about 25 s on 2 cores: pip installs the generated
+    """The real thing, about 55 s on 2 busy cores: pip installs the generated
     project (no deps, no network) and its tests pass in a fresh interpreter."""
     root = write("scafe", tmp_path)
     target = tmp_path / "site"
