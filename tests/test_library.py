@@ -7,7 +7,6 @@ import dsport
 from dsport.core import library
 from dsport.core.spec import specs
 
-QUANT = ("act_quant", "dequant", "weight_dequant", "fp8_gemm")
 
 
 @pytest.fixture(scope="module")
