@@ -22,6 +22,7 @@ class Capability:
     heads: tuple[int, ...] | None = None            # head counts H
     topk_multiple: int | None = None                # k must be a multiple of this
     topk_max: int | None = None
+    topk_values: tuple[int, ...] | None = None      # exact k a kernel is built for (e.g. 2048)
     page_sizes: tuple[int, ...] | None = None       # KV-cache block sizes BS
     devices: tuple[str, ...] | None = None          # torch device types
     archs: tuple[str, ...] | None = None            # GPU archs the code is built for
@@ -34,7 +35,7 @@ class Capability:
         def need(key: str, allowed: tuple | None, what: str) -> None:
             v = query.get(key)
             if allowed is not None and v is not None and v not in allowed:
-                out.append(f"{what} {_name(v)} not in {[_name(a) for a in allowed]}")
+                out.append(f"{what} {_name(v)} not in {[a if isinstance(a, int) else _name(a) for a in allowed]}")
 
         need("dtype", self.dtypes, "dtype")
         need("fp8_format", self.fp8_formats, "fp8 format")
@@ -48,6 +49,8 @@ class Capability:
             out.append(f"topk {k} is not a multiple of {self.topk_multiple}")
         if k is not None and self.topk_max is not None and k > self.topk_max:
             out.append(f"topk {k} > {self.topk_max}")
+        if k is not None and self.topk_values is not None and k not in self.topk_values:
+            out.append(f"topk {k} not in {list(self.topk_values)}")
         return out
 
 

@@ -1,27 +1,70 @@
-"""``dsport backends``: every known backend, whether it runs here, and why."""
+"""``dsport backends``: every known backend (built-in and plugin), whether it
+runs here, and why. ``--explain`` resolves a config and prints, per op, what
+serves it and why each other candidate was rejected."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from dsport.core.registry import BUILTIN_BACKENDS, load_backend
+from dsport.core.config import add_config_arguments, config_from_args
+from dsport.core.errors import ConfigError
+from dsport.core.registry import discover, load, plan
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    pass
+    p.add_argument("--explain", action="store_true", help="per op: which backend serves it and why the others were rejected")
+    add_config_arguments(p)
+
+
+def list_backends(console: Console) -> None:
+    sources = discover()
+    table = Table("backend", "origin", "available", "ops", "reason")
+    for name, src in sources.items():
+        b = load(name, sources)
+        n = str(len(b.ops)) if b.module is not None else "-"
+        reason = b.reason + "".join(f"; ignored same-name {s}" for s in src.shadows)
+        table.add_row(name, src.origin, "[green]yes[/]" if b.ok else "[red]no[/]", n, escape(reason))
+    console.print(table)
+
+
+def explain(console: Console, args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    p = plan(cfg)
+    console.print(f"config ({escape(cfg.origin)}): {escape(str(cfg.to_mapping()))}")
+    table = Table("op", "served by", "how", "other candidates")
+    for o in p.ops.values():
+        others = []
+        for v in o.verdicts:
+            if v.backend == o.served_by:
+                continue
+            if cfg.fallback == "strict" and v is not o.verdicts[0]:
+                others.append(f"{v.backend}: not consulted (strict)")
+            elif v.ok:
+                others.append(f"{v.backend}: able, lower in the chain")
+            else:
+                others.append(f"{v.backend}: {'; '.join(v.reasons)}")
+        served = o.served_by or "[red]none[/]"
+        table.add_row(o.op, served, o.role, escape(" | ".join(others)))
+    console.print(table)
+    failures = p.failures
+    if failures:
+        verdict = "resolve() would fail" if cfg.fallback == "strict" else "these ops would be absent from the table"
+        console.print(f"[red]{len(failures)} op(s) not served[/]: {', '.join(o.op for o in failures)} ({verdict})")
+    return 1 if failures and cfg.fallback == "strict" else 0
 
 
 def run(args: argparse.Namespace) -> int:
-    table = Table("backend", "available", "ops", "reason")
-    for name in BUILTIN_BACKENDS:
-        try:
-            mod = load_backend(name)
-            ok, reason = mod.available()
-            n = str(len(mod.OPS))
-        except Exception as e:  # a broken backend is reported, never fatal
-            ok, reason, n = False, f"import failed: {type(e).__name__}: {e}", "-"
-        table.add_row(name, "[green]yes[/]" if ok else "[red]no[/]", n, reason)
-    Console().print(table)
+    # A pipe or a test has no terminal width; wide enough that reasons stay on one line.
+    console = Console() if sys.stdout.isatty() else Console(width=240)
+    try:
+        if args.explain:
+            return explain(console, args)
+        list_backends(console)
+    except ConfigError as e:
+        print(f"dsport backends: {e}", file=sys.stderr)
+        return 2
     return 0

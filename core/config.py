@@ -1,0 +1,263 @@
+"""Backend selection as data: a YAML file, an environment variable and CLI
+flags, merged in that order of precedence and validated against a fixed
+schema. Every unknown name is an error that lists the valid ones.
+
+    backend: torch                  # the requested backend
+    ops: {sparse_mla_prefill: triton}   # per-op overrides
+    fallback: fallback              # strict (default) | fallback
+    fallback_chain: [torch, reference]  # tried after the requested backend
+    device: cuda                    # torch device string
+    dtype: bfloat16                 # float32 | bfloat16 | float16 | float64
+    fp8: {format: e4m3fn, scale: ue8m0}
+    arch: sm_90a                    # optional, checked against capabilities
+
+Precedence: defaults < YAML file < environment (``DSPORT_CONFIG`` names a
+file, ``DSPORT_BACKEND`` a backend) < CLI flags.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dsport.core.errors import ConfigError
+from dsport.core.fp8 import FP8_FORMATS, SCALE_FORMATS
+
+ENV_CONFIG = "DSPORT_CONFIG"
+ENV_BACKEND = "DSPORT_BACKEND"
+POLICIES = ("strict", "fallback")
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64,
+}
+DEFAULT_CHAIN = ("torch", "reference")
+TOP_KEYS = ("backend", "ops", "fallback", "fallback_chain", "device", "dtype", "fp8", "arch")
+FP8_KEYS = ("format", "scale")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated selection. ``None`` fields are not part of the capability
+    filter: only what the user stated is checked against what backends serve."""
+
+    backend: str = "reference"
+    ops: Mapping[str, str] = field(default_factory=dict)
+    fallback: str = "strict"  # no op is served by a backend the user did not ask for unless they say so
+    fallback_chain: tuple[str, ...] | None = None  # None: DEFAULT_CHAIN (see chain())
+    device: str | None = None
+    dtype: str | None = None
+    fp8_format: str | None = None
+    scale_format: str | None = None
+    arch: str | None = None
+    origin: str = "defaults"
+
+    def chain(self, op: str) -> tuple[str, ...]:
+        """Candidates for ``op`` in order: override, requested backend, the
+        fallback chain (strict mode may use only the first)."""
+        seen: list[str] = []
+        for b in (self.ops.get(op), self.backend, *self.fallbacks):
+            if b is not None and b not in seen:
+                seen.append(b)
+        return tuple(seen)
+
+    @property
+    def fallbacks(self) -> tuple[str, ...]:
+        """The chain after the requested backend. By default torch then
+        reference, except for the reference itself: an oracle that quietly
+        borrowed an op from a backend it is meant to judge would judge nothing."""
+        if self.fallback_chain is not None:
+            return self.fallback_chain
+        return () if self.backend == "reference" else DEFAULT_CHAIN
+
+    def query(self) -> dict[str, Any]:
+        """The capability query this config implies (see Capability.reasons)."""
+        q: dict[str, Any] = {}
+        if self.device is not None:
+            q["device"] = torch.device(self.device).type
+        if self.dtype is not None:
+            q["dtype"] = DTYPES[self.dtype]
+        if self.fp8_format is not None:
+            q["fp8_format"] = self.fp8_format
+        if self.scale_format is not None:
+            q["scale_format"] = self.scale_format
+        if self.arch is not None:
+            q["arch"] = self.arch
+        return q
+
+    def to_mapping(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"backend": self.backend, "ops": dict(self.ops), "fallback": self.fallback,
+                               "fallback_chain": list(self.fallbacks)}
+        for k in ("device", "dtype", "arch"):
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)
+        fp8 = {k: v for k, v in (("format", self.fp8_format), ("scale", self.scale_format)) if v is not None}
+        if fp8:
+            out["fp8"] = fp8
+        return out
+
+
+def _unknown(what: str, got: Any, valid: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(str(got), list(valid), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"{what}: unknown name {got!r}{hint}; valid: {sorted(valid)}")
+
+
+def _str(key: str, v: Any) -> str:
+    if not isinstance(v, str):
+        raise ConfigError(f"{key}: expected a string, got {type(v).__name__} {v!r}")
+    return v
+
+
+def backend_names() -> list[str]:
+    from dsport.core.registry import discover
+
+    return list(discover())
+
+
+def _backend(key: str, v: Any, names: Sequence[str]) -> str:
+    v = _str(key, v)
+    if v not in names:
+        raise _unknown(key, v, names)
+    return v
+
+
+def from_mapping(data: Mapping[str, Any], base: Config | None = None, origin: str = "mapping") -> Config:
+    """Validate ``data`` (the YAML schema) and lay it over ``base``."""
+    from dsport.core.spec import specs
+
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{origin}: expected a mapping of settings, got {type(data).__name__}")
+    for k in data:
+        if k not in TOP_KEYS:
+            raise _unknown(f"{origin}: key", k, TOP_KEYS)
+    cfg = base or Config()
+    names = backend_names()
+    kw: dict[str, Any] = {"origin": origin if cfg.origin == "defaults" else f"{cfg.origin} < {origin}"}
+    if "backend" in data:
+        kw["backend"] = _backend("backend", data["backend"], names)
+    if "ops" in data:
+        ops = data["ops"] or {}
+        if not isinstance(ops, Mapping):
+            raise ConfigError(f"ops: expected a mapping op -> backend, got {type(ops).__name__} {ops!r}")
+        valid_ops = list(specs())
+        merged = dict(cfg.ops)
+        for op, b in ops.items():
+            if op not in valid_ops:
+                raise _unknown("ops: op", op, valid_ops)
+            merged[op] = _backend(f"ops.{op}", b, names)
+        kw["ops"] = merged
+    if "fallback" in data:
+        v = _str("fallback", data["fallback"])
+        if v not in POLICIES:
+            raise _unknown("fallback", v, POLICIES)
+        kw["fallback"] = v
+    if "fallback_chain" in data:
+        chain = data["fallback_chain"]
+        if not isinstance(chain, (list, tuple)):
+            raise ConfigError(f"fallback_chain: expected a list of backend names, got {type(chain).__name__} {chain!r}")
+        kw["fallback_chain"] = tuple(_backend("fallback_chain", b, names) for b in chain)
+    if "device" in data:
+        v = _str("device", data["device"])
+        try:
+            torch.device(v)
+        except (RuntimeError, ValueError) as e:
+            raise ConfigError(f"device: expected a torch device string (cpu, cuda, cuda:1, ...), got {v!r}: {e}") from None
+        kw["device"] = v
+    if "dtype" in data:
+        v = _str("dtype", data["dtype"]).removeprefix("torch.")
+        if v not in DTYPES:
+            raise _unknown("dtype", v, DTYPES)
+        kw["dtype"] = v
+    if "arch" in data:
+        kw["arch"] = _str("arch", data["arch"])
+    if "fp8" in data:
+        fp8 = data["fp8"]
+        if not isinstance(fp8, Mapping):
+            raise ConfigError(f"fp8: expected a mapping with keys {list(FP8_KEYS)}, got {type(fp8).__name__} {fp8!r}")
+        for k in fp8:
+            if k not in FP8_KEYS:
+                raise _unknown("fp8: key", k, FP8_KEYS)
+        if "format" in fp8:
+            v = _str("fp8.format", fp8["format"])
+            if v not in FP8_FORMATS:
+                raise _unknown("fp8.format", v, FP8_FORMATS)
+            kw["fp8_format"] = v
+        if "scale" in fp8:
+            v = _str("fp8.scale", fp8["scale"])
+            if v not in SCALE_FORMATS:
+                raise _unknown("fp8.scale", v, SCALE_FORMATS)
+            kw["scale_format"] = v
+    return replace(cfg, **kw)
+
+
+def read_yaml(path: str | os.PathLike[str], base: Config | None = None) -> Config:
+    import yaml
+
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"config file {str(p)!r}: cannot read: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(p)!r}: not valid YAML: {e}") from None
+    return from_mapping(data or {}, base, origin=str(p))
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None,
+                cli: Mapping[str, Any] | None = None) -> Config:
+    """Defaults < YAML file (``path``, else ``$DSPORT_CONFIG``) < ``$DSPORT_BACKEND`` < ``cli``
+    (a mapping in the YAML schema). ``env`` defaults to ``os.environ``."""
+    env = os.environ if env is None else env
+    cfg = Config()
+    if path is None and env.get(ENV_CONFIG):
+        path = env[ENV_CONFIG]
+    if path is not None:
+        cfg = read_yaml(path, cfg)
+    if env.get(ENV_BACKEND):
+        cfg = from_mapping({"backend": env[ENV_BACKEND]}, cfg, origin=f"${ENV_BACKEND}")
+    if cli:
+        cfg = from_mapping(cli, cfg, origin="command line")
+    return cfg
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that override a config file; see :func:`config_from_args`."""
+    g = p.add_argument_group("backend selection (override the config file and environment)")
+    g.add_argument("--config", metavar="FILE", help=f"YAML config (default: ${ENV_CONFIG})")
+    g.add_argument("--backend", help=f"requested backend (default: ${ENV_BACKEND}, else the config, else reference)")
+    g.add_argument("--op", action="append", default=[], metavar="OP=BACKEND", help="per-op override (repeatable)")
+    g.add_argument("--fallback", choices=POLICIES, help="strict: fail on any op the backend cannot serve; fallback: use the chain")
+    g.add_argument("--fallback-chain", metavar="B1,B2", help="backends tried after the requested one")
+    g.add_argument("--device", help="torch device string")
+    g.add_argument("--dtype", help=f"one of {list(DTYPES)}")
+    g.add_argument("--fp8-format", help=f"one of {list(FP8_FORMATS)}")
+    g.add_argument("--scale-format", help=f"one of {list(SCALE_FORMATS)}")
+    g.add_argument("--arch", help="target architecture, e.g. sm_90a, gfx942")
+
+
+def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Config:
+    cli: dict[str, Any] = {}
+    for key in ("backend", "fallback", "device", "dtype", "arch"):
+        if getattr(args, key, None) is not None:
+            cli[key] = getattr(args, key)
+    if getattr(args, "fallback_chain", None):
+        cli["fallback_chain"] = [b.strip() for b in args.fallback_chain.split(",") if b.strip()]
+    ops: dict[str, str] = {}
+    for item in getattr(args, "op", None) or ():
+        op, sep, b = item.partition("=")
+        if not sep or not op or not b:
+            raise ConfigError(f"--op: expected OP=BACKEND, got {item!r}")
+        ops[op.strip()] = b.strip()
+    if ops:
+        cli["ops"] = ops
+    fp8 = {k: v for k, v in (("format", getattr(args, "fp8_format", None)), ("scale", getattr(args, "scale_format", None))) if v}
+    if fp8:
+        cli["fp8"] = fp8
+    return load_config(getattr(args, "config", None), env=env, cli=cli)
