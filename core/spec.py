@@ -136,6 +136,7 @@ class OpSpec:
     cases: Callable[[], list[Case]] = lambda: []
     doc: str = ""
     _signature: inspect.Signature = field(init=False, repr=False, compare=False)
+    _compiled: dict[str, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         params = [
@@ -144,6 +145,10 @@ class OpSpec:
             for a in self.args
         ]
         object.__setattr__(self, "_signature", inspect.Signature(params))
+        # shape expressions are compiled once: validation runs on every call
+        exprs = {d for a in self.args if isinstance(a, Tensor) for d in a.shape if isinstance(d, str) and d != "*" and not d.isidentifier()}
+        exprs |= {d for o in self.outputs for d in o.shape if isinstance(d, str) and d != "*" and not d.isidentifier()}
+        object.__setattr__(self, "_compiled", {e: compile(e, f"<{self.name} shape>", "eval") for e in exprs})
 
     # -- binding and validation -------------------------------------------------
     @property
@@ -185,7 +190,7 @@ class OpSpec:
             self._bind_shape(a, v, dims, exprs)
         env = {"cdiv": cdiv, "__builtins__": {}}
         for argname, expr, shape, t in exprs:
-            want = eval(expr, env, dict(dims))  # noqa: S307 - expressions come from specs, not users
+            want = eval(self._compiled[expr], env, dims)  # noqa: S307 - expressions come from specs, not users
             idx = shape.index(expr) - len(shape)
             if t.shape[idx] != want:
                 raise ValidationError(self.name, argname, f"shape {self._pretty(shape)} with {expr} = {want}", tuple(t.shape))
@@ -256,7 +261,7 @@ class OpSpec:
                 if d == "*":
                     shape.extend(dims.get("*", ()))
                 else:
-                    shape.append(d if isinstance(d, int) else int(eval(d, env, dict(dims))))  # noqa: S307
+                    shape.append(d if isinstance(d, int) else int(eval(self._compiled[d], env, dict(dims))))  # noqa: S307
             shapes.append(tuple(shape))
         return shapes
 
