@@ -261,7 +261,7 @@ class OpSpec:
                 if d == "*":
                     shape.extend(dims.get("*", ()))
                 else:
-                    shape.append(d if isinstance(d, int) else int(eval(self._compiled[d], env, dict(dims))))  # noqa: S307
+                    shape.append(d if isinstance(d, int) else int(dims[d] if d.isidentifier() else eval(self._compiled[d], env, dict(dims))))  # noqa: S307
             shapes.append(tuple(shape))
         return shapes
 
