@@ -186,7 +186,8 @@ def run_backend(label: str, module: str | None, items: Sequence[tuple[str, str]]
         on_row(row)
 
     while remaining:
-        job = {"backend": label, "backend_module": module, "items": remaining, "ref_cache": plan.ref_cache}
+        job = {"backend": label, "backend_module": module, "items": remaining, "ref_cache": plan.ref_cache,
+               "case_set": None if plan.cases else plan.case_set}
         if build_targets:
             job = {**job, "items": [], "build": {"targets": [c for _, c in remaining], "out_dir": plan.build_dir or tempfile.mkdtemp(prefix="dsport-build-")}}
         w = _Worker(job)

@@ -10,6 +10,11 @@ last ``start`` line which case did it (see :mod:`dsport.conformance.runner`).
 A backend module may declare ``ENV = {"VAR": "value"}``: variables that must
 be set before it is imported (the Triton backend needs TRITON_INTERPRET=1 on a
 machine without a GPU). The worker re-executes itself once with them set.
+
+A backend that runs slowly here (an interpreter, a CPU compile per shape) may
+declare ``QUICK_TAGS``: in the quick set it then runs only the cases carrying
+one of those tags, and every other case is reported as ``skip`` with that
+reason, never silently dropped. ``--full`` or naming cases runs them all.
 """
 from __future__ import annotations
 
@@ -116,7 +121,7 @@ def _unlink(path: str) -> None:
 
 
 def run_case(mod: ModuleType, ref_ops: dict[str, Callable[..., Any]], op: str, case_id: str,
-             is_reference: bool = False, ref_cache: str | None = None) -> dict[str, Any]:
+             is_reference: bool = False, ref_cache: str | None = None, case_set: str | None = None) -> dict[str, Any]:
     """Run and judge one case in this process; returns a result row (no reproduce/machine fields)."""
     from dsport.conformance.metrics import judge
     from dsport.core.capabilities import query_of
@@ -140,6 +145,9 @@ def run_case(mod: ModuleType, ref_ops: dict[str, Callable[..., Any]], op: str, c
     impl = getattr(mod, "OPS", {}).get(op)
     if impl is None:
         return verdict("unsupported", "not implemented by this backend")
+    quick_tags = set(getattr(mod, "QUICK_TAGS", ()) or ())
+    if case_set == "quick" and quick_tags and not quick_tags & case.tags:
+        return verdict("skip", f"outside this backend's quick set here (cases tagged {sorted(quick_tags)}); --full runs it")
     cap = getattr(mod, "CAPABILITIES", {}).get(op)
     if cap is not None:
         reasons = cap.reasons(q)
@@ -233,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     for op, case_id in job["items"]:
         _emit(proto, event="start", op=op, case=case_id)
         try:
-            row = run_case(mod, ref_ops, op, case_id, is_reference, job.get("ref_cache"))
+            row = run_case(mod, ref_ops, op, case_id, is_reference, job.get("ref_cache"), job.get("case_set"))
         except Exception as e:  # a harness-side failure on one case must not end the run
             row = {"op": op, "case": case_id, "verdict": "crash", "reason": f"harness error {type(e).__name__}: {e}",
                    "metrics": {"traceback": traceback.format_exc(limit=-4)}}

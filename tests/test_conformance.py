@@ -188,3 +188,17 @@ def test_a_backend_that_cannot_load_is_a_crash_and_a_missing_one_a_skip():
     assert by["broken"]["verdict"] == "crash" and "half-written backend" in by["broken"]["reason"]
     assert by["not_there"]["verdict"] == "skip" and "ModuleNotFoundError" in by["not_there"]["reason"]
     assert by["broken"]["seed"] == by["not_there"]["seed"] is not None
+
+
+def test_quick_tags_narrow_the_quick_set_with_visible_skips():
+    module = "conformance_planted.quick_tagged"
+    quick = Plan(ops=["act_quant"])
+    _, rows = run_backend("quick_tagged", module, select_items(quick), quick)
+    by_verdict = {r["case"]: r["verdict"] for r in rows}
+    assert by_verdict["tiny"] == "pass"
+    skipped = [r for r in rows if r["verdict"] == "skip"]
+    assert skipped and all("quick set" in r["reason"] and "--full" in r["reason"] for r in skipped)
+    assert set(by_verdict) == {c for _, c in select_items(quick)}  # nothing silently dropped
+    full = Plan(ops=["act_quant"], case_set="full")
+    _, rows = run_backend("quick_tagged", module, select_items(full), full)
+    assert rows and all(r["verdict"] == "pass" for r in rows)
