@@ -11,6 +11,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "backends": ("dsport.core.cli_backends", "list backends, their availability and why"),
     "selfcheck": ("dsport.core.cli_selfcheck", "run the reference on every op's cases and check each output against its spec"),
     "bench": ("dsport.core.cli_bench", "run one benchmark (ratios measured in one run)"),
+    "build": ("dsport.core.cli_build", "compile a backend's kernels ahead of time for a target and report resources"),
 }
 
 

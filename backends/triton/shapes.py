@@ -1,0 +1,55 @@
+"""The launches built ahead of time: every kernel at DeepSeek-V3.2 shapes
+(core.constants), with the tiles the runtime wrappers use."""
+from __future__ import annotations
+
+from dsport.backends.triton import norm, quant, rotary
+from dsport.backends.triton.aot import AotSpec
+from dsport.core.constants import DEEPSEEK_V32 as C
+
+TOKENS = 128  # a prefill chunk; only divisibility of runtime ints matters to codegen
+
+
+def _quant() -> list[AotSpec]:
+    out = []
+    for sf in ("ue8m0", "fp32"):
+        out.append(AotSpec(f"act_quant_{sf}", quant.act_quant_kernel, ("act_quant",),
+                           {"x_ptr": "*bf16", "y_ptr": "*fp8", "s_ptr": "*fp32", "R": TOKENS, "N": C.dim},
+                           {"FMAX": lambda f: f.max, "MIN_NORMAL": lambda f: quant.min_normal(f), "UE8M0": sf == "ue8m0", "BLOCK": C.fp8_block, "BR": 16},
+                           shape=f"x [{TOKENS}, {C.dim}] bf16"))
+    for label, n, k in (("wq_b", C.n_heads * C.qk_head_dim, C.q_lora_rank), ("wo", C.dim, C.n_heads * C.v_head_dim)):
+        out.append(AotSpec(f"fp8_gemm_{label}", quant.fp8_gemm_kernel, ("fp8_gemm",),
+                           {"a_ptr": "*fp8", "sa_ptr": "*fp32", "b_ptr": "*fp8", "sb_ptr": "*fp32", "c_ptr": "*bf16",
+                            "M": TOKENS, "N": n, "K": k},
+                           dict(quant.FP8_GEMM_TILE), num_warps=4, num_stages=3, matrix=True, hot=True,
+                           shape=f"M={TOKENS} N={n} K={k}"))
+    return out
+
+
+def _norm() -> list[AotSpec]:
+    out = []
+    for label, d, res in (("hidden_residual", C.dim, True), ("q_norm", C.q_lora_rank, False), ("kv_norm", C.kv_lora_rank, False)):
+        out.append(AotSpec(f"rms_norm_{label}", norm.rms_norm_kernel, ("rms_norm",),
+                           {"x_ptr": "*bf16", "w_ptr": "*fp32", "r_ptr": "*bf16", "y_ptr": "*bf16", "ro_ptr": "*bf16",
+                            "D": d, "eps": C.rms_eps},
+                           {"HAS_RES": res, "BD": 1 << (d - 1).bit_length()}, num_warps=8 if d > 4096 else 4,
+                           shape=f"x [{TOKENS}, {d}] bf16"))
+    return out
+
+
+def _rope() -> list[AotSpec]:
+    half = C.qk_rope_head_dim // 2
+    mla = AotSpec("rope_mla_interleaved", rotary.rope_kernel, ("rope",),
+                  {"x_ptr": "*bf16", "pos_ptr": "*i64", "f_ptr": "*fp32", "y_ptr": "*bf16", "H": C.n_heads,
+                   "sx_t": C.n_heads * C.qk_head_dim, "sx_h": C.qk_head_dim, "sx_d": 1},
+                  {"HALF": half, "INTERLEAVED": True, "BH": 16, "BP": half},
+                  shape=f"q_pe [T, {C.n_heads}, 64] of 192-dim heads")
+    idx = AotSpec("rope_indexer_rotate_half", rotary.rope_kernel, ("rope",),
+                  {"x_ptr": "*bf16", "pos_ptr": "*i64", "f_ptr": "*fp32", "y_ptr": "*bf16", "H": C.index_n_heads,
+                   "sx_t": C.index_n_heads * C.index_head_dim, "sx_h": C.index_head_dim, "sx_d": 1},
+                  {"HALF": half, "INTERLEAVED": False, "BH": 16, "BP": half},
+                  shape=f"q[..., :64] [T, {C.index_n_heads}, 64] of 128-dim heads")
+    return [mla, idx]
+
+
+def deepseek_specs() -> list[AotSpec]:
+    return _quant() + _norm() + _rope()
