@@ -46,3 +46,22 @@ def round_fp8(v, MIN_NORMAL: tl.constexpr):
     sub = (a + magic) - magic
     sub = tl.where((bits >> 31) != 0, -sub, sub)
     return tl.where(a < MIN_NORMAL, sub, normal)
+
+
+INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
+"""Whether this process runs kernels in the interpreter (fixed at triton import)."""
+
+
+@triton.jit
+def mma(a, b, INTERP: tl.constexpr):
+    """tl.dot with fp32 accumulation and no silent TF32 for fp32 operands.
+
+    The Triton 3.9 interpreter multiplies bf16 operands as their raw uint16
+    bits, so under the interpreter bf16 operands are widened to fp32 first
+    (exact; the GPU's bf16 MMA also accumulates exact products in fp32). The
+    compiled kernels (INTERP=False) keep the bf16 MMA.
+    """
+    if INTERP and a.dtype == tl.bfloat16:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision="ieee")

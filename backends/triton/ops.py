@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from dsport.backends.triton import norm, quant, rotary
+from dsport.backends.triton import attention, indexer, moe, norm, quant, rotary
 from dsport.core.capabilities import Capability
 from dsport.core.fp8 import FP8_FORMATS, SCALE_FORMATS
 from dsport.core.spec import specs
@@ -19,6 +19,11 @@ OPS: dict[str, Callable[..., Any]] = {
     "fp8_gemm": quant.fp8_gemm,
     "rms_norm": norm.rms_norm,
     "rope": rotary.rope,
+    "indexer_logits": indexer.indexer_logits,
+    "sparse_mla_prefill": attention.sparse_mla_prefill,
+    "sparse_mla_decode": attention.sparse_mla_decode,
+    "moe_grouped_gemm_contiguous": moe.moe_grouped_gemm_contiguous,
+    "moe_experts": moe.moe_experts,
 }
 
 # What each kernel serves, beyond the op spec's own validation. Per-arch FP8:
@@ -32,6 +37,16 @@ _LIMITS: dict[str, dict[str, Any]] = {
                      note="tiles BM=64 BN=128 BK=128 (BK is the scale block); any M, N; K % 128 == 0"),
     "rms_norm": dict(dtypes=FLOATS, note="one row per program; D up to 65536 (one register tile)"),
     "rope": dict(dtypes=FLOATS, note="both pairings; strided x (e.g. the last 64 dims of a 192-dim head)"),
+    "indexer_logits": dict(dtypes=FLOATS, fp8_formats=tuple(FP8_FORMATS),
+                           note="one query token x 64 keys per program; all H heads in one tile (H <= 128 keeps it in "
+                                "registers); key blocks outside [ks, ke) skip the product"),
+    "sparse_mla_prefill": dict(dtypes=FLOATS,
+                               note="64 heads x 64 gathered rows per step, any H and any k (tails masked); "
+                                    "-1 and out-of-range indices contribute nothing"),
+    "sparse_mla_decode": dict(dtypes=FLOATS, fp8_formats=tuple(FP8_FORMATS),
+                              note="656-byte FP8 cache or a float cache; any page size (indices are block * BS + offset)"),
+    "moe_grouped_gemm_contiguous": dict(dtypes=FLOATS, note="float operands; M-tiles of 64 inside 128-row segments"),
+    "moe_experts": dict(dtypes=FLOATS, note="gate/up grouped GEMM with fused SwiGLU, then down; routing glue in PyTorch"),
 }
 
 _NO_KERNEL_REASON = "no Triton kernel: resolve with an explicit fallback (e.g. torch or reference)"

@@ -2,7 +2,7 @@
 (core.constants), with the tiles the runtime wrappers use."""
 from __future__ import annotations
 
-from dsport.backends.triton import norm, quant, rotary
+from dsport.backends.triton import attention, indexer, moe, norm, quant, rotary
 from dsport.backends.triton.aot import AotSpec
 from dsport.core.constants import DEEPSEEK_V32 as C
 
@@ -51,5 +51,43 @@ def _rope() -> list[AotSpec]:
     return [mla, idx]
 
 
+def _dsa() -> list[AotSpec]:
+    ctx = 65536  # keys in a long-context prefill; only its divisibility matters
+    out = [AotSpec("indexer_logits_fp8", indexer.indexer_logits_kernel, ("indexer_logits",),
+                   {"q_ptr": "*fp8", "k_ptr": "*fp8", "w_ptr": "*fp32", "ks_ptr": "*i32", "ke_ptr": "*i32",
+                    "kscale_ptr": "*fp32", "out_ptr": "*fp32", "S": ctx, "H": C.index_n_heads, "D": C.index_head_dim},
+                   {"HAS_SCALE": True, "INTERP": False, "BH": C.index_n_heads, "BD": C.index_head_dim, "BN": 64},
+                   num_warps=4, num_stages=2, matrix=True, hot=True,
+                   shape=f"q [T, {C.index_n_heads}, {C.index_head_dim}] fp8, k [{ctx}, {C.index_head_dim}] fp8")]
+    common = {"q_ptr": "*bf16", "idx_ptr": "*i32", "out_ptr": "*bf16", "lse_ptr": "*fp32", "mlog_ptr": "*fp32",
+              "H": C.n_heads, "K": C.index_topk, "sm_scale": C.softmax_scale}
+    tiles = {"DV": C.kv_lora_rank, "DR": C.qk_rope_head_dim, "BDV": C.kv_lora_rank, "BDR": C.qk_rope_head_dim,
+             "BH": 64, "BK": 64, "INTERP": False, "FP8_DT": lambda f: attention.TL_FP8[f.dtype]}
+    out.append(AotSpec("sparse_mla_prefill_bf16", attention.sparse_mla_kernel, ("sparse_mla_prefill",),
+                       {**common, "kv_ptr": "*bf16", "NROWS": ctx, "KV_STRIDE": C.d_qk}, {**tiles, "FP8_CACHE": False},
+                       num_warps=8, num_stages=2, matrix=True, hot=True,
+                       shape=f"q [T, {C.n_heads}, {C.d_qk}] bf16, kv [{ctx}, 1, {C.d_qk}] bf16, topk {C.index_topk}"))
+    out.append(AotSpec("sparse_mla_decode_fp8cache", attention.sparse_mla_kernel, ("sparse_mla_decode",),
+                       {**common, "kv_ptr": "*u8", "NROWS": ctx, "KV_STRIDE": attention.CACHE_BYTES},
+                       {**tiles, "FP8_CACHE": True}, num_warps=8, num_stages=2, matrix=True, hot=True,
+                       shape=f"q [B, 1, {C.n_heads}, {C.d_qk}] bf16, 656-byte cache, topk {C.index_topk}"))
+    return out
+
+
+def _moe() -> list[AotSpec]:
+    m = 8 * 128  # routed rows of a batch, 128-aligned segments
+    args = {"a_ptr": "*bf16", "b_ptr": "*bf16", "b3_ptr": "*bf16", "ids_ptr": "*i32", "c_ptr": "*bf16"}
+    return [
+        AotSpec("moe_gate_up_swiglu", moe.grouped_gemm_kernel, ("moe_experts",),
+                {**args, "N": C.moe_inter_dim, "K": C.dim}, {"SWIGLU": True, "INTERP": False, **moe.TILE},
+                num_warps=4, num_stages=3, matrix=True, hot=True,
+                shape=f"a [{m}, {C.dim}] x w1, w3 [E, {C.moe_inter_dim}, {C.dim}] bf16"),
+        AotSpec("moe_down", moe.grouped_gemm_kernel, ("moe_grouped_gemm_contiguous", "moe_experts"),
+                {**args, "c_ptr": "*fp32", "N": C.dim, "K": C.moe_inter_dim}, {"SWIGLU": False, "INTERP": False, **moe.TILE},
+                num_warps=4, num_stages=3, matrix=True, hot=True,
+                shape=f"h [{m}, {C.moe_inter_dim}] x w2 [E, {C.dim}, {C.moe_inter_dim}] bf16"),
+    ]
+
+
 def deepseek_specs() -> list[AotSpec]:
-    return _quant() + _norm() + _rope()
+    return _quant() + _norm() + _rope() + _dsa() + _moe()
