@@ -10,6 +10,7 @@ checked tightly against them.
 from __future__ import annotations
 
 from dsport.backends.reference import quant
+from dsport.backends.reference import indexer, norm, rotary, topk
 
 NAME = "reference"
 DESCRIPTION = "float64 PyTorch, written for clarity; the oracle of conformance"
@@ -20,6 +21,16 @@ OPS = {
     "dequant": quant.dequant,
     "weight_dequant": quant.weight_dequant,
     "fp8_gemm": quant.fp8_gemm,
+    "rms_norm": norm.rms_norm,
+    "layer_norm": norm.layer_norm,
+    "yarn_freqs": rotary.yarn_freqs,
+    "rope": rotary.rope,
+    "hadamard": rotary.hadamard,
+    "indexer_logits": indexer.indexer_logits,
+    "indexer_logits_paged": indexer.indexer_logits_paged,
+    "index_cache_pack": indexer.index_cache_pack,
+    "index_cache_unpack": indexer.index_cache_unpack,
+    "topk_select": topk.topk_select,
 }
 
 
