@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dsport.backends.reference import quant
 from dsport.backends.reference import indexer, norm, rotary, topk
+from dsport.backends.reference import attention, mla_cache
 
 NAME = "reference"
 DESCRIPTION = "float64 PyTorch, written for clarity; the oracle of conformance"
@@ -31,6 +32,12 @@ OPS = {
     "index_cache_pack": indexer.index_cache_pack,
     "index_cache_unpack": indexer.index_cache_unpack,
     "topk_select": topk.topk_select,
+    "sparse_mla_prefill": attention.sparse_mla_prefill,
+    "sparse_mla_decode": attention.sparse_mla_decode,
+    "mla_prefill_dense": attention.mla_prefill_dense,
+    "mla_decode_dense": attention.mla_decode_dense,
+    "mla_cache_pack": mla_cache.mla_cache_pack,
+    "mla_cache_unpack": mla_cache.mla_cache_unpack,
 }
 
 
