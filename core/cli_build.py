@@ -40,7 +40,7 @@ def rows(records: list[KernelBuild]) -> list[list[str]]:
              "; ".join(r.findings + ([r.detail] if r.detail and r.status == "built" else [])) or "-"] for r in records]
 
 
-HEADER = ["kernel", "ops", "status", "regs", "spills", "shared/LDS B", "matrix instr", "findings"]
+HEADER = ["kernel", "ops", "status", "regs", "spills (B NVIDIA / VGPRs AMD)", "shared/LDS B", "matrix instr", "findings"]
 
 
 def markdown(records: list[KernelBuild]) -> str:

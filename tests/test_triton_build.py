@@ -15,6 +15,8 @@ from dsport.core.fp8 import format_for_arch
 TARGETS = ("sm_90a", "gfx950", "gfx942")
 
 
+# Each target compiles 13 kernels: about 30 s of CPU per target on a fresh Triton cache,
+# so the tests that build are marked slow.
 @pytest.fixture(scope="module", params=TARGETS)
 def report(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"build-{request.param}")
@@ -27,6 +29,7 @@ def report(request, tmp_path_factory):
     return request.param, json.loads(js.read_text()), out / "art", res.stdout
 
 
+@pytest.mark.slow
 def test_every_kernel_built_with_artifact(report):
     target, recs, art, _ = report
     assert recs, "no kernels"
@@ -38,6 +41,7 @@ def test_every_kernel_built_with_artifact(report):
         assert r["spills"] is not None and r["shared_bytes"] is not None
 
 
+@pytest.mark.slow
 def test_matrix_kernels_use_the_target_matrix_instruction(report):
     target, recs, art, _ = report
     want = "wgmma" if target.startswith("sm_") else "mfma"
@@ -50,6 +54,7 @@ def test_matrix_kernels_use_the_target_matrix_instruction(report):
         assert (("wgmma.mma_async" in asm) if want == "wgmma" else ("v_mfma" in asm)) == r["matrix_found"]
 
 
+@pytest.mark.slow
 def test_fp8_format_per_target(report):
     target, recs, art, _ = report
     fmt = format_for_arch(target).name
@@ -60,6 +65,7 @@ def test_fp8_format_per_target(report):
     assert ("f8E4M3FNUZ" in ttir) == (fmt == "e4m3fnuz") and ("f8E4M3FN" in ttir)
 
 
+@pytest.mark.slow
 def test_report_lists_every_kernel(report):
     target, recs, art, stdout = report
     for r in recs:

@@ -22,6 +22,15 @@ EXPECTED = [
     *[f"rms_norm/{c}" for c in ("float32", "residual-float32", "bfloat16", "residual-bfloat16", "T0")],
     *[f"rope/{c}" for c in ("interleaved", "rotate-half", "interleaved-detects-mixed-pairing",
                             "rotate-half-detects-mixed-pairing")],
+    *[f"indexer_logits/{c}" for c in ("tiny-float", "tiny-fp8", "fp8-fnuz", "fp8-causal-prefix", "empty-windows", "T0",
+                                      "nan", "heads-8")],
+    *[f"sparse_mla_prefill/{c}" for c in ("tiny", "fp32-inputs", "T0", "rows-all-invalid", "duplicates", "S-lt-k",
+                                          "heads-8", "detects-dropped-rope")],
+    *[f"sparse_mla_decode/{c}" for c in ("tiny-float", "fp8-page1", "fnuz-page64", "B0", "rows-all-invalid", "mtp-sq2")],
+    "moe_grouped_gemm_contiguous/segments", "moe_grouped_gemm_contiguous/mixed-block-rejected",
+    "moe_experts/swiglu", "moe_experts/T0",
+    *[f"backend/{c}" for c in ("available-says-interpreter", "fp8-per-target", "every-op-served-or-declared",
+                               "capabilities-cover-ops")],
 ]
 
 

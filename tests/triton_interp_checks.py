@@ -171,6 +171,127 @@ def rope_both_pairings():
         record(f"rope/{name}-detects-mixed-pairing", other > 0.1, f"other pairing err {other:.3g}")
 
 
+def _compare(op: str, case_id: str, outs, refs, tols) -> None:
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    refs = refs if isinstance(refs, tuple) else (refs,)
+    spec = get_spec(op)
+    msgs, ok = [], len(outs) == len(refs)
+    for o, r, tol, decl in zip(outs, refs, tols, spec.outputs):
+        fin_o, fin_r = torch.isfinite(o.double()), torch.isfinite(r.double())
+        same_specials = torch.equal(fin_o, fin_r) and torch.equal(o.double()[~fin_r].nan_to_num(7.0), r.double()[~fin_r].nan_to_num(7.0))
+        e = rel_err(o[fin_r], r[fin_r]) if bool(fin_r.any()) else 0.0
+        want_dt = decl.dtype if not callable(decl.dtype) else None
+        dt_ok = want_dt is None or o.dtype == want_dt
+        ok &= same_specials and e <= tol and dt_ok and o.shape == r.shape
+        msgs.append(f"{decl.name}: err/peak {e:.3g} (tol {tol:.3g}){'' if same_specials else ', inf/nan pattern differs'}"
+                    f"{'' if dt_ok else f', dtype {o.dtype}'}")
+    record(f"{op}/{case_id}", ok, "; ".join(msgs))
+
+
+REF = dsport.resolve("reference")
+# bf16 outputs: half an ulp (2**-8) for the output plus one for the bf16 P in P.V.
+ATTN_TOL = (2 * 2 ** -8, 1e-5, 1e-5)
+SPEC_CASES = {
+    "indexer_logits": (("tiny-float", "tiny-fp8", "fp8-fnuz", "fp8-causal-prefix", "empty-windows", "T0", "nan",
+                        "heads-8"), (1e-5,)),
+    "sparse_mla_prefill": (("tiny", "fp32-inputs", "T0", "rows-all-invalid", "duplicates", "S-lt-k", "heads-8"), ATTN_TOL),
+    "sparse_mla_decode": (("tiny-float", "fp8-page1", "fnuz-page64", "B0", "rows-all-invalid", "mtp-sq2"), ATTN_TOL[:2]),
+}
+
+
+@check
+def reference_cases():
+    # Spec cases checked against the float64 reference (written apart from these kernels).
+    for op, (ids, tols) in SPEC_CASES.items():
+        cases = {c.id: c for c in get_spec(op).cases()}
+        for cid in ids:
+            args = cases[cid].inputs()
+            _compare(op, cid, tri.ops[op](**args), REF.ops[op](**args), tols)
+
+
+@check
+def sparse_mla_fp32_tolerance_can_fail():
+    # A planted bug (the rope dims dropped from the logits) must break the check.
+    case = {c.id: c for c in get_spec("sparse_mla_prefill").cases()}["tiny"]
+    args = case.inputs()
+    bad = dict(args, q=torch.cat([args["q"][..., :-64], torch.zeros_like(args["q"][..., -64:])], -1))
+    out = tri.sparse_mla_prefill(**bad)[0]
+    e = rel_err(out, REF.sparse_mla_prefill(**args)[0])
+    record("sparse_mla_prefill/detects-dropped-rope", e > ATTN_TOL[0], f"err/peak with the bug {e:.3g}")
+
+
+def _grouped_brute(a, b, ids):
+    out = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float64)
+    for i, g in enumerate(ids.tolist()):
+        if g >= 0:
+            for n in range(b.shape[1]):
+                out[i, n] = sum(float(x) * float(y) for x, y in zip(a[i], b[g, n]))
+    return out
+
+
+@check
+def moe_grouped_gemm():
+    g = torch.Generator().manual_seed(3)
+    counts = (5, 0, 130)  # an empty group, and a segment longer than 128
+    ids = []
+    for gi, c in enumerate(counts):
+        ids += [gi] * c + [-1] * (-c % 128)
+    m_idx = torch.tensor(ids, dtype=torch.int32)
+    a = torch.randn(len(ids), 16, generator=g).bfloat16()
+    b = torch.randn(3, 20, 16, generator=g).bfloat16()
+    c = tri.moe_grouped_gemm_contiguous(a, b, m_idx)
+    want = _grouped_brute(a, b, m_idx)
+    e = rel_err(c, want)
+    pad_zero = bool((c[m_idx < 0] == 0).all())
+    record("moe_grouped_gemm_contiguous/segments", c.dtype == torch.bfloat16 and e <= 2 ** -8 + 1e-5 and pad_zero,
+           f"err/peak {e:.3g}, padding rows zero: {pad_zero}")
+    bad = m_idx.clone()
+    bad[3] = 2
+    try:
+        tri.moe_grouped_gemm_contiguous(a, b, bad)
+        record("moe_grouped_gemm_contiguous/mixed-block-rejected", False, "no error")
+    except dsport.ValidationError as err:
+        record("moe_grouped_gemm_contiguous/mixed-block-rejected", err.arg == "m_indices", str(err))
+
+
+@check
+def moe_experts():
+    g = torch.Generator().manual_seed(4)
+    t, d, i, e, k = 6, 16, 24, 4, 2
+    x = torch.randn(t, d, generator=g).bfloat16()
+    ids = torch.tensor([[0, 1], [1, 2], [2, -1], [0, 2], [1, 0], [2, 1]], dtype=torch.int32)  # expert 3 empty
+    w = torch.rand(t, k, generator=g)
+    w1, w3 = (torch.randn(e, i, d, generator=g) * 0.3).bfloat16(), (torch.randn(e, i, d, generator=g) * 0.3).bfloat16()
+    w2 = (torch.randn(e, d, i, generator=g) * 0.3).bfloat16()
+    want = torch.zeros(t, d, dtype=torch.float64)
+    for tt in range(t):
+        for j in range(k):
+            ex = int(ids[tt, j])
+            if ex >= 0:
+                h1, h3 = w1[ex].double() @ x[tt].double(), w3[ex].double() @ x[tt].double()
+                want[tt] += float(w[tt, j]) * (w2[ex].double() @ (h1 * torch.sigmoid(h1) * h3))
+    y = tri.moe_experts(x, ids, w, w1, w3, w2)
+    err = rel_err(y, want)
+    # the hidden activation is rounded to bf16 before the down projection, as the model's Linear does
+    record("moe_experts/swiglu", y.dtype == torch.bfloat16 and err <= 3 * 2 ** -8, f"err/peak {err:.3g}")
+    y0 = tri.moe_experts(x[:0], ids[:0], w[:0], w1, w3, w2)
+    record("moe_experts/T0", y0.shape == (0, d))
+
+
+@check
+def backend_declarations():
+    import dsport.backends.triton as tb
+
+    ok, reason = tb.available()
+    record("backend/available-says-interpreter", ok and "interpreter" in reason, reason)
+    record("backend/fp8-per-target", tb.FP8_FORMAT_BY_TARGET == {"sm_90a": "e4m3fn", "gfx950": "e4m3fn", "gfx942": "e4m3fnuz"},
+           str(tb.FP8_FORMAT_BY_TARGET))
+    missing = set(dsport.specs()) - set(tb.OPS) - set(tb.NOT_SERVED)
+    record("backend/every-op-served-or-declared", not missing and not set(tb.OPS) & set(tb.NOT_SERVED), str(missing))
+    caps = tb.CAPABILITIES
+    record("backend/capabilities-cover-ops", set(caps) == set(tb.OPS) and all(c.devices == ("cpu",) for c in caps.values()))
+
+
 def main() -> None:
     only = set(sys.argv[1:])
     for fn in CHECKS:

@@ -17,6 +17,8 @@ for sm_90a, v_mfma in AMDGCN).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 
 TARGETS: tuple[str, ...] = ("sm_90a", "gfx950", "gfx942")
 MATRIX_INSTR = {"cuda": "wgmma", "hip": "mfma"}
+# Most shared memory / LDS one block may use: H100/H200 opt-in 227 KiB,
+# MI350 (gfx950) 160 KiB, MI300 (gfx942) 64 KiB. Beyond it a kernel builds but cannot launch.
+SHARED_LIMIT = {"sm_90a": 232448, "gfx950": 163840, "gfx942": 65536}
 TL_FP8 = {torch.float8_e4m3fn: "fp8e4nv", torch.float8_e4m3fnuz: "fp8e4b8"}
 
 
@@ -96,11 +101,16 @@ def _ptxas() -> str:
     return get_ptxas(90).path  # the very ptxas Triton used for the cubin
 
 
-def _nvidia_usage(ptx: str, workdir: Path) -> dict[str, Any]:
+def _rerun_ptxas(ptx: str, workdir: Path) -> str:
+    """ptxas -v on the PTX, as Triton runs it; needed when the cubin came from Triton's cache."""
     p = workdir / "k.ptx"
     p.write_text(ptx)
-    out = subprocess.run([_ptxas(), "-v", "--regAllocOptLevel=2", "--gpu-name=sm_90a", str(p),
-                          "-o", str(workdir / "k.o")], capture_output=True, text=True, check=True).stderr
+    return subprocess.run([_ptxas(), "-v", "--regAllocOptLevel=2", "-lineinfo", "--gpu-name=sm_90a", str(p),
+                           "-o", str(workdir / "k.o")], capture_output=True, text=True, check=True).stderr
+
+
+def _nvidia_usage(ptxas_log: str, ptx: str, workdir: Path) -> dict[str, Any]:
+    out = ptxas_log if "Used" in ptxas_log else _rerun_ptxas(ptx, workdir)
     regs = re.search(r"Used (\d+) registers", out)
     stores = re.search(r"(\d+) bytes spill stores", out)
     loads = re.search(r"(\d+) bytes spill loads", out)
@@ -134,6 +144,7 @@ def _amd_usage(amdgcn: str) -> dict[str, Any]:
 
 def build_one(spec: AotSpec, target: str, out_dir: Path, backend: str = "triton") -> KernelBuild:
     import triton
+    from triton import knobs
     from triton.compiler import ASTSource
 
     fp8 = TL_FP8[format_for_arch(target).dtype]
@@ -146,7 +157,10 @@ def build_one(spec: AotSpec, target: str, out_dir: Path, backend: str = "triton"
         sig, attrs = _signature(spec, fp8)
         consts = {n: (v(format_for_arch(target)) if callable(v) else v) for n, v in spec.constexprs.items()}
         src = ASTSource(fn=spec.kernel, signature=sig, constexprs=consts, attrs=attrs)
-        k = triton.compile(src, target=tgt, options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+        log_buf = io.StringIO()
+        with knobs.nvidia.scope(), contextlib.redirect_stdout(log_buf):
+            knobs.nvidia.dump_ptxas_log = True  # Triton's own ptxas -v run: registers, spills
+            k = triton.compile(src, target=tgt, options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
     except Exception as e:  # a failed build is a record, never an abort of the others
         rec.detail = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:400]
         log.debug("build of %s for %s failed", spec.name, target, exc_info=True)
@@ -162,7 +176,7 @@ def build_one(spec: AotSpec, target: str, out_dir: Path, backend: str = "triton"
     with tempfile.TemporaryDirectory() as tmp:
         if tgt.backend == "cuda":
             rec.artifact = str(kdir / f"{spec.name}.cubin")
-            use = _nvidia_usage(k.asm["ptx"], Path(tmp))
+            use = _nvidia_usage(log_buf.getvalue(), k.asm["ptx"], Path(tmp))
             rec.registers, rec.spills = use["registers"], use["spill_stores"]
             rec.extra.update(spill_loads=use["spill_loads"])
             if spec.matrix:
@@ -180,6 +194,9 @@ def build_one(spec: AotSpec, target: str, out_dir: Path, backend: str = "triton"
             if spec.matrix:
                 rec.matrix_found = "v_mfma" in k.asm["amdgcn"]
                 rec.extra["mfma_count"] = k.asm["amdgcn"].count("v_mfma")
+    limit = SHARED_LIMIT[target]
+    if rec.shared_bytes > limit:
+        rec.detail = "; ".join(x for x in (rec.detail, f"shared memory {rec.shared_bytes} B > {limit} B on {target}: cannot launch") if x)
     return rec
 
 

@@ -19,7 +19,12 @@ from dsport.core.fp8 import fp8_format
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
-CACHE_BYTES, LATENT, ROPE, TILE = 656, 512, 64, 128
+CACHE_BYTES = 656  # per token: 512 fp8 latent, 4 fp32 tile scales (at 512), 64 bf16 rope values (at 528)
+# 64 heads x 32 rows, 8 warps, no software pipelining: the one tiling whose
+# shared memory fits every target (sm_90a 227 KiB, gfx950 160 KiB, gfx942
+# 64 KiB). The 64 x 512 fp32 accumulator still spills on all three; see the
+# build report.
+TILE_H, TILE_K, WARPS, STAGES = 64, 32, 8, 1
 TL_FP8 = {torch.float8_e4m3fn: tl.float8e4nv, torch.float8_e4m3fnuz: tl.float8e4b8}
 
 
@@ -56,7 +61,7 @@ def sparse_mla_kernel(q_ptr, kv_ptr, idx_ptr, out_ptr, lse_ptr, mlog_ptr, H, K, 
             base = kv_ptr + row * 656
             raw = tl.load(base[:, None] + dv[None, :], mask=lm, other=0)
             scale = tl.load((base + 512).to(tl.pointer_type(tl.float32))[:, None] + dv[None, :] // 128, mask=lm, other=0.0)
-            kv_lat = cast_out(raw.to(FP8_DT, bitcast=True).to(tl.float32) * scale, q_lat.dtype)
+            kv_lat = cast_out(raw.to(FP8_DT, bitcast=True).to(tl.float32) * scale, q_ptr.dtype.element_ty)
             kv_pe = tl.load((base + 528).to(tl.pointer_type(tl.bfloat16))[:, None] + dr[None, :], mask=pm, other=0.0)
         else:
             base = kv_ptr + row * KV_STRIDE
@@ -94,12 +99,12 @@ def _launch(q: torch.Tensor, kv_rows: torch.Tensor, idx: torch.Tensor, sm_scale:
     lse = torch.empty(r, h, dtype=torch.float32, device=q.device)
     mlog = torch.empty(r, h, dtype=torch.float32, device=q.device)
     if r and h:
-        bh = min(64, _pow2(h))
+        bh = min(TILE_H, _pow2(h))
         sparse_mla_kernel[(r, triton.cdiv(h, bh))](
             q.contiguous(), kv_rows, idx.contiguous(), out, lse, mlog, h, kk, nrows, kv_stride, float(sm_scale),
-            DV=d_v, DR=dqk - d_v, BDV=_pow2(d_v), BDR=_pow2(dqk - d_v), BH=bh, BK=min(64, _pow2(kk)),
+            DV=d_v, DR=dqk - d_v, BDV=_pow2(d_v), BDR=_pow2(dqk - d_v), BH=bh, BK=min(TILE_K, _pow2(kk)),
             FP8_CACHE=fp8_cache is not None, FP8_DT=TL_FP8[fp8_cache.dtype] if fp8_cache is not None else tl.float8e4nv,
-            INTERP=INTERPRETED)
+            INTERP=INTERPRETED, num_warps=WARPS, num_stages=STAGES)
     return out, lse, mlog
 
 
@@ -109,7 +114,7 @@ def sparse_mla_prefill(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor,
     kv_rows = kv.reshape(kv.shape[0], kv.shape[-1]).contiguous()
     if kv_rows.dtype != q.dtype:
         kv_rows = kv_rows.to(q.dtype)
-    return _launch(q, kv_rows, indices.reshape(t, -1), sm_scale, d_v, kv_rows.shape[0], None, kv_rows.shape[1])
+    return _launch(q, kv_rows, indices.reshape(t, indices.shape[-1]), sm_scale, d_v, kv_rows.shape[0], None, kv_rows.shape[1])
 
 
 def sparse_mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, indices: torch.Tensor, sm_scale: float, d_v: int = 512,
@@ -120,6 +125,6 @@ def sparse_mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, indices: torch.Te
     fp8 = fp8_format(fmt, "sparse_mla_decode") if kv_cache.dtype == torch.uint8 else None
     if fp8 is None and rows.dtype != q.dtype:
         rows = rows.to(q.dtype)
-    out, lse, _ = _launch(q.reshape(b * sq, h, dqk), rows, indices.reshape(b * sq, -1), sm_scale, d_v, nb * bs,
+    out, lse, _ = _launch(q.reshape(b * sq, h, dqk), rows, indices.reshape(b * sq, indices.shape[-1]), sm_scale, d_v, nb * bs,
                           fp8, rows.shape[1])
     return out.reshape(b, sq, h, d_v), lse.reshape(b, sq, h).transpose(1, 2).contiguous()

@@ -34,11 +34,14 @@ def indexer_logits_kernel(q_ptr, k_ptr, w_ptr, ks_ptr, ke_ptr, kscale_ptr, out_p
         k = tl.load(k_ptr + cols[:, None].to(tl.int64) * D + d[None, :], mask=inb[:, None] & dm[None, :], other=0.0)
         sc = mma(q, tl.trans(k), INTERP)
         w = tl.load(w_ptr + t * H + h, mask=h < H, other=0.0).to(tl.float32)
-        acc = tl.sum(tl.maximum(sc, 0.0) * w[:, None], axis=0)
+        acc = tl.sum(tl.maximum(sc, 0.0, propagate_nan=tl.PropagateNan.ALL) * w[:, None], axis=0)  # NaN is reported, not relu'd away
         if HAS_SCALE:
             acc = acc * tl.load(kscale_ptr + cols, mask=inb, other=0.0)
         res = tl.where(inb, acc, res)
     tl.store(out_ptr + t * S + cols, res, mask=cols < S)
+
+
+WARPS, STAGES = 4, 2
 
 
 def indexer_logits(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, ks: torch.Tensor, ke: torch.Tensor,
@@ -54,5 +57,6 @@ def indexer_logits(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, ks: 
     indexer_logits_kernel[grid](q.contiguous(), k.contiguous(), weights.contiguous(), ks.contiguous(), ke.contiguous(),
                                 k_scale.contiguous() if k_scale is not None else weights, out, s, h, d,
                                 HAS_SCALE=k_scale is not None, INTERP=INTERPRETED,
-                                BH=max(16, triton.next_power_of_2(h)), BD=max(16, triton.next_power_of_2(d)), BN=64)
+                                BH=max(16, triton.next_power_of_2(h)), BD=max(16, triton.next_power_of_2(d)), BN=64,
+                                num_warps=WARPS, num_stages=STAGES)
     return out

@@ -54,6 +54,9 @@ def grouped_gemm_kernel(a_ptr, b_ptr, b3_ptr, ids_ptr, c_ptr, N, K,
 
 
 TILE = {"BM": 64, "BN": 128, "BK": 64}
+# Software-pipelining depth: the SwiGLU kernel streams two B tiles per step, and
+# three stages of them overflow gfx942's 64 KiB LDS; two fit every target.
+STAGES = {True: 2, False: 3}
 
 
 def _check_segments(m_indices: torch.Tensor) -> None:
@@ -80,7 +83,7 @@ def _grouped(a: torch.Tensor, b: torch.Tensor, m_indices: torch.Tensor, out_dtyp
         t = TILE
         grouped_gemm_kernel[(m // t["BM"], triton.cdiv(n, t["BN"]))](
             a.contiguous(), b.contiguous(), (b3 if b3 is not None else b).contiguous(), m_indices.contiguous(), c, n, k,
-            SWIGLU=b3 is not None, INTERP=INTERPRETED, **t)
+            SWIGLU=b3 is not None, INTERP=INTERPRETED, **t, num_warps=4, num_stages=STAGES[b3 is not None])
     return c
 
 

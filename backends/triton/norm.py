@@ -26,6 +26,10 @@ def rms_norm_kernel(x_ptr, w_ptr, r_ptr, y_ptr, ro_ptr, D, eps,
     tl.store(y_ptr + row * D + cols, cast_out(y, y_ptr.dtype.element_ty), mask=m)
 
 
+def warps_for(d: int) -> int:
+    return 8 if d > 4096 else 4  # the 7168-wide hidden row: 8 warps keep 28 values per thread
+
+
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6,
              residual: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     d = x.shape[-1]
@@ -35,7 +39,8 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6,
     ro = torch.empty_like(x2) if residual is not None else y
     if x2.shape[0] and d:
         rms_norm_kernel[(x2.shape[0],)](x2, w.contiguous(), r2, y, ro, d, eps,
-                                        HAS_RES=residual is not None, BD=triton.next_power_of_2(d))
+                                        HAS_RES=residual is not None, BD=triton.next_power_of_2(d),
+                                        num_warps=warps_for(d))
     if residual is None:
         return y.reshape(x.shape)
     return y.reshape(x.shape), ro.reshape(x.shape)

@@ -16,7 +16,8 @@ def _quant() -> list[AotSpec]:
                            {"x_ptr": "*bf16", "y_ptr": "*fp8", "s_ptr": "*fp32", "R": TOKENS, "N": C.dim},
                            {"FMAX": lambda f: f.max, "MIN_NORMAL": lambda f: quant.min_normal(f), "UE8M0": sf == "ue8m0", "BLOCK": C.fp8_block, "BR": 16},
                            shape=f"x [{TOKENS}, {C.dim}] bf16"))
-    for label, n, k in (("wq_b", C.n_heads * C.qk_head_dim, C.q_lora_rank), ("wo", C.dim, C.n_heads * C.v_head_dim)):
+    # One build serves every projection: codegen sees only N, K % 16 == 0.
+    for label, n, k in (("wq_b", C.n_heads * C.qk_head_dim, C.q_lora_rank),):
         out.append(AotSpec(f"fp8_gemm_{label}", quant.fp8_gemm_kernel, ("fp8_gemm",),
                            {"a_ptr": "*fp8", "sa_ptr": "*fp32", "b_ptr": "*fp8", "sb_ptr": "*fp32", "c_ptr": "*bf16",
                             "M": TOKENS, "N": n, "K": k},
@@ -31,7 +32,7 @@ def _norm() -> list[AotSpec]:
         out.append(AotSpec(f"rms_norm_{label}", norm.rms_norm_kernel, ("rms_norm",),
                            {"x_ptr": "*bf16", "w_ptr": "*fp32", "r_ptr": "*bf16", "y_ptr": "*bf16", "ro_ptr": "*bf16",
                             "D": d, "eps": C.rms_eps},
-                           {"HAS_RES": res, "BD": 1 << (d - 1).bit_length()}, num_warps=8 if d > 4096 else 4,
+                           {"HAS_RES": res, "BD": 1 << (d - 1).bit_length()}, num_warps=norm.warps_for(d),
                            shape=f"x [{TOKENS}, {d}] bf16"))
     return out
 
@@ -57,19 +58,19 @@ def _dsa() -> list[AotSpec]:
                    {"q_ptr": "*fp8", "k_ptr": "*fp8", "w_ptr": "*fp32", "ks_ptr": "*i32", "ke_ptr": "*i32",
                     "kscale_ptr": "*fp32", "out_ptr": "*fp32", "S": ctx, "H": C.index_n_heads, "D": C.index_head_dim},
                    {"HAS_SCALE": True, "INTERP": False, "BH": C.index_n_heads, "BD": C.index_head_dim, "BN": 64},
-                   num_warps=4, num_stages=2, matrix=True, hot=True,
+                   num_warps=indexer.WARPS, num_stages=indexer.STAGES, matrix=True, hot=True,
                    shape=f"q [T, {C.index_n_heads}, {C.index_head_dim}] fp8, k [{ctx}, {C.index_head_dim}] fp8")]
     common = {"q_ptr": "*bf16", "idx_ptr": "*i32", "out_ptr": "*bf16", "lse_ptr": "*fp32", "mlog_ptr": "*fp32",
               "H": C.n_heads, "K": C.index_topk, "sm_scale": C.softmax_scale}
     tiles = {"DV": C.kv_lora_rank, "DR": C.qk_rope_head_dim, "BDV": C.kv_lora_rank, "BDR": C.qk_rope_head_dim,
-             "BH": 64, "BK": 64, "INTERP": False, "FP8_DT": lambda f: attention.TL_FP8[f.dtype]}
+             "BH": attention.TILE_H, "BK": attention.TILE_K, "INTERP": False, "FP8_DT": lambda f: attention.TL_FP8[f.dtype]}
     out.append(AotSpec("sparse_mla_prefill_bf16", attention.sparse_mla_kernel, ("sparse_mla_prefill",),
                        {**common, "kv_ptr": "*bf16", "NROWS": ctx, "KV_STRIDE": C.d_qk}, {**tiles, "FP8_CACHE": False},
-                       num_warps=8, num_stages=2, matrix=True, hot=True,
+                       num_warps=attention.WARPS, num_stages=attention.STAGES, matrix=True, hot=True,
                        shape=f"q [T, {C.n_heads}, {C.d_qk}] bf16, kv [{ctx}, 1, {C.d_qk}] bf16, topk {C.index_topk}"))
     out.append(AotSpec("sparse_mla_decode_fp8cache", attention.sparse_mla_kernel, ("sparse_mla_decode",),
                        {**common, "kv_ptr": "*u8", "NROWS": ctx, "KV_STRIDE": attention.CACHE_BYTES},
-                       {**tiles, "FP8_CACHE": True}, num_warps=8, num_stages=2, matrix=True, hot=True,
+                       {**tiles, "FP8_CACHE": True}, num_warps=attention.WARPS, num_stages=attention.STAGES, matrix=True, hot=True,
                        shape=f"q [B, 1, {C.n_heads}, {C.d_qk}] bf16, 656-byte cache, topk {C.index_topk}"))
     return out
 
@@ -80,11 +81,11 @@ def _moe() -> list[AotSpec]:
     return [
         AotSpec("moe_gate_up_swiglu", moe.grouped_gemm_kernel, ("moe_experts",),
                 {**args, "N": C.moe_inter_dim, "K": C.dim}, {"SWIGLU": True, "INTERP": False, **moe.TILE},
-                num_warps=4, num_stages=3, matrix=True, hot=True,
+                num_warps=4, num_stages=moe.STAGES[True], matrix=True, hot=True,
                 shape=f"a [{m}, {C.dim}] x w1, w3 [E, {C.moe_inter_dim}, {C.dim}] bf16"),
         AotSpec("moe_down", moe.grouped_gemm_kernel, ("moe_grouped_gemm_contiguous", "moe_experts"),
                 {**args, "c_ptr": "*fp32", "N": C.dim, "K": C.moe_inter_dim}, {"SWIGLU": False, "INTERP": False, **moe.TILE},
-                num_warps=4, num_stages=3, matrix=True, hot=True,
+                num_warps=4, num_stages=moe.STAGES[False], matrix=True, hot=True,
                 shape=f"h [{m}, {C.moe_inter_dim}] x w2 [E, {C.dim}, {C.moe_inter_dim}] bf16"),
     ]
 
