@@ -17,7 +17,7 @@ HERE = Path(__file__).parent
 EXPECTED = [
     *[f"act_quant/{c}" for c in ("tiny", "e4m3fn-fp32", "e4m3fn-ue8m0", "e4m3fnuz-fp32", "e4m3fnuz-ue8m0", "T0", "outlier",
                                  "zeros-and-fmax", "zeros-and-fmax-fnuz", "non-contiguous", "3d-heads",
-                                 "grid-e4m3fn", "grid-e4m3fnuz")],
+                                 "grid-e4m3fn", "grid-e4m3fnuz", "detects-wrong-format")],
     *[f"fp8_gemm/{c}" for c in ("tiny", "ragged-n", "fnuz", "M0", "brute-force-fnuz")],
     *[f"rms_norm/{c}" for c in ("float32", "residual-float32", "bfloat16", "residual-bfloat16", "T0")],
     *[f"rope/{c}" for c in ("interleaved", "rotate-half", "interleaved-detects-mixed-pairing",
@@ -25,7 +25,7 @@ EXPECTED = [
     *[f"indexer_logits/{c}" for c in ("tiny-float", "tiny-fp8", "fp8-fnuz", "fp8-causal-prefix", "empty-windows", "T0",
                                       "nan", "heads-8")],
     *[f"sparse_mla_prefill/{c}" for c in ("tiny", "fp32-inputs", "T0", "rows-all-invalid", "duplicates", "S-lt-k",
-                                          "heads-8", "detects-dropped-rope")],
+                                          "heads-8", "detects-dropped-rope", "tiny-q-as-a", "rows-all-invalid-q-as-a")],
     *[f"sparse_mla_decode/{c}" for c in ("tiny-float", "fp8-page1", "fnuz-page64", "B0", "rows-all-invalid", "mtp-sq2")],
     "moe_grouped_gemm_contiguous/segments", "moe_grouped_gemm_contiguous/mixed-block-rejected",
     "moe_experts/swiglu", "moe_experts/T0",

@@ -78,6 +78,16 @@ def act_quant_every_fp8_value_and_midpoint():
 
 
 @check
+def act_quant_check_can_fail():
+    # Planted bug: the kernel given the other element format (fnuz instead of fn)
+    # must not pass the bit-exact comparison with the e4m3fn reference.
+    x = torch.randn(4, 256, generator=torch.Generator().manual_seed(5))
+    y, _ = tri.act_quant(x, fmt="e4m3fnuz", scale_fmt="ue8m0")
+    yr, _ = ref_quant.act_quant(x, fmt="e4m3fn", scale_fmt="ue8m0")
+    record("act_quant/detects-wrong-format", not torch.equal(bits(y), bits(yr)))
+
+
+@check
 def fp8_gemm_cases():
     for case in get_spec("fp8_gemm").cases():
         if "deepseek" in case.tags:
@@ -207,6 +217,23 @@ def reference_cases():
         for cid in ids:
             args = cases[cid].inputs()
             _compare(op, cid, tri.ops[op](**args), REF.ops[op](**args), tols)
+
+
+@check
+def sparse_mla_amd_orientation():
+    # The QK orientation used on AMD (q as the A operand) is the other code path
+    # of the same kernel; run it here too by choosing it explicitly.
+    from dsport.backends.triton import attention
+
+    chosen = attention.q_as_b
+    attention.q_as_b = lambda fp8_cache, amd: False
+    try:
+        cases = {c.id: c for c in get_spec("sparse_mla_prefill").cases()}
+        for cid in ("tiny", "rows-all-invalid"):
+            args = cases[cid].inputs()
+            _compare("sparse_mla_prefill", f"{cid}-q-as-a", tri.sparse_mla_prefill(**args), REF.sparse_mla_prefill(**args), ATTN_TOL)
+    finally:
+        attention.q_as_b = chosen
 
 
 @check

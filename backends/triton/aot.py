@@ -52,7 +52,7 @@ class AotSpec:
     kernel: Any                        # the @triton.jit function
     ops: tuple[str, ...]
     args: dict[str, Any]               # "*T" pointers, ints / floats as the JIT would receive them
-    constexprs: dict[str, Any] = field(default_factory=dict)  # a callable value is resolved with the target's Fp8Format
+    constexprs: dict[str, Any] = field(default_factory=dict)  # a callable value is called with the target name
     num_warps: int = 4
     num_stages: int = 3
     matrix: bool = False               # uses tl.dot: a matrix instruction is expected
@@ -155,7 +155,7 @@ def build_one(spec: AotSpec, target: str, out_dir: Path, backend: str = "triton"
                              "fp8": format_for_arch(target).name})
     try:
         sig, attrs = _signature(spec, fp8)
-        consts = {n: (v(format_for_arch(target)) if callable(v) else v) for n, v in spec.constexprs.items()}
+        consts = {n: (v(target) if callable(v) else v) for n, v in spec.constexprs.items()}
         src = ASTSource(fn=spec.kernel, signature=sig, constexprs=consts, attrs=attrs)
         log_buf = io.StringIO()
         with knobs.nvidia.scope(), contextlib.redirect_stdout(log_buf):

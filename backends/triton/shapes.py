@@ -5,6 +5,7 @@ from __future__ import annotations
 from dsport.backends.triton import attention, indexer, moe, norm, quant, rotary
 from dsport.backends.triton.aot import AotSpec
 from dsport.core.constants import DEEPSEEK_V32 as C
+from dsport.core.fp8 import format_for_arch
 
 TOKENS = 128  # a prefill chunk; only divisibility of runtime ints matters to codegen
 
@@ -14,7 +15,7 @@ def _quant() -> list[AotSpec]:
     for sf in ("ue8m0", "fp32"):
         out.append(AotSpec(f"act_quant_{sf}", quant.act_quant_kernel, ("act_quant",),
                            {"x_ptr": "*bf16", "y_ptr": "*fp8", "s_ptr": "*fp32", "R": TOKENS, "N": C.dim},
-                           {"FMAX": lambda f: f.max, "MIN_NORMAL": lambda f: quant.min_normal(f), "UE8M0": sf == "ue8m0", "BLOCK": C.fp8_block, "BR": 16},
+                           {"FMAX": lambda t: format_for_arch(t).max, "MIN_NORMAL": lambda t: quant.min_normal(format_for_arch(t)), "UE8M0": sf == "ue8m0", "BLOCK": C.fp8_block, "BR": 16},
                            shape=f"x [{TOKENS}, {C.dim}] bf16"))
     # One build serves every projection: codegen sees only N, K % 16 == 0.
     for label, n, k in (("wq_b", C.n_heads * C.qk_head_dim, C.q_lora_rank),):
@@ -63,14 +64,14 @@ def _dsa() -> list[AotSpec]:
     common = {"q_ptr": "*bf16", "idx_ptr": "*i32", "out_ptr": "*bf16", "lse_ptr": "*fp32", "mlog_ptr": "*fp32",
               "H": C.n_heads, "K": C.index_topk, "sm_scale": C.softmax_scale}
     tiles = {"DV": C.kv_lora_rank, "DR": C.qk_rope_head_dim, "BDV": C.kv_lora_rank, "BDR": C.qk_rope_head_dim,
-             "BH": attention.TILE_H, "BK": attention.TILE_K, "INTERP": False, "FP8_DT": lambda f: attention.TL_FP8[f.dtype]}
+             "BH": attention.TILE_H, "BK": attention.TILE_K, "INTERP": False, "FP8_DT": lambda t: attention.TL_FP8[format_for_arch(t).dtype]}
     out.append(AotSpec("sparse_mla_prefill_bf16", attention.sparse_mla_kernel, ("sparse_mla_prefill",),
-                       {**common, "kv_ptr": "*bf16", "NROWS": ctx, "KV_STRIDE": C.d_qk}, {**tiles, "FP8_CACHE": False},
+                       {**common, "kv_ptr": "*bf16", "NROWS": ctx, "KV_STRIDE": C.d_qk}, {**tiles, "FP8_CACHE": False, "Q_AS_B": lambda t: attention.q_as_b(False, amd=t.startswith("gfx"))},
                        num_warps=attention.WARPS, num_stages=attention.STAGES, matrix=True, hot=True,
                        shape=f"q [T, {C.n_heads}, {C.d_qk}] bf16, kv [{ctx}, 1, {C.d_qk}] bf16, topk {C.index_topk}"))
     out.append(AotSpec("sparse_mla_decode_fp8cache", attention.sparse_mla_kernel, ("sparse_mla_decode",),
                        {**common, "kv_ptr": "*u8", "NROWS": ctx, "KV_STRIDE": attention.CACHE_BYTES},
-                       {**tiles, "FP8_CACHE": True}, num_warps=attention.WARPS, num_stages=attention.STAGES, matrix=True, hot=True,
+                       {**tiles, "FP8_CACHE": True, "Q_AS_B": False}, num_warps=attention.WARPS, num_stages=attention.STAGES, matrix=True, hot=True,
                        shape=f"q [B, 1, {C.n_heads}, {C.d_qk}] bf16, 656-byte cache, topk {C.index_topk}"))
     return out
 
