@@ -430,8 +430,10 @@ BAD_CALLS = [
                                                                               cache_seqlens=torch.tensor([20, 2], dtype=INT))),
     ("mla_decode_dense", "cache_seqlens", "SQ <=", lambda: _dense_decode_args(cache_seqlens=torch.tensor([-1, 2], dtype=INT),
                                                                               causal=False)),
-    ("mla_decode_dense", "block_table", "[-1, NB)", lambda: _dense_decode_args(block_table=torch.tensor([[0, 4], [2, -1]], dtype=INT))),
-    ("mla_decode_dense", "block_table", "[-1, NB)", lambda: _dense_decode_args(block_table=torch.tensor([[0, 1], [-2, -1]], dtype=INT))),
+    ("mla_decode_dense", "block_table", "[-1, NB)", lambda: _dense_decode_args(
+        block_table=torch.tensor([[0, 4], [2, -1]], dtype=INT))),
+    ("mla_decode_dense", "block_table", "[-1, NB)", lambda: _dense_decode_args(
+        block_table=torch.tensor([[0, 1], [-2, -1]], dtype=INT))),
     ("mla_decode_dense", "block_table", "below cache_seqlens", lambda: _dense_decode_args(
         block_table=torch.tensor([[0, -1], [2, -1]], dtype=INT))),
     ("mla_decode_dense", "d_v", "d_v <= DQK", lambda: _dense_decode_args(d_v=1000)),
@@ -456,3 +458,19 @@ def test_valid_edge_inputs_are_accepted():
     ref.sparse_mla_prefill(**_prefill_args(indices=torch.tensor([[[-1, 7, 0, -1]]] * 2, dtype=INT)))
     ref.mla_decode_dense(**_dense_decode_args(cache_seqlens=torch.tensor([0, 16], dtype=INT), causal=False))
     ref.mla_decode_dense(**_dense_decode_args(block_table=torch.tensor([[0, 1], [2, 3]], dtype=INT)))
+
+
+def test_cost_models_by_hand():
+    spec = get_spec("sparse_mla_prefill")
+    a = _prefill_args()  # T=2, H=4, S=8, k=4, d_qk 576, d_v 512
+    flops, nbytes = spec.cost(spec.bind(**a))
+    assert flops == 2 * 2 * 4 * 4 * (576 + 512)
+    assert nbytes == 2 * (2 * 4 * (576 + 512) + 8 * 576) + 4 * 2 * 4 + 4 * 2 * 4 * 2  # q+out, 8 distinct rows, idx, lse+max
+    spec = get_spec("sparse_mla_decode")
+    flops, nbytes = spec.cost(spec.bind(**_decode_args()))  # B=SQ=1, H=4, k=4, FP8 cache
+    assert flops == 2 * 4 * 4 * (576 + 512)
+    assert nbytes == 2 * 4 * (576 + 512) + 4 * (656 + 4) + 4 * 4
+    spec = get_spec("mla_prefill_dense")
+    a = {"q": torch.randn(3, 2, 192), "k": torch.randn(5, 2, 192), "v": torch.randn(5, 2, 128), "sm_scale": 0.1}
+    # query positions 2, 3, 4 see 3 + 4 + 5 = 12 keys per head
+    assert spec.cost(spec.bind(**a))[0] == 2 * 2 * 12 * (192 + 128)

@@ -9,9 +9,7 @@ checked tightly against them.
 """
 from __future__ import annotations
 
-from dsport.backends.reference import quant
-from dsport.backends.reference import indexer, norm, rotary, topk
-from dsport.backends.reference import attention, mla_cache
+from dsport.backends.reference import attention, indexer, mla_cache, moe, norm, quant, rotary, topk
 
 NAME = "reference"
 DESCRIPTION = "float64 PyTorch, written for clarity; the oracle of conformance"
@@ -38,6 +36,10 @@ OPS = {
     "mla_decode_dense": attention.mla_decode_dense,
     "mla_cache_pack": mla_cache.mla_cache_pack,
     "mla_cache_unpack": mla_cache.mla_cache_unpack,
+    "moe_gate": moe.moe_gate,
+    "moe_experts": moe.moe_experts,
+    "moe_grouped_gemm_contiguous": moe.moe_grouped_gemm_contiguous,
+    "moe_grouped_gemm_masked": moe.moe_grouped_gemm_masked,
 }
 
 

@@ -12,6 +12,10 @@ Everything is float64. Conventions shared by every op here:
   as a gather-then-softmax kernel does. Index -1 means "no key".
 * The reference is exempt from the spec's output dtypes: outputs come back
   in float64.
+
+FlashMLA differs in ways a backend wrapping it must undo: its current kernels
+return lse = +inf (not -inf) for a row with no valid key, and its September
+2025 sparse prefill returned lse and max_logits in base 2.
 """
 from __future__ import annotations
 

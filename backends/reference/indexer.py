@@ -13,6 +13,7 @@ import torch
 
 from dsport.backends.reference.quant import act_quant
 from dsport.core.constants import DEEPSEEK_V32
+from dsport.core.errors import ValidationError
 from dsport.core.fp8 import Fp8Format, fp8_format
 
 KEY_DIM = 128
@@ -52,10 +53,26 @@ def quantize_indexer_inputs(q: torch.Tensor, k: torch.Tensor, weights: torch.Ten
     whole (t, h) query vector and each key; q's scale folded into the weights
     in float32 (exact, being a power of two). Returns q, k, weights, k_scale."""
     f = fp8_format(fmt, "quantize_indexer_inputs")
+    _check_float_inputs(q, k, weights)
     d = q.shape[-1]
     q8, q_scale = act_quant(q, block=d, fmt=f, scale_fmt="ue8m0")  # q_scale [T, H, 1]
     k8, k_scale = act_quant(k, block=d, fmt=f, scale_fmt="ue8m0")  # k_scale [S, 1]
     return {"q": q8, "k": k8, "weights": weights.float() * q_scale[..., 0], "k_scale": k_scale[..., 0]}
+
+
+def _check_float_inputs(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor) -> None:
+    """Shapes and dtypes quantize_indexer_inputs needs; nothing is broadcast."""
+    op = "quantize_indexer_inputs"
+    for name, t, rank in (("q", q, 3), ("k", k, 2), ("weights", weights, 2)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.element_size() < 2:
+            raise ValidationError(op, name, "a float16/bfloat16/float32/float64 tensor",
+                                  getattr(t, "dtype", type(t).__name__))
+        if t.dim() != rank:
+            raise ValidationError(op, name, f"rank {rank}", f"shape {tuple(t.shape)}")
+    if k.shape[1] != q.shape[2]:
+        raise ValidationError(op, "k", f"shape [S, D] with D = {q.shape[2]} (as q)", tuple(k.shape))
+    if tuple(weights.shape) != tuple(q.shape[:2]):
+        raise ValidationError(op, "weights", f"shape [T, H] = {tuple(q.shape[:2])} (as q)", tuple(weights.shape))
 
 
 def index_cache_pack(k: torch.Tensor, fmt: str | Fp8Format = "e4m3fn") -> torch.Tensor:

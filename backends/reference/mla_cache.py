@@ -9,7 +9,9 @@ Per token, in this byte order:
 
 The latent is quantized exactly like ``act_quant(kv[:, :512], 128, fmt,
 "ue8m0")``, so the cache is bit-exact with the activation quantizer of this
-backend; dequantization is ``fp8 * scale`` per tile.
+backend; dequantization is ``fp8 * scale`` per tile. (FlashMLA's own test
+packer floors the scale, not the amax, at 1e-4: its bytes differ from these
+for tiles whose amax is below 1e-4 * fmax.)
 """
 from __future__ import annotations
 

@@ -33,7 +33,8 @@ DV_RULE = Check("d_v", "d_v <= DQK", lambda a, d: a["d_v"] <= d["DQK"], lambda a
 sparse_mla_prefill = register(OpSpec(
     name="sparse_mla_prefill", family="dsa",
     summary="out[t, h] = softmax_j(q[t, h] . kv[idx[t, j]] * sm_scale) . kv[idx[t, j], :d_v] over valid indices; "
-            "also lse (natural log) and max_logits. A row with no valid index: out 0, lse -inf.",
+            "also lse (natural log) and max_logits (largest scaled logit). A row with no valid index: out 0, lse -inf, "
+            "max_logits -inf. A repeated index is a separate softmax term.",
     args=(Tensor("q", ("T", "H", "DQK")), Tensor("kv", ("S", 1, "DQK")), Tensor("indices", ("T", 1, "k"), ("int32",)),
           SM_SCALE, D_V),
     outputs=(Output("out", ("T", "H", "d_v"), lambda a: a["q"].dtype), Output("lse", ("T", "H"), torch.float32),
@@ -42,7 +43,9 @@ sparse_mla_prefill = register(OpSpec(
     metric="attention", reduction="k", source=FLASHMLA,
     flops=lambda d: 2.0 * d["T"] * d["k"] * d["H"] * (d["DQK"] + d["d_v"]),
     cases=lambda: _sparse_prefill_cases(),
-    bytes=lambda d: 2.0 * (d["T"] * d["H"] * (d["DQK"] + d["d_v"]) + min(d["S"], d["T"] * d["k"]) * d["DQK"]) + 4.0 * d["T"] * d["k"],
+    # bf16 q, out and the KV rows read (each at most once), int32 indices, fp32 lse and max_logits
+    bytes=lambda d: 2.0 * (d["T"] * d["H"] * (d["DQK"] + d["d_v"]) + min(d["S"], d["T"] * d["k"]) * d["DQK"])
+    + 4.0 * d["T"] * (d["k"] + 2 * d["H"]),
 ))
 
 
@@ -59,7 +62,8 @@ CACHE_RULE = Check("kv_cache", "a uint8 FP8 cache with W = 656 (then DQK = 576, 
 sparse_mla_decode = register(OpSpec(
     name="sparse_mla_decode", family="dsa",
     summary="Sparse decode over a paged latent cache: indices = block * BS + offset (-1 invalid). The uint8 cache holds "
-            "656 B per token: 512 fp8 latent (four 128-tiles), 4 fp32 tile scales, 64 bf16 rope values.",
+            "656 B per token: 512 fp8 latent (four 128-tiles), 4 fp32 tile scales, 64 bf16 rope values. lse is natural-log, "
+            "[B, H, SQ]; a query with no valid index gets out 0, lse -inf.",
     args=(Tensor("q", ("B", "SQ", "H", "DQK")), Tensor("kv_cache", ("NB", "BS", 1, "W"), ("float", "uint8")),
           Tensor("indices", ("B", "SQ", "k"), ("int32",)), SM_SCALE, D_V,
           Param("fmt", (str, Fp8Format), "e4m3fn", tuple(FP8_FORMATS), doc="element format of a uint8 cache")),
@@ -68,7 +72,9 @@ sparse_mla_decode = register(OpSpec(
     metric="attention", reduction="k", source=FLASHMLA,
     flops=lambda d: 2.0 * d["B"] * d["SQ"] * d["k"] * d["H"] * (d["DQK"] + d["d_v"]),
     cases=lambda: _sparse_decode_cases(),
-    bytes=lambda d: 2.0 * d["B"] * d["SQ"] * d["H"] * (d["DQK"] + d["d_v"]) + d["B"] * d["SQ"] * d["k"] * (d["W"] if d["W"] == 656 else 2 * d["W"]),
+    # bf16 q and out, one cache row per index (656 B FP8 or bf16 W), int32 indices, fp32 lse
+    bytes=lambda d: 2.0 * d["B"] * d["SQ"] * d["H"] * (d["DQK"] + d["d_v"])
+    + d["B"] * d["SQ"] * d["k"] * ((d["W"] if d["W"] == 656 else 2 * d["W"]) + 4) + 4.0 * d["B"] * d["SQ"] * d["H"],
 ))
 
 mla_prefill_dense = register(OpSpec(
@@ -194,6 +200,8 @@ def _sparse_prefill_cases() -> list[Case]:
         Case(op, "T1", _prefill(1, 16, 64, 32), tags=EDGE),
         Case(op, "rows-all-invalid", _prefill(6, 8, 32, 16, edit=_rows_invalid((1, 4))), tags=EDGE,
              note="rows 1 and 4 have no valid index: out 0, lse -inf, max_logits -inf"),
+        Case(op, "all-invalid", _prefill(3, 8, 16, 8, edit=_rows_invalid((0, 1, 2))), tags=EDGE,
+             note="no valid index anywhere: out 0, lse -inf, never NaN"),
         Case(op, "duplicates", _prefill(5, 8, 32, 16, edit=_duplicates), tags=EDGE,
              note="each index entry is its own softmax term"),
         Case(op, "S-lt-k", _prefill(4, 8, 10, 32, edit=_dense_selection), tags=EDGE,
@@ -258,6 +266,11 @@ def _decode_rows_invalid(gen, a):
     return a
 
 
+def _decode_all_invalid(gen, a):
+    a["indices"].fill_(-1)
+    return a
+
+
 def _decode_duplicates(gen, a):
     idx = a["indices"]
     idx[..., 1::2] = idx[..., 0::2][..., : idx[..., 1::2].shape[-1]]
@@ -283,6 +296,8 @@ def _sparse_decode_cases() -> list[Case]:
         Case(op, "T1", _sparse_decode(1, 1, 16, 32, 2, 64, 64), tags=EDGE),
         Case(op, "rows-all-invalid", _sparse_decode(2, 2, 8, 32, 4, 64, 100, edit=_decode_rows_invalid), tags=EDGE,
              note="batch 0's last query has no valid index: out 0, lse -inf"),
+        Case(op, "all-invalid", _sparse_decode(2, 1, 8, 32, 4, 64, 100, edit=_decode_all_invalid), tags=EDGE,
+             note="every index -1: out 0, lse -inf, never NaN"),
         Case(op, "duplicates", _sparse_decode(2, 1, 8, 32, 4, 64, 100, edit=_decode_duplicates), tags=EDGE),
         Case(op, "S-lt-k", _sparse_decode(2, 1, 8, 64, 4, 16, 20), tags=EDGE, note="k > sequence length: padded with -1"),
         Case(op, "non-contiguous", _sparse_decode(2, 2, 8, 32, 4, 64, 100, edit=_non_contiguous_decode), tags=EDGE),

@@ -10,8 +10,8 @@ from dsport.core.spec import Case, OpSpec, Output, Param, Tensor, register
 
 FMT = Param("fmt", (str, Fp8Format), "e4m3fn", tuple(FP8_FORMATS))
 SRC = "FlashMLA sparse decode FP8 cache layout (V3.2); FlashMLA tests/quant.py"
-QUICK, EDGE, DEEP_QUICK = frozenset({"quick", "full"}), frozenset({"quick", "full", "edge"}), frozenset({"quick", "full", "deepseek"})
-TINY = frozenset({"quick", "full", "tiny"})
+QUICK, EDGE, TINY = frozenset({"quick", "full"}), frozenset({"quick", "full", "edge"}), frozenset({"quick", "full", "tiny"})
+DEEP_QUICK = frozenset({"quick", "full", "deepseek"})
 
 
 def latent_rows(gen: torch.Generator, n: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:

@@ -184,9 +184,13 @@ def _unpack_cases() -> list[Case]:
 # -- specs -----------------------------------------------------------------------
 
 
-def _fp8_pair(a, d) -> bool:
+def _same_kind(a, d) -> bool:
     q8, k8 = a["q"].dtype in DTYPE_GROUPS["fp8"], a["k"].dtype in DTYPE_GROUPS["fp8"]
-    return q8 == k8 and (a["k_scale"] is not None) == k8 and (not q8 or a["q"].dtype == a["k"].dtype)
+    return q8 == k8 and (not q8 or a["q"].dtype == a["k"].dtype)
+
+
+def _scale_iff_fp8(a, d) -> bool:
+    return (a["k_scale"] is not None) == (a["k"].dtype in DTYPE_GROUPS["fp8"])
 
 
 def _bounds_ok(a, d) -> bool:
@@ -194,8 +198,14 @@ def _bounds_ok(a, d) -> bool:
     return ks.numel() == 0 or bool(((ks >= 0) & (ks <= ke) & (ke <= d["S"])).all())
 
 
-FP8_RULE = Check("k_scale", "q and k both float, or both the same fp8 dtype with k_scale given",
-                 _fp8_pair, lambda a, d: f"q {a['q'].dtype}, k {a['k'].dtype}, k_scale {'given' if a['k_scale'] is not None else 'None'}")
+def _dt(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+KIND_RULE = Check("k", "the same kind as q: both float, or both the same fp8 dtype", _same_kind,
+                  lambda a, d: f"q {_dt(a['q'])}, k {_dt(a['k'])}")
+SCALE_RULE = Check("k_scale", "a tensor exactly when q and k are fp8 (their dequantization scale), else None", _scale_iff_fp8,
+                   lambda a, d: f"k_scale {'given' if a['k_scale'] is not None else 'None'} with k {_dt(a['k'])}")
 BOUNDS_RULE = Check("ke", "0 <= ks[t] <= ke[t] <= S", _bounds_ok,
                     lambda a, d: f"ks in [{int(a['ks'].min())}, {int(a['ks'].max())}], ke in [{int(a['ke'].min())}, {int(a['ke'].max())}], S={d['S']}")
 
@@ -207,16 +217,21 @@ indexer_logits = register(OpSpec(
           Tensor("ks", ("T",), ("int32",)), Tensor("ke", ("T",), ("int32",)),
           Tensor("k_scale", ("S",), ("fp32",), optional=True)),
     outputs=(Output("logits", ("T", "S"), torch.float32),),
-    checks=(FP8_RULE, BOUNDS_RULE),
+    checks=(KIND_RULE, SCALE_RULE, BOUNDS_RULE),
     metric="close", reduction="D", source=SRC,
     flops=lambda d: 2.0 * d["T"] * d["S"] * d["H"] * d["D"],
     cases=_indexer_cases,
 ))
 
 
-def _paged_bounds(a, d) -> bool:
-    bt, sl = a["block_table"], a["seqlens"]
-    return sl.numel() == 0 or bool(((sl >= 0) & (sl <= d["MB"] * d["BS"])).all() and ((bt >= -1) & (bt < d["NB"])).all())
+def _seqlens_ok(a, d) -> bool:
+    sl = a["seqlens"]
+    return sl.numel() == 0 or bool(((sl >= 0) & (sl <= d["MB"] * d["BS"])).all())
+
+
+def _table_ok(a, d) -> bool:
+    bt = a["block_table"]
+    return bt.numel() == 0 or bool(((bt >= -1) & (bt < d["NB"])).all())
 
 
 def _unmapped_blocks(a, d) -> list[tuple[int, int]]:
@@ -235,8 +250,10 @@ indexer_logits_paged = register(OpSpec(
           Tensor("seqlens", ("B",), ("int32",))),
     outputs=(Output("logits", ("B", "MB * BS"), torch.float32),),
     checks=(Check("q", "D == 128 (the cache stores 128-dim keys)", lambda a, d: d["D"] == 128, lambda a, d: d["D"]),
-            Check("seqlens", "0 <= seqlens[b] <= MB * BS and block_table entries in [-1, NB)", _paged_bounds,
-                  lambda a, d: f"seqlens max {int(a['seqlens'].max()) if a['seqlens'].numel() else '-'}, MB*BS={d['MB'] * d['BS']}"),
+            Check("seqlens", "0 <= seqlens[b] <= MB * BS", _seqlens_ok,
+                  lambda a, d: f"seqlens in [{int(a['seqlens'].min())}, {int(a['seqlens'].max())}], MB*BS={d['MB'] * d['BS']}"),
+            Check("block_table", "entries in [-1, NB) (-1: no block)", _table_ok,
+                  lambda a, d: f"entries in [{int(a['block_table'].min())}, {int(a['block_table'].max())}], NB={d['NB']}"),
             Check("block_table", "a block (>= 0) for every page holding a position below seqlens[b]",
                   lambda a, d: not _unmapped_blocks(a, d), lambda a, d: f"-1 at (b, page) {_unmapped_blocks(a, d)[:4]}")),
     metric="close", reduction="D", source=SRC,

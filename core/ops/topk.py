@@ -67,7 +67,9 @@ topk_select = register(OpSpec(
     name="topk_select", family="dsa",
     summary="Indices of the k largest logits within [ks[t], ke[t]) (whole row when ks/ke are None); "
             "rows with fewer than k valid entries are padded with -1. The result is a set: order unspecified, any tie choice valid.",
-    args=(Tensor("logits", ("T", "S"), ("fp32",)), Param("k", (int,), minimum=1),
+    args=(Tensor("logits", ("T", "S"), ("fp32", torch.float64),
+                 doc="fp32 from kernels; float64 admitted so the float64 reference indexer chains into it"),
+          Param("k", (int,), minimum=1),
           Tensor("ks", ("T",), ("int32",), optional=True), Tensor("ke", ("T",), ("int32",), optional=True)),
     outputs=(Output("indices", ("T", "k"), torch.int32),),
     checks=(Check("ke", "ks and ke both given or both None", lambda a, d: (a["ks"] is None) == (a["ke"] is None),
