@@ -25,7 +25,7 @@ EXPECTED = [
     *[f"indexer_logits/{c}" for c in ("tiny-float", "tiny-fp8", "fp8-fnuz", "fp8-causal-prefix", "empty-windows", "T0",
                                       "nan", "heads-8")],
     *[f"sparse_mla_prefill/{c}" for c in ("tiny", "fp32-inputs", "T0", "rows-all-invalid", "duplicates", "S-lt-k",
-                                          "heads-8", "detects-dropped-rope", "tiny-q-as-a", "rows-all-invalid-q-as-a")],
+                                          "heads-8", "detects-dropped-rope", "tiny-amd-tiling", "rows-all-invalid-amd-tiling")],
     *[f"sparse_mla_decode/{c}" for c in ("tiny-float", "fp8-page1", "fnuz-page64", "B0", "rows-all-invalid", "mtp-sq2")],
     "moe_grouped_gemm_contiguous/segments", "moe_grouped_gemm_contiguous/mixed-block-rejected",
     "moe_experts/swiglu", "moe_experts/T0",

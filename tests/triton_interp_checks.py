@@ -223,19 +223,20 @@ def reference_cases():
 
 @check
 def sparse_mla_amd_orientation():
-    # The QK orientation used on AMD (q as the A operand) is the other code path
-    # of the same kernel; run it here too by choosing it explicitly.
+    # The AMD tiling (q as the A operand of the QK product, 16 rows per step) is
+    # another code path of the same kernel; run it here too by choosing it.
     from dsport.backends.triton import attention
 
-    chosen = attention.q_as_b
-    attention.q_as_b = lambda fp8_cache, amd: False
+    chosen = attention.q_as_b, attention.tile_k
+    attention.q_as_b, attention.tile_k = (lambda fp8_cache, amd: False), (lambda amd: 16)
     try:
         cases = {c.id: c for c in get_spec("sparse_mla_prefill").cases()}
         for cid in ("tiny", "rows-all-invalid"):
             args = cases[cid].inputs()
-            _compare("sparse_mla_prefill", f"{cid}-q-as-a", tri.sparse_mla_prefill(**args), REF.sparse_mla_prefill(**args), ATTN_TOL)
+            _compare("sparse_mla_prefill", f"{cid}-amd-tiling", tri.sparse_mla_prefill(**args),
+                     REF.sparse_mla_prefill(**args), ATTN_TOL)
     finally:
-        attention.q_as_b = chosen
+        attention.q_as_b, attention.tile_k = chosen
 
 
 @check

@@ -64,7 +64,7 @@ def _dsa() -> list[AotSpec]:
     common = {"q_ptr": "*bf16", "idx_ptr": "*i32", "out_ptr": "*bf16", "lse_ptr": "*fp32", "mlog_ptr": "*fp32",
               "H": C.n_heads, "K": C.index_topk, "sm_scale": C.softmax_scale}
     tiles = {"DV": C.kv_lora_rank, "DR": C.qk_rope_head_dim, "BDV": C.kv_lora_rank, "BDR": C.qk_rope_head_dim,
-             "BH": attention.TILE_H, "BK": attention.TILE_K, "INTERP": False, "FP8_DT": lambda t: attention.TL_FP8[format_for_arch(t).dtype]}
+             "BH": attention.TILE_H, "BK": lambda t: attention.tile_k(amd=t.startswith("gfx")), "INTERP": False, "FP8_DT": lambda t: attention.TL_FP8[format_for_arch(t).dtype]}
     out.append(AotSpec("sparse_mla_prefill_bf16", attention.sparse_mla_kernel, ("sparse_mla_prefill",),
                        {**common, "kv_ptr": "*bf16", "NROWS": ctx, "KV_STRIDE": C.d_qk}, {**tiles, "FP8_CACHE": False, "Q_AS_B": lambda t: attention.q_as_b(False, amd=t.startswith("gfx"))},
                        num_warps=attention.WARPS, num_stages=attention.STAGES, matrix=True, hot=True,
