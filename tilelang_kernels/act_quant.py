@@ -18,11 +18,14 @@ AMAX_FLOOR = 1e-4
 BM = 32  # rows per program: 32 x 128 fp32 is 32 registers per thread at 128 threads
 
 
-def program(p: Profile, N: int, dtype: str = "bfloat16", fmt: str = "e4m3fn",
+def program(p: Profile, N: int | None = None, dtype: str = "bfloat16", fmt: str = "e4m3fn",
             scale_fmt: str = "ue8m0", group: int = 128) -> Any:
     T = p.T
-    M = T.dynamic("M")  # rows vary per call; one compiled kernel serves them all
-    G, NG, fmax = group, N // group, FP8_MAX[fmt]
+    # Rows (and, for the CPU runner, columns) are dynamic: one compiled kernel
+    # serves every batch size. The AOT build passes N to specialize.
+    M = T.dynamic("M")
+    N, NG = (N, N // group) if N is not None else (T.dynamic("N"), T.dynamic("NG"))
+    G, fmax = group, FP8_MAX[fmt]
     ue8m0 = scale_fmt == "ue8m0"
 
     @T.prim_func

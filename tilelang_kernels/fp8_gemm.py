@@ -23,15 +23,17 @@ OPS = ("fp8_gemm",)
 BM, BN, BK = 64, 128, 128
 
 
-def program(p: Profile, N: int, K: int, fmt: str = "e4m3fn", stages: int = 3) -> Any:
+def program(p: Profile, N: int | None = None, K: int | None = None, fmt: str = "e4m3fn", stages: int = 3) -> Any:
     T = p.T
+    # M always dynamic; N and K too unless the AOT build specializes them.
     M = T.dynamic("M")
-    KB = K // BK
+    N, NB = (N, (N + 127) // 128) if N is not None else (T.dynamic("N"), T.dynamic("NB"))
+    K, KB = (K, K // BK) if K is not None else (T.dynamic("K"), T.dynamic("KB"))
     f8 = p.fp8(fmt)
 
     @T.prim_func
     def fp8_gemm(A: T.Tensor((M, K), f8), SA: T.Tensor((M, KB), "float32"), B: T.Tensor((N, K), f8),
-                 SB: T.Tensor(((N + 127) // 128, KB), "float32"), C: T.Tensor((M, N), p.bf16())):
+                 SB: T.Tensor((NB, KB), "float32"), C: T.Tensor((M, N), p.bf16())):
         with p.kernel(T.ceildiv(N, BN), T.ceildiv(M, BM), threads=128) as (bx, by):
             a_s = p.stage((BM, BK), f8)
             b_s = p.stage((BN, BK), f8)
