@@ -123,12 +123,21 @@ class Profile:
 
 
 # -- exact bit-level conversions for the CPU form -------------------------------
+def as_u32(T: ModuleType, v: Any) -> Any:
+    """The bits of a float32 value."""
+    return T.reinterpret(v, "uint32")
+
+
+def as_f32(T: ModuleType, v: Any) -> Any:
+    return T.reinterpret(v, "float32")
+
+
 def bf16_decode(T: ModuleType, bits: Any) -> Any:
-    return T.reinterpret("float32", T.shift_left(T.Cast("uint32", bits), T.uint32(16)))
+    return as_f32(T, T.shift_left(T.Cast("uint32", bits), T.uint32(16)))
 
 
 def bf16_encode(T: ModuleType, v: Any) -> Any:
-    b = T.reinterpret("uint32", v)
+    b = as_u32(T, v)
     rne = T.shift_right(b + T.uint32(0x7FFF) + T.bitwise_and(T.shift_right(b, T.uint32(16)), T.uint32(1)), T.uint32(16))
     return T.Cast("uint16", T.if_then_else(v != v, T.uint32(0x7FC0), rne))
 
@@ -139,7 +148,7 @@ def fp8_decode(T: ModuleType, byte: Any, fmt: str) -> Any:
     sign = T.shift_right(b, T.uint32(7))
     e = T.bitwise_and(T.shift_right(b, T.uint32(3)), T.uint32(15))
     m = T.bitwise_and(b, T.uint32(7))
-    normal = T.reinterpret("float32", T.bitwise_or(
+    normal = as_f32(T, T.bitwise_or(
         T.bitwise_or(T.shift_left(sign, T.uint32(31)), T.shift_left(e + T.uint32(127 - bias), T.uint32(23))),
         T.shift_left(m, T.uint32(20))))
     sub_mag = T.Cast("float32", m) * T.float32(2.0 ** (1 - bias - 3))  # exact: m < 8 times a power of two
@@ -154,10 +163,10 @@ def fp8_encode(T: ModuleType, v: Any, fmt: str) -> Any:
     exponent); subnormals are |v| / 2^(1-bias-3) rounded to an integer
     (8 there is exactly the smallest normal's code)."""
     bias = FP8_BIAS[fmt]
-    bits = T.reinterpret("uint32", v)
+    bits = as_u32(T, v)
     sign = T.shift_right(bits, T.uint32(31))
     mag = T.bitwise_and(bits, T.uint32(0x7FFFFFFF))
-    a = T.reinterpret("float32", mag)
+    a = as_f32(T, mag)
     rne = mag + T.uint32(0x7FFFF) + T.bitwise_and(T.shift_right(mag, T.uint32(20)), T.uint32(1))
     normal = T.shift_right(rne, T.uint32(20)) - T.uint32((127 - bias) << 3)
     scaled = a * T.float32(2.0 ** (bias + 2))  # exact: a < 2^(1-bias) here
@@ -179,9 +188,9 @@ def pow2_ceil(T: ModuleType, s: Any) -> Any:
     """2^ceil(log2(s)) for positive normal float32 s, from the bits: a power
     of two (zero mantissa) is its own ceiling, otherwise bump the exponent.
     Exact on every target, unlike a log2/ceil/exp2 round trip."""
-    b = T.reinterpret("uint32", s)
+    b = as_u32(T, s)
     bumped = T.shift_left(T.shift_right(b, T.uint32(23)) + T.uint32(1), T.uint32(23))
-    return T.reinterpret("float32", T.if_then_else(T.bitwise_and(b, T.uint32(0x7FFFFF)) == T.uint32(0), b, bumped))
+    return as_f32(T, T.if_then_else(T.bitwise_and(b, T.uint32(0x7FFFFF)) == T.uint32(0), b, bumped))
 
 
 PROFILES: dict[str, Profile] = {name: Profile(name) for name in TARGETS}

@@ -19,7 +19,7 @@ NaN logits are outside the contract of this kernel (see CAPABILITIES).
 # no `from __future__ import annotations`: TileLang reads the tensor annotations as live objects
 from typing import Any
 
-from dsport.tilelang_kernels.target import Profile
+from dsport.tilelang_kernels.target import Profile, as_u32
 
 OPS = ("topk_select",)
 CH = 256   # row elements per sweep step (one per thread on a GPU)
@@ -31,7 +31,7 @@ def program(p: Profile, K: int) -> Any:
     TQ, S = T.dynamic("TQ"), T.dynamic("S")
 
     def key_of(x):
-        b = T.reinterpret("uint32", x)
+        b = as_u32(T, x)
         return T.if_then_else(T.shift_right(b, T.uint32(31)) == T.uint32(1), T.bitwise_not(b),
                               T.bitwise_or(b, T.uint32(0x80000000)))
 

@@ -131,8 +131,8 @@ def _tail(text: str, n: int = 300) -> str:
     return (lines[0] if lines else "")[:n]
 
 
-def build(target: str, out_dir: str | os.PathLike) -> list[KernelBuild]:
-    """Lower every kernel for ``target`` and compile it where a compiler is here."""
+def build(target: str, out_dir: str | os.PathLike, kernels: tuple[str, ...] = KERNELS) -> list[KernelBuild]:
+    """Lower every kernel (or those named) for ``target`` and compile it where a compiler is here."""
     if target not in TARGETS:
         from dsport.core.errors import ConfigError
 
@@ -140,7 +140,7 @@ def build(target: str, out_dir: str | os.PathLike) -> list[KernelBuild]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records: list[KernelBuild] = []
-    for kernel in KERNELS:
+    for kernel in kernels:
         mod = importlib.import_module(f"dsport.tilelang_kernels.{kernel}")
         for i, cfg in enumerate(mod.build_configs()):
             name = f"{kernel}_{i}"
