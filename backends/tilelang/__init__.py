@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 
-from dsport.backends.tilelang.build import TARGETS, build
+from dsport.backends.tilelang.aot import TARGETS, build
 from dsport.backends.tilelang.capabilities import CAPABILITIES
 from dsport.backends.tilelang.ops import OPS
 

@@ -122,8 +122,15 @@ def _build_gfx950(name: str, src_path: Path, out_dir: Path) -> tuple[Path | None
         cmd.insert(2, f"--rocm-path={rocm}")
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
-        return None, f"clang (ziglang) failed: {_tail(r.stderr)}"
+        hint = " (the HIP headers: set ROCM_PATH to a ROCm >= 6.3 install)" if "HIP runtime" in r.stderr else ""
+        return None, f"clang {_clang_version(zig)} from ziglang failed: {_tail(r.stderr)}{hint}"
     return obj, ""
+
+
+def _clang_version(zig: str) -> str:
+    r = subprocess.run([zig, "clang", "--version"], capture_output=True, text=True)
+    m = re.search(r"clang version (\S+)", r.stdout)
+    return m.group(1) if m else "?"
 
 
 def _tail(text: str, n: int = 300) -> str:
@@ -158,29 +165,30 @@ def build(target: str, out_dir: str | os.PathLike, kernels: tuple[str, ...] = KE
             src_path.write_text(src)
             rec.extra.update(attrs, source=str(src_path))
             if rec.matrix_instr:
-                rec.extra["matrix_in_source"] = rec.matrix_instr in src
+                # what the lowering emitted; for sm_90a the cubin's SASS decides below
+                rec.matrix_found = rec.matrix_instr in src
             if target == "sm_90a":
                 art, err = _build_sm90a(name, src_path, out)
             else:
                 art, err = _build_gfx950(name, src_path, out)
             if art is None:
-                rec.artifact, rec.detail = str(src_path), f"source emitted; {err}"
+                rec.artifact = str(src_path)
+                rec.detail = f"{'CUDA' if target == 'sm_90a' else 'HIP'} source emitted, not compiled: {err}"
                 continue
             rec.status, rec.artifact = "built", str(art)
             if target == "sm_90a":
                 res = _cuda_resources(art)
                 if res:
+                    # LOCAL is per-thread local memory: register spills (no kernel here uses local arrays)
                     rec.registers, rec.spills = res["registers"], res["local"]
                     rec.shared_bytes = res["static_shared"] + attrs.get("dyn_shared", 0)
                     rec.extra.update(res)
                     if rec.matrix_instr:
                         rec.matrix_found = res["gmma"] > 0
-            elif rec.matrix_instr:
-                rec.matrix_found = rec.matrix_instr in src
     return records
 
 
-if __name__ == "__main__":  # python -m dsport.backends.tilelang.build sm_90a OUT
+if __name__ == "__main__":  # python -m dsport.backends.tilelang.aot sm_90a OUT
     logging.basicConfig(level=logging.INFO)
     for r in build(sys.argv[1], sys.argv[2]):
         print(r.kernel, r.status, r.registers, r.spills, r.shared_bytes, r.matrix_found, r.detail)
