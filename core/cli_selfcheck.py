@@ -29,8 +29,11 @@ def check_case(spec, fn, case) -> str:
     for o, shape in zip(outs, want):
         if tuple(o.shape) != shape:
             return f"output shape {tuple(o.shape)}, spec says {shape}"
-        if o.is_floating_point() and o.element_size() > 1 and not torch.isfinite(o).any() and o.numel():
-            return "no finite output value"
+    # -inf is a legitimate value (lse of a row with no valid key), so only an
+    # op whose every float output is entirely non-finite is suspicious
+    floats = [o for o in outs if o.is_floating_point() and o.element_size() > 1 and o.numel()]
+    if floats and not any(torch.isfinite(o).any() for o in floats):
+        return "no finite output value"
     return ""
 
 
