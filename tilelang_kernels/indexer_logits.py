@@ -50,7 +50,8 @@ def program(p: Profile, H: int, D: int, dtype: str = "bfloat16", stages: int = 2
                 k_f[i, d] = decode(k_s[i, d])
             T.gemm(k_f, q_f, acc, transpose_B=True, clear_accum=True)
         for i, h in p.loop(BN, H):
-            acc[i, h] = T.max(acc[i, h], T.float32(0)) * W[t, h]
+            # relu as a select that keeps NaN (max(NaN, 0) is 0 on some targets): bad inputs show, not vanish
+            acc[i, h] = T.if_then_else(acc[i, h] < T.float32(0), T.float32(0), acc[i, h]) * W[t, h]
         T.reduce_sum(acc, tot, dim=1)
         for i in p.loop(BN):
             if n * BN + i < S:

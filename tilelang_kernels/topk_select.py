@@ -23,7 +23,7 @@ from dsport.tilelang_kernels.target import Profile, as_u32
 
 OPS = ("topk_select",)
 CH = 256   # row elements per sweep step (one per thread on a GPU)
-OUT_TILE = 64  # output slots are initialized in tiles of 64: topk must be a multiple of it
+OUT_TILE = 64  # output slots are initialized in tiles of 64
 
 
 def program(p: Profile, K: int) -> Any:
@@ -59,9 +59,10 @@ def program(p: Profile, K: int) -> Any:
             slot = T.alloc_local((1,), "int32")
             xv = T.alloc_local((1,), "float32")  # a named value: bit casts need an lvalue in C
             lo, n = KS[t], KE[t] - KS[t]
-            for c in T.serial(K // OUT_TILE):
+            for c in T.serial(T.ceildiv(K, OUT_TILE)):
                 for i in p.loop(OUT_TILE):
-                    picks[c * OUT_TILE + i] = -1
+                    if c * OUT_TILE + i < K:
+                        picks[c * OUT_TILE + i] = -1
             for i in p.loop(2):
                 cnt[i] = 0
             if n <= K:

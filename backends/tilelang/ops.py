@@ -65,11 +65,21 @@ def fp8_gemm(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tenso
     return c
 
 
+HEAD_PAD = 8
+
+
 def indexer_logits(q, k, weights, ks, ke, k_scale=None):
     _require("indexer_logits", q=q, k=k, weights=weights, ks=ks, ke=ke, k_scale=k_scale)
     t, h, d = q.shape
     s = k.shape[0]
     out = empty((t, s), torch.float32)
+    if h % HEAD_PAD:
+        # wgmma's N is a multiple of 8: extra heads get zero q and zero weight, so they add exactly 0
+        hp = -(-h // HEAD_PAD) * HEAD_PAD
+        q = torch.cat([q, torch.zeros(t, hp - h, d, dtype=q.dtype)], 1) if q.dtype not in FP8_DTYPES else \
+            torch.cat([q.view(torch.uint8), torch.zeros(t, hp - h, d, dtype=torch.uint8)], 1).view(q.dtype)
+        weights = torch.cat([weights.float(), torch.zeros(t, hp - h)], 1)
+        h = hp
     if t and s:
         dtype = FP8_DTYPES[q.dtype].name if q.dtype in FP8_DTYPES else "bfloat16"
         args = (q, k, weights.float(), ks, ke) + ((k_scale.float(),) if k_scale is not None else ())
