@@ -15,18 +15,19 @@ from dsport.backends.tilelang.capabilities import CAPABILITIES
 from dsport.backends.tilelang.runner import TL_NAME, empty, run
 from dsport.core.capabilities import query_of
 from dsport.core.errors import ValidationError
-from dsport.core.fp8 import FP8_DTYPES, fp8_format, scale_format
+from dsport.core.fp8 import FP8_DTYPES, Fp8Format, ScaleFormat, fp8_format, scale_format
 from dsport.core.spec import get_spec
 
 
-def _require(op: str, **bound) -> None:
+def _require(op: str, **bound: object) -> None:
     spec = get_spec(op)
     reasons = CAPABILITIES[op].reasons(query_of(spec, bound, spec.validate(bound)))
     if reasons:
         raise ValidationError(op, "(capability)", f"what the tilelang kernel supports ({CAPABILITIES[op].note})", "; ".join(reasons))
 
 
-def act_quant(x: torch.Tensor, block: int = 128, fmt="e4m3fn", scale_fmt="ue8m0"):
+def act_quant(x: torch.Tensor, block: int = 128, fmt: str | Fp8Format = "e4m3fn",
+              scale_fmt: str | ScaleFormat = "ue8m0") -> tuple[torch.Tensor, torch.Tensor]:
     _require("act_quant", x=x, block=block, fmt=fmt, scale_fmt=scale_fmt)
     f, sf = fp8_format(fmt, "act_quant"), scale_format(scale_fmt, "act_quant")
     n = x.shape[-1]
@@ -37,7 +38,8 @@ def act_quant(x: torch.Tensor, block: int = 128, fmt="e4m3fn", scale_fmt="ue8m0"
     return y.reshape(x.shape), s.reshape(*x.shape[:-1], n // block)
 
 
-def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6, residual: torch.Tensor | None = None):
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6,
+             residual: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     _require("rms_norm", x=x, w=w, eps=eps, residual=residual)
     if w.dtype not in TL_NAME:
         raise ValidationError("rms_norm", "w", "dtype bfloat16 or float32 (tilelang kernel)", str(w.dtype))
@@ -49,13 +51,15 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6, residual: torc
         if rows.shape[0]:
             run("rms_norm", rows, w, y, **cfg)
         return y.reshape(x.shape)
+    if residual.dtype != x.dtype:  # rounding it to x's dtype first would change the sum silently
+        raise ValidationError("rms_norm", "residual", f"dtype {x.dtype} (as 'x', tilelang kernel)", str(residual.dtype))
     r_out = empty(rows.shape, x.dtype)
     if rows.shape[0]:
-        run("rms_norm", rows, w, residual.to(x.dtype).reshape(-1, d) if residual.dtype != x.dtype else residual.reshape(-1, d), y, r_out, **cfg)
+        run("rms_norm", rows, w, residual.reshape(-1, d), y, r_out, **cfg)
     return y.reshape(x.shape), r_out.reshape(x.shape)
 
 
-def fp8_gemm(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor):
+def fp8_gemm(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor) -> torch.Tensor:
     _require("fp8_gemm", a=a, sa=sa, b=b, sb=sb)
     m, k = a.shape
     n = b.shape[0]
@@ -68,7 +72,8 @@ def fp8_gemm(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tenso
 HEAD_PAD = 8
 
 
-def indexer_logits(q, k, weights, ks, ke, k_scale=None):
+def indexer_logits(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, ks: torch.Tensor, ke: torch.Tensor,
+                   k_scale: torch.Tensor | None = None) -> torch.Tensor:
     _require("indexer_logits", q=q, k=k, weights=weights, ks=ks, ke=ke, k_scale=k_scale)
     t, h, d = q.shape
     s = k.shape[0]
@@ -89,7 +94,7 @@ def indexer_logits(q, k, weights, ks, ke, k_scale=None):
     return out
 
 
-def topk_select(logits: torch.Tensor, k: int, ks=None, ke=None):
+def topk_select(logits: torch.Tensor, k: int, ks: torch.Tensor | None = None, ke: torch.Tensor | None = None) -> torch.Tensor:
     _require("topk_select", logits=logits, k=k, ks=ks, ke=ke)
     t, s = logits.shape
     if ks is None:
@@ -100,7 +105,8 @@ def topk_select(logits: torch.Tensor, k: int, ks=None, ke=None):
     return out
 
 
-def sparse_mla_prefill(q, kv, indices, sm_scale: float, d_v: int = 512):
+def sparse_mla_prefill(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, sm_scale: float,
+                       d_v: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _require("sparse_mla_prefill", q=q, kv=kv, indices=indices, sm_scale=sm_scale, d_v=d_v)
     t, h, dqk = q.shape
     k = indices.shape[-1]
