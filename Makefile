@@ -23,8 +23,7 @@ setup: $(VENV)/.installed
 
 # The main job: the conformance matrix over every backend available here.
 conformance: setup
-	$(BIN)/dsport backends
-	$(BIN)/dsport selfcheck
+	$(BIN)/dsport conformance
 
 test: setup
 	$(BIN)/python -m pytest -q

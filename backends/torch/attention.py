@@ -1,0 +1,156 @@
+"""MLA attention: sparse (DSA) prefill/decode and the dense variants.
+
+The sparse paths gather only the KV rows the indices name, one query block
+at a time: time and memory scale with T * k, independent of the context S.
+Scores, softmax and lse are fp32; the matmul operand dtype comes from
+:mod:`policy` (fp32 on CPUs without bf16 matrix units)."""
+from __future__ import annotations
+
+import torch
+
+from dsport.backends.torch import policy
+from dsport.backends.torch.mla_cache import WIDTH, unpack_rows
+from dsport.core.fp8 import Fp8Format
+
+NEG_INF = float("-inf")
+
+
+def attend(q: torch.Tensor, kv: torch.Tensor, valid: torch.Tensor, sm_scale: float, d_v: int,
+           mdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Masked softmax attention of n independent rows.
+
+    q [n, H, D], kv [n, L, D] (value = kv[..., :d_v]), valid bool [n, L] or [n, Hq, L] broadcastable to the
+    scores [n, H, L]. Returns (out fp32 [n, H, d_v], lse [n, H], max_logit [n, H]); a row with nothing valid
+    gives out 0, lse -inf, max -inf."""
+    kvm = kv.to(mdt)
+    # the scale rides on q ([n, H, D]) instead of costing a pass over the [n, H, L] scores
+    s = torch.matmul((q.float() * sm_scale).to(mdt), kvm.transpose(1, 2)).float()   # [n, H, L]
+    if not bool(valid.all()):  # prefill indices are usually all valid: skip the masking pass then
+        s.masked_fill_(~(valid.unsqueeze(1) if valid.dim() == 2 else valid), NEG_INF)
+    m = s.amax(-1)                                                              # [n, H]
+    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    p = s.sub_(m_safe.unsqueeze(-1)).exp_()                                     # in place; exp(-inf) = 0 when masked
+    denom = p.sum(-1)
+    out = torch.matmul(p.to(mdt), kvm[..., :d_v]).float()
+    empty = denom == 0
+    out = out / torch.where(empty, torch.ones_like(denom), denom).unsqueeze(-1)
+    lse = torch.where(empty, torch.full_like(denom, NEG_INF), m_safe + denom.log())
+    return out, lse, m
+
+
+def _step(h: int, k: int, d: int, mdt: torch.dtype) -> int:
+    # per query row: gathered rows (k x d, matmul dtype + fp32 source) and three fp32 [H, k] score tiles
+    return policy.rows_per_block(k * d * (torch.empty((), dtype=mdt).element_size() + 4) + 3 * 4 * h * k)
+
+
+def sparse_mla_prefill(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, sm_scale: float,
+                       d_v: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    t, h, d = q.shape
+    s, k = kv.shape[0], indices.shape[-1]
+    mdt = policy.matmul_dtype(q.device, q.dtype)
+    out = torch.zeros((t, h, d_v), dtype=q.dtype, device=q.device)
+    lse = torch.full((t, h), NEG_INF, dtype=torch.float32, device=q.device)
+    mx = torch.full((t, h), NEG_INF, dtype=torch.float32, device=q.device)
+    if t == 0 or s == 0 or k == 0:
+        return out, lse, mx
+    rows = kv[:, 0]
+    if rows.dtype != mdt and t * k > s:
+        # each row is gathered T*k/S times on average: widen the table once instead of every gathered copy
+        rows = rows.to(mdt)
+    idx = indices[:, 0]
+    step = _step(h, k, d, mdt)
+    for t0 in range(0, t, step):  # query blocks bound the gathered working set
+        bi = idx[t0:t0 + step]
+        valid = (bi >= 0) & (bi < s)
+        g = rows[torch.where(valid, bi, 0).long()]                             # [b, k, D]: only the named rows
+        o, l, m = attend(q[t0:t0 + step], g, valid, sm_scale, d_v, mdt)
+        out[t0:t0 + step], lse[t0:t0 + step], mx[t0:t0 + step] = o.to(q.dtype), l, m
+    return out, lse, mx
+
+
+def sparse_mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, indices: torch.Tensor, sm_scale: float,
+                      d_v: int = 512, fmt: str | Fp8Format = "e4m3fn") -> tuple[torch.Tensor, torch.Tensor]:
+    b, sq, h, d = q.shape
+    nb, bs, _, w = kv_cache.shape
+    k = indices.shape[-1]
+    n = b * sq
+    mdt = policy.matmul_dtype(q.device, q.dtype)
+    pool = kv_cache.reshape(nb * bs, w)
+    qf, idx = q.reshape(n, h, d), indices.reshape(n, k)
+    out = torch.zeros((n, h, d_v), dtype=q.dtype, device=q.device)
+    lse = torch.full((n, h), NEG_INF, dtype=torch.float32, device=q.device)
+    if n and k and nb * bs:
+        fp8 = kv_cache.dtype == torch.uint8 and w == WIDTH
+        step = _step(h, k, d, mdt)
+        for r0 in range(0, n, step):
+            bi = idx[r0:r0 + step]
+            valid = (bi >= 0) & (bi < nb * bs)
+            g = pool[torch.where(valid, bi, 0).long()]                         # gather first ...
+            g = unpack_rows(g, fmt) if fp8 else g                               # ... then dequantize only those rows
+            o, l, _ = attend(qf[r0:r0 + step], g, valid, sm_scale, d_v, mdt)
+            out[r0:r0 + step], lse[r0:r0 + step] = o.to(q.dtype), l
+    return out.reshape(b, sq, h, d_v), lse.reshape(b, sq, h).transpose(1, 2).contiguous()
+
+
+def mla_prefill_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal MHA form; query t sits at absolute position S - T + t. Query
+    blocks only touch the key prefix they can see."""
+    t, h, d = q.shape
+    s, dv = k.shape[0], v.shape[-1]
+    mdt = policy.matmul_dtype(q.device, q.dtype)
+    out = torch.zeros((t, h, dv), dtype=q.dtype, device=q.device)
+    lse = torch.full((t, h), NEG_INF, dtype=torch.float32, device=q.device)
+    if t == 0:
+        return out, lse
+    off = s - t
+    kh, vh = k.transpose(0, 1).to(mdt), v.transpose(0, 1).to(mdt)             # [H, S, D]
+    step = policy.rows_per_block(3 * 4 * h * s)
+    for t0 in range(0, t, step):
+        t1 = min(t, t0 + step)
+        end = off + t1                                                          # keys this block can see
+        qb = q[t0:t1].transpose(0, 1).to(mdt)                                   # [H, b, D]
+        sc = torch.matmul(qb, kh[:, :end].transpose(1, 2)).float().mul_(sm_scale)
+        pos_q = torch.arange(off + t0, off + t1, device=q.device)
+        sc.masked_fill_(torch.arange(end, device=q.device)[None, None, :] > pos_q[None, :, None], NEG_INF)
+        m = sc.amax(-1, keepdim=True)
+        p = (sc - m).exp_()
+        denom = p.sum(-1, keepdim=True)
+        o = torch.matmul(p.to(mdt), vh[:, :end]).float() / denom
+        out[t0:t1] = o.transpose(0, 1).to(q.dtype)
+        lse[t0:t1] = (m + denom.log()).squeeze(-1).t()
+    return out, lse
+
+
+def mla_decode_dense(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor, cache_seqlens: torch.Tensor,
+                     sm_scale: float, d_v: int = 512, causal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense absorbed-form decode over the blocks each sequence owns."""
+    b, sq, h, d = q.shape
+    nb, bs = kv_cache.shape[:2]
+    mb = block_table.shape[1]
+    mdt = policy.matmul_dtype(q.device, q.dtype)
+    out = torch.zeros((b, sq, h, d_v), dtype=q.dtype, device=q.device)
+    lse = torch.full((b, h, sq), NEG_INF, dtype=torch.float32, device=q.device)
+    if b == 0 or sq == 0 or mb == 0:
+        return out, lse
+    pos = torch.arange(mb * bs, device=q.device)
+    # blocks of (sequences, query rows) bound the [b, q_rows * H, MB * BS] fp32 score tiles
+    q_step = min(sq, policy.rows_per_block(3 * 4 * h * mb * bs))
+    b_step = 1 if q_step < sq else policy.rows_per_block(mb * bs * (d * 4 + 3 * 4 * sq * h))
+    for b0 in range(0, b, b_step):
+        bt, sl = block_table[b0:b0 + b_step], cache_seqlens[b0:b0 + b_step]
+        n = bt.shape[0]
+        kv = kv_cache[bt.clamp(min=0).long()].reshape(n, mb * bs, d).to(mdt)       # widened once per sequence block
+        live = (bt >= 0).repeat_interleave(bs, 1)[:, None, :]
+        for s0 in range(0, sq, q_step):
+            s1 = min(sq, s0 + q_step)
+            limit = sl[:, None].expand(n, s1 - s0)
+            if causal:
+                limit = limit - sq + 1 + torch.arange(s0, s1, device=q.device)[None, :]
+            valid = (pos[None, None, :] < limit[:, :, None]) & live                    # [n, rows, L]
+            qb = q[b0:b0 + n, s0:s1].reshape(n, (s1 - s0) * h, d)
+            vmask = valid[:, :, None, :].expand(n, s1 - s0, h, mb * bs).reshape(n, (s1 - s0) * h, mb * bs)
+            o, l, _ = attend(qb, kv, vmask, sm_scale, d_v, mdt)
+            out[b0:b0 + n, s0:s1] = o.reshape(n, s1 - s0, h, d_v).to(q.dtype)
+            lse[b0:b0 + n, :, s0:s1] = l.reshape(n, s1 - s0, h).transpose(1, 2)
+    return out, lse

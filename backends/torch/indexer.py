@@ -1,0 +1,115 @@
+"""Lightning-indexer logits (prefill and paged decode), the 132-byte key
+cache, and the blocked indexer + top-k composite.
+
+Logits are computed per query block: a block holds [block, H, S] fp32 scores,
+so peak memory is O(block * S) and :func:`indexer_topk` never holds [T, S]."""
+from __future__ import annotations
+
+import torch
+
+from dsport.backends.torch import policy
+from dsport.backends.torch.topk import topk_window
+from dsport.core.fp8 import UE8M0, Fp8Format, fp8_format
+
+NEG_INF = float("-inf")
+
+
+def _operands(q: torch.Tensor, k: torch.Tensor, k_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 q and k. FP8 values widen exactly; the per-key scale is applied to
+    the logits afterwards, as the FP8 kernels do (k_scale[s] outside the head sum)."""
+    return q.float(), k.float()
+
+
+def _block_logits(q32: torch.Tensor, k32: torch.Tensor, w32: torch.Tensor, lo: int, hi: int,
+                  k_scale: torch.Tensor | None) -> torch.Tensor:
+    """[b, hi - lo] = sum_h w[t, h] * relu(q[t, h] . k[s]) (* k_scale[s]) for s in [lo, hi)."""
+    kk = k32[lo:hi]
+    scores = torch.matmul(q32, kk.t()).relu_()                        # [b, H, W], fp32 accumulation
+    out = torch.bmm(w32.unsqueeze(1), scores).squeeze(1)              # head sum as a batched GEMV
+    if k_scale is not None:
+        out *= k_scale[lo:hi].float()
+    return out
+
+
+def _block_rows(h: int, s: int, block: int | None) -> int:
+    return block or policy.rows_per_block(4 * h * max(s, 1))
+
+
+def _blocks(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, ks: torch.Tensor, ke: torch.Tensor,
+            k_scale: torch.Tensor | None, block: int | None):
+    """Yield (t0, t1, lo, logits [t1 - t0, hi - lo]) with columns outside each row's window at -inf."""
+    t, h, _ = q.shape
+    q32, k32 = _operands(q, k, k_scale)
+    w32 = weights.float()
+    step = _block_rows(h, k.shape[0], block)
+    for t0 in range(0, t, step):  # a loop over query blocks, each a few large GEMMs
+        t1 = min(t, t0 + step)
+        bks, bke = ks[t0:t1], ke[t0:t1]
+        lo, hi = int(bks.min()), int(bke.max())
+        hi = max(hi, lo)
+        lg = _block_logits(q32[t0:t1], k32, w32[t0:t1], lo, hi, k_scale)
+        pos = torch.arange(lo, hi, device=q.device)
+        lg.masked_fill_((pos[None, :] < bks[:, None]) | (pos[None, :] >= bke[:, None]), NEG_INF)
+        yield t0, t1, lo, lg
+
+
+def indexer_logits(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, ks: torch.Tensor, ke: torch.Tensor,
+                   k_scale: torch.Tensor | None = None) -> torch.Tensor:
+    t, s = q.shape[0], k.shape[0]
+    out = torch.full((t, s), NEG_INF, dtype=torch.float32, device=q.device)
+    for t0, t1, lo, lg in _blocks(q, k, weights, ks, ke, k_scale, None):
+        out[t0:t1, lo:lo + lg.shape[1]] = lg
+    return out
+
+
+def indexer_topk(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, ks: torch.Tensor, ke: torch.Tensor,
+                 topk: int, k_scale: torch.Tensor | None = None, block: int | None = None) -> torch.Tensor:
+    """indexer_logits followed by topk_select, one query block at a time:
+    int32 [T, topk] with peak extra memory O(block * H * S), never O(T * S)."""
+    out = torch.empty((q.shape[0], topk), dtype=torch.int32, device=q.device)
+    for t0, t1, lo, lg in _blocks(q, k, weights, ks, ke, k_scale, block):
+        out[t0:t1] = topk_window(lg, topk, ks[t0:t1], ke[t0:t1], col0=lo)
+    return out
+
+
+# -- the paged 132-byte key cache ----------------------------------------------------------------------
+
+def index_cache_pack(k: torch.Tensor, fmt: str | Fp8Format = "e4m3fn") -> torch.Tensor:
+    f = fp8_format(fmt, "index_cache_pack")
+    nb, bs, d = k.shape
+    g = k.float()
+    s = UE8M0.scale(g.abs().amax(-1), f)                              # [NB, BS], one 128-group per token
+    y = f.cast(g / s.unsqueeze(-1))
+    flat = torch.cat((y.view(torch.uint8).reshape(nb, bs * d), s.contiguous().view(torch.uint8).reshape(nb, bs * 4)), 1)
+    return flat.view(nb, bs, d + 4)
+
+
+def _split_blocks(blocks: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """[..., BS, 132] bytes of whole blocks -> (k fp8 [..., BS, 128], k_scale fp32 [..., BS])."""
+    *lead, bs, w = blocks.shape
+    flat = blocks.reshape(*lead, bs * w)
+    kb = flat[..., : bs * 128].contiguous().view(dtype).reshape(*lead, bs, 128)
+    sc = flat[..., bs * 128:].contiguous().view(torch.float32)
+    return kb, sc
+
+
+def index_cache_unpack(cache: torch.Tensor, fmt: str | Fp8Format = "e4m3fn") -> tuple[torch.Tensor, torch.Tensor]:
+    return _split_blocks(cache, fp8_format(fmt, "index_cache_unpack").dtype)
+
+
+def indexer_logits_paged(q: torch.Tensor, k_cache: torch.Tensor, weights: torch.Tensor, block_table: torch.Tensor,
+                         seqlens: torch.Tensor) -> torch.Tensor:
+    """Reads only the cache blocks named by block_table (never the whole pool)."""
+    b, h, d = q.shape
+    nb, bs, _ = k_cache.shape
+    mb = block_table.shape[1]
+    out = torch.full((b, mb * bs), NEG_INF, dtype=torch.float32, device=q.device)
+    if b == 0 or mb == 0 or nb == 0:
+        return out
+    kb, sc = _split_blocks(k_cache[block_table.clamp(min=0).long()], q.dtype)   # [B, MB, BS, 128], [B, MB, BS]
+    keys = kb.reshape(b, mb * bs, d).float()
+    scores = torch.matmul(q.float(), keys.transpose(1, 2)).relu_()              # [B, H, L]
+    lg = torch.bmm(weights.float().unsqueeze(1), scores).squeeze(1) * sc.reshape(b, mb * bs)
+    pos = torch.arange(mb * bs, device=q.device)
+    valid = (pos[None, :] < seqlens[:, None]) & (block_table >= 0).repeat_interleave(bs, 1)
+    return torch.where(valid, lg, out)

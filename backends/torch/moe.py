@@ -1,0 +1,126 @@
+"""MoE routing and grouped expert compute.
+
+Experts run on token rows sorted by expert (the contiguous layout). When the
+busiest expert is not much busier than the mean, the sorted rows are scattered
+into the masked layout [experts with tokens, M_max, D] and all experts run as
+three batched GEMMs; when routing is skewed, padding would waste compute, so
+each expert that has tokens runs one GEMM on its contiguous segment. Empty
+experts cost nothing on either path."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dsport.backends.torch import policy
+
+PAD_WASTE = 1.25
+"""Use the padded batched path while M_max * experts_with_tokens <= PAD_WASTE * rows."""
+
+
+def moe_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, n_group: int = 8,
+             topk_group: int = 4, topk: int = 8, route_scale: float = 2.5,
+             score_func: str = "sigmoid") -> tuple[torch.Tensor, torch.Tensor]:
+    t, e = x.shape[0], weight.shape[0]
+    logits = x.float() @ weight.float().t()
+    scores = logits.softmax(-1) if score_func == "softmax" else logits.sigmoid()
+    sel = scores if bias is None else scores + bias.float()
+    if n_group > 1:
+        grouped = sel.view(t, n_group, e // n_group)
+        # with a bias, a group scores the sum of its top-2; without, its max (DeepSeek Gate)
+        gs = grouped.amax(-1) if bias is None else grouped.topk(min(2, e // n_group), dim=-1).values.sum(-1)
+        keep = torch.zeros(t, n_group, dtype=torch.bool, device=x.device)
+        keep.scatter_(1, gs.topk(topk_group, dim=-1).indices, True)
+        sel = grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).flatten(1)
+    ids = sel.topk(topk, dim=-1).indices
+    w = scores.gather(1, ids)
+    if score_func == "sigmoid":
+        w = w / w.sum(-1, keepdim=True)
+    return w * route_scale, ids.to(torch.int32)
+
+
+def _swiglu(h1: torch.Tensor, h3: torch.Tensor) -> torch.Tensor:
+    return F.silu(h1.float()) * h3.float()                                   # fp32 by contract
+
+
+def _sort_rows(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat (token, slot) positions sorted by expert, their expert ids); -1 slots dropped."""
+    flat = ids.reshape(-1).long()
+    keep = (flat >= 0).nonzero().squeeze(1)
+    order = keep[torch.argsort(flat[keep], stable=True)]
+    return order, flat[order]
+
+
+def moe_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor,
+                w2: torch.Tensor) -> torch.Tensor:
+    t, d = x.shape
+    kslots, e = ids.shape[1], w1.shape[0]
+    mdt = policy.matmul_dtype(x.device, x.dtype)
+    y = torch.zeros((t, d), dtype=torch.float32, device=x.device)
+    order, eid = _sort_rows(ids)
+    if order.numel() == 0:
+        return y.to(x.dtype)
+    counts = torch.bincount(eid, minlength=e)
+    active = counts.nonzero().squeeze(1)                                       # experts with tokens only
+    n_act, m_max, rows = active.numel(), int(counts.max()), order.numel()
+    tok = order // kslots
+    xs = x[tok].to(mdt)                                                         # contiguous layout: rows by expert
+    if m_max * n_act <= PAD_WASTE * rows:
+        out = _masked_path(xs, eid, counts, active, m_max, w1, w3, w2, mdt)
+    else:
+        out = _segment_path(xs, counts[active].tolist(), active.tolist(), w1, w3, w2, mdt)
+    y.index_add_(0, tok, out.float() * weights.reshape(-1)[order].float().unsqueeze(1))
+    return y.to(x.dtype)
+
+
+def _masked_path(xs, eid, counts, active, m_max, w1, w3, w2, mdt) -> torch.Tensor:
+    n_act = active.numel()
+    slot = torch.full((w1.shape[0],), -1, dtype=torch.long, device=xs.device)
+    slot[active] = torch.arange(n_act, device=xs.device)
+    starts = torch.cumsum(counts, 0) - counts
+    within = torch.arange(eid.numel(), device=xs.device) - starts[eid]          # row's rank inside its expert
+    g, r = slot[eid], within
+    a = xs.new_zeros((n_act, m_max, xs.shape[1]))
+    a[g, r] = xs
+    # every expert busy (the common prefill case): use the weights as they are instead of gathering a copy
+    pick = (lambda w: w) if n_act == w1.shape[0] else (lambda w: w[active])
+    w1a, w3a, w2a = pick(w1).to(mdt), pick(w3).to(mdt), pick(w2).to(mdt)
+    h = _swiglu(torch.bmm(a, w1a.transpose(1, 2)), torch.bmm(a, w3a.transpose(1, 2))).to(mdt)
+    return torch.bmm(h, w2a.transpose(1, 2))[g, r]
+
+
+def _segment_path(xs, sizes, experts, w1, w3, w2, mdt) -> torch.Tensor:
+    outs = []
+    for seg, ex in zip(torch.split(xs, sizes), experts):  # only experts that received tokens
+        h = _swiglu(seg @ w1[ex].to(mdt).t(), seg @ w3[ex].to(mdt).t()).to(mdt)
+        outs.append(h @ w2[ex].to(mdt).t())
+    return torch.cat(outs)
+
+
+def moe_grouped_gemm_contiguous(a: torch.Tensor, b: torch.Tensor, m_indices: torch.Tensor) -> torch.Tensor:
+    """One GEMM per run of equal group ids (segments are sorted), zero for -1 padding runs."""
+    mdt = policy.matmul_dtype(a.device, a.dtype)
+    c = torch.zeros((a.shape[0], b.shape[1]), dtype=a.dtype, device=a.device)
+    if a.shape[0] == 0:
+        return c
+    groups, lengths = torch.unique_consecutive(m_indices, return_counts=True)
+    start = 0
+    for g, n in zip(groups.tolist(), lengths.tolist()):  # runs of the sorted layout: <= 2 per non-empty group
+        if g >= 0:
+            c[start:start + n] = (a[start:start + n].to(mdt) @ b[g].to(mdt).t()).to(a.dtype)
+        start += n
+    return c
+
+
+def moe_grouped_gemm_masked(a: torch.Tensor, b: torch.Tensor, masked_m: torch.Tensor) -> torch.Tensor:
+    g, mm, _ = a.shape
+    mdt = policy.matmul_dtype(a.device, a.dtype)
+    c = torch.zeros((g, mm, b.shape[1]), dtype=a.dtype, device=a.device)
+    if g == 0 or mm == 0:
+        return c
+    top = int(masked_m.max())                                                   # rows past every count are never computed
+    if top == 0:
+        return c
+    full = torch.bmm(a[:, :top].to(mdt), b.to(mdt).transpose(1, 2))
+    live = torch.arange(top, device=a.device)[None, :, None] < masked_m[:, None, None]
+    c[:, :top] = torch.where(live, full, torch.zeros((), dtype=full.dtype, device=a.device)).to(a.dtype)
+    return c

@@ -1,0 +1,39 @@
+"""Top-k selection over a window [ks, ke) of each row."""
+from __future__ import annotations
+
+import torch
+
+
+def topk_window(logits: torch.Tensor, k: int, ks: torch.Tensor | None, ke: torch.Tensor | None,
+                col0: int = 0) -> torch.Tensor:
+    """int32 [T, k] top-k column ids (offset by ``col0``) of ``logits`` [T, W]
+    whose columns are absolute positions col0 .. col0 + W; -1 pads rows with
+    fewer than k entries inside their window."""
+    t, w = logits.shape
+    out = torch.full((t, k), -1, dtype=torch.int32, device=logits.device)
+    kk = min(k, w)
+    if t == 0 or kk == 0:
+        return out
+    if ks is not None:
+        pos = torch.arange(col0, col0 + w, device=logits.device)
+        inside = (pos[None, :] >= ks[:, None]) & (pos[None, :] < ke[:, None])
+        logits = logits.masked_fill(~inside, float("-inf"))
+    # masked columns are -inf, so every finite in-window entry outranks them; a picked column outside the
+    # window means the row had fewer than k entries (or only -inf ones) and becomes -1 padding
+    idx = torch.topk(logits, kk, dim=-1, sorted=False).indices + col0
+    if ks is not None:
+        idx = torch.where((idx >= ks[:, None]) & (idx < ke[:, None]), idx, -1)
+    out[:, :kk] = idx.to(torch.int32)
+    return out
+
+
+def topk_select(logits: torch.Tensor, k: int, ks: torch.Tensor | None = None,
+                ke: torch.Tensor | None = None) -> torch.Tensor:
+    t, s = logits.shape
+    if ks is None or t == 0:
+        return topk_window(logits, k, None, None)
+    # only the union of the rows' windows can hold a selection: for causal rows that skips the masked triangle
+    lo, hi = int(ks.min()), int(ke.max())
+    if hi <= lo:
+        return torch.full((t, k), -1, dtype=torch.int32, device=logits.device)
+    return topk_window(logits[:, lo:hi], k, ks, ke, col0=lo)

@@ -1,0 +1,132 @@
+"""``dsport conformance``: every backend available here against the float64
+reference, case by case; ``dsport conformance merge`` joins reports from
+several machines into one matrix.
+
+Exit status: 0 when nothing failed, crashed or timed out; 1 otherwise; 2 for
+a usage or configuration error.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from typing import Any
+
+
+def _csv(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [v for item in values for v in item.split(",") if v]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backends", nargs="+", metavar="NAME",
+                   help="backends to run (comma or space separated); default: every registered backend except the reference itself")
+    p.add_argument("--backend-module", action="append", default=[], metavar="DOTTED.PATH",
+                   help="also run the backend defined by this importable module (out-of-tree or test backends); repeatable")
+    p.add_argument("--ops", nargs="+", metavar="OP", help="only these ops (globs allowed, e.g. 'moe_*')")
+    p.add_argument("--cases", nargs="+", metavar="ID",
+                   help="only these case ids or op/id globs; selects regardless of --quick/--full")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", dest="case_set", action="store_const", const="quick", help="the quick case set (default)")
+    g.add_argument("--full", dest="case_set", action="store_const", const="full", help="every case, DeepSeek-sized ones included")
+    p.set_defaults(case_set="quick")
+    p.add_argument("-j", "--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="backends run at the same time, one worker process each; they share the reference outputs (default: 2 when there are 2 CPUs)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per case before it is recorded as timeout (default 60)")
+    p.add_argument("--json", metavar="FILE", help="write the JSON report (schema: conformance/SCHEMA.md)")
+    p.add_argument("--junit", metavar="FILE", help="write JUnit XML for CI systems")
+    p.add_argument("--markdown", metavar="FILE", help="write a Markdown summary for a pull request")
+    p.add_argument("--build", action="store_true", help="also build device code ahead of time (rows with verdict built); slow")
+    p.add_argument("--targets", nargs="+", metavar="TARGET", help="build targets, e.g. sm_90a,gfx950 (implies --build; default: all a backend has)")
+    p.add_argument("--build-dir", metavar="DIR", help="where build artifacts go (default: a temporary directory)")
+    p.add_argument("--build-report", action="append", default=[], metavar="FILE",
+                   help="include a build report written earlier by 'dsport build --json FILE'; repeatable")
+    p.add_argument("--list", action="store_true", help="list the selected cases and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sub = p.add_subparsers(dest="conformance_command")
+    m = sub.add_parser("merge", help="merge JSON reports from several machines into one matrix",
+                       description="merge JSON reports from several machines into one matrix")
+    m.add_argument("reports", nargs="+", metavar="REPORT.json")
+    m.add_argument("-o", "--json", dest="merge_json", metavar="FILE", help="write the merged JSON report")
+    m.add_argument("--junit", dest="merge_junit", metavar="FILE")
+    m.add_argument("--markdown", dest="merge_markdown", metavar="FILE")
+
+
+def _write_outputs(doc: dict[str, Any], json_path: str | None, junit_path: str | None, md_path: str | None) -> None:
+    from dsport.conformance import report
+
+    if json_path:
+        report.write_json(doc, json_path)
+    if junit_path:
+        with open(junit_path, "w") as f:
+            f.write(report.junit_xml(doc))
+    if md_path:
+        with open(md_path, "w") as f:
+            f.write(report.markdown(doc))
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from dsport.conformance import report
+    from dsport.conformance.merge import load, merge
+
+    doc = merge([load(p) for p in args.reports], args.reports)
+    report.print_terminal(doc)
+    _write_outputs(doc, args.merge_json, args.merge_junit, args.merge_markdown)
+    return 0 if doc["summary"]["ok"] else 1
+
+
+def _default_backends() -> list[str]:
+    from dsport.core.registry import BUILTIN_BACKENDS
+
+    return [b for b in BUILTIN_BACKENDS if b != "reference"]
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from dsport.core.errors import DsportError
+
+    err = Console(stderr=True)
+    try:
+        if args.conformance_command == "merge":
+            return _merge(args)
+        return _run(args, err)
+    except DsportError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        return 2
+
+
+def _run(args: argparse.Namespace, err: Any) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from dsport.conformance import report
+    from dsport.conformance.runner import Plan, load_build_reports, run, select_items
+
+    targets = _csv(args.targets)
+    plan = Plan(backends=_csv(args.backends) or ([] if args.backend_module else _default_backends()),
+                backend_modules=args.backend_module, ops=_csv(args.ops), case_set=args.case_set, cases=_csv(args.cases),
+                timeout=args.timeout, build_targets=(targets or ["all"]) if (args.build or targets) else None,
+                build_dir=args.build_dir, jobs=args.jobs)
+    items = select_items(plan)
+    if args.list:
+        for op, case in items:
+            print(f"{op}/{case}")
+        return 0
+    n_backends = len(plan.backends) + len(plan.backend_modules)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=args.no_progress or not err.is_terminal) as progress:
+        task = progress.add_task("conformance", total=len(items) * n_backends)
+
+        def on_row(row: dict[str, Any]) -> None:
+            if row.get("metric") != "build":
+                progress.advance(task)
+            progress.update(task, description=f"{row['backend']} {row['op']}")
+
+        runs, rows = run(plan, on_row=on_row)
+    command = shlex.join(["dsport", "conformance", *sys.argv[2:]]) if sys.argv[1:2] == ["conformance"] else "dsport conformance"
+    doc = report.build_document(rows, runs, command, plan.case_set, extra_rows=load_build_reports(args.build_report))
+    report.print_terminal(doc)
+    _write_outputs(doc, args.json, args.junit, args.markdown)
+    return 0 if doc["summary"]["ok"] else 1

@@ -1,0 +1,103 @@
+"""The metric families and the tolerance table, on hand-built tensors: each
+check is shown to pass what is right and to fail what is wrong."""
+import math
+
+import pytest
+import torch
+
+from dsport.conformance import metrics as M
+from dsport.conformance.tolerances import TABLE, row_for, tolerance
+
+
+def test_every_tolerance_row_explains_itself_and_default_always_matches():
+    assert all(r.why for r in TABLE)
+    assert row_for("no_such_op", "-", "-").specificity() == 0
+    assert row_for("sparse_mla_prefill", "bfloat16", "-").op == "sparse_mla_prefill"
+
+
+def test_bf16_bound_by_hand_and_grows_with_reduction_length():
+    t = tolerance("rms_norm", torch.bfloat16, torch.bfloat16, None, 128)
+    # default bf16 row: 2 ulp of bf16 out + 2 ulp of bf16 intermediates + 1 * 2^-24 * sqrt(128)
+    assert t.peak_rel == pytest.approx(2 * 2 ** -8 + 2 * 2 ** -8 + 2 ** -24 * math.sqrt(128))
+    assert tolerance("rms_norm", torch.bfloat16, torch.bfloat16, None, 8192).peak_rel > t.peak_rel
+    assert tolerance("rms_norm", torch.float32, torch.float32, None, 128).peak_rel < 1e-6
+    assert t.cos_min == pytest.approx(1 - t.peak_rel ** 2)
+
+
+TOL = tolerance("x", torch.float32, torch.float32, None, 64)
+
+
+def test_close_passes_rounding_and_fails_one_bad_element():
+    ref = torch.randn(64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert M.close(ref.float(), ref, TOL).ok
+    bad = ref.float().clone()
+    bad[3, 4] += 0.01 * ref.abs().max()
+    j = M.close(bad, ref, TOL)
+    assert not j.ok and "peak-relative error" in j.reason and j.metrics["peak_rel_err"] == pytest.approx(0.01, rel=1e-3)
+
+
+def test_close_demands_the_same_non_finite_values():
+    ref = torch.tensor([1.0, float("nan"), float("inf"), 2.0], dtype=torch.float64)
+    assert M.close(ref.clone(), ref, TOL).ok
+    for got in ([1.0, 0.0, float("inf"), 2.0], [1.0, float("nan"), float("-inf"), 2.0], [1.0, float("nan"), float("inf"), float("nan")]):
+        j = M.close(torch.tensor(got), ref, TOL)
+        assert not j.ok and j.metrics["nonfinite_mismatch"] == 1
+
+
+def test_exact_compares_bytes_and_reports_ratio():
+    ref = torch.tensor([1.0, -2.0, 0.5, 4.0]).to(torch.float8_e4m3fn)
+    assert M.exact(ref.clone(), ref).ok
+    got = torch.tensor([1.0, -2.0, 1.0, 4.0]).to(torch.float8_e4m3fn)
+    j = M.exact(got, ref)
+    assert not j.ok and j.metrics["mismatches"] == 1 and j.metrics["median_ratio_at_mismatches"] == 2.0
+    assert not M.exact(ref.view(torch.uint8), ref).ok  # a relabelled dtype is never equal
+
+
+def test_topk_accepts_any_tied_choice_and_rejects_the_rest():
+    logits = torch.tensor([[5.0, 3.0, 3.0, 1.0, 0.0]])
+    ref = torch.tensor([[0, 1]], dtype=torch.int32)
+    assert M.topk(torch.tensor([[2, 0]], dtype=torch.int32), ref, logits, None, None).ok  # the other 3.0: a tie
+    wrong = M.topk(torch.tensor([[0, 3]], dtype=torch.int32), ref, logits, None, None)
+    assert not wrong.ok and wrong.metrics["recall"] == 0.5
+    dropped = M.topk(torch.tensor([[0, -1]], dtype=torch.int32), ref, logits, None, None)
+    assert not dropped.ok and "padding count" in dropped.reason
+    dup = M.topk(torch.tensor([[0, 0]], dtype=torch.int32), ref, logits, None, None)
+    assert not dup.ok
+    # outside [ks, ke): index 4 is not valid for ke = 4 even though the values would match a padded set
+    ks, ke = torch.tensor([0], dtype=torch.int32), torch.tensor([4], dtype=torch.int32)
+    assert not M.topk(torch.tensor([[0, 4]], dtype=torch.int32), ref, logits, ks, ke).ok
+
+
+def test_log_scale_needs_minus_inf_exactly_where_the_reference_has_it():
+    t = tolerance("sparse_mla_prefill", torch.bfloat16, torch.float32, None, 64)
+    ref = torch.tensor([1.5, float("-inf"), 3.0], dtype=torch.float64)
+    assert M.log_scale(ref.float(), ref, t, "lse").ok
+    assert not M.log_scale(torch.tensor([1.5, 0.0, 3.0]), ref, t, "lse").ok
+    assert not M.log_scale(torch.tensor([1.5, float("nan"), 3.0]), ref, t, "lse").ok
+    base2 = M.log_scale((ref / math.log(2)).float(), ref, t, "lse")
+    assert not base2.ok and "max |err|" in base2.reason
+
+
+def test_routing_accepts_tied_experts_and_checks_weights():
+    x = torch.tensor([[1.0, 0.0]])
+    weight = torch.tensor([[2.0, 0.0], [2.0, 0.0], [-1.0, 0.0], [0.5, 0.0]])  # experts 0 and 1 tie
+    args = {"x": x, "weight": weight, "bias": None}
+    t = tolerance("moe_gate", torch.float32, torch.float32, None, 2)
+    rw, rids = torch.tensor([[0.6, 0.4]]), torch.tensor([[0, 3]], dtype=torch.int32)
+    assert M.routing((rw, torch.tensor([[1, 3]], dtype=torch.int32)), (rw, rids), args, t).ok
+    assert M.routing((rw.flip(-1), rids.flip(-1)), (rw, rids), args, t).ok  # order is not part of the contract
+    j = M.routing((rw, torch.tensor([[0, 2]], dtype=torch.int32)), (rw, rids), args, t)
+    assert not j.ok and j.metrics["tokens_misrouted"] == 1
+    j = M.routing((torch.tensor([[0.5, 0.5]]), rids), (rw, rids), args, t)
+    assert not j.ok and "weights" in j.reason
+
+
+def test_rope_bound_grows_with_the_angle_and_attention_sums_both_reductions():
+    u = 2.0 ** -24
+    short = tolerance("rope", torch.float32, torch.float32, None, 1, max_angle=10.0)
+    long = tolerance("rope", torch.float32, torch.float32, None, 1, max_angle=1.6e5)
+    assert long.peak_rel - short.peak_rel == pytest.approx(2 * u * (1.6e5 - 10.0))
+    row = row_for("sparse_mla_prefill", "float32", "-")
+    assert row.reduction == ("DQK", "k")
+    t = tolerance("sparse_mla_prefill", torch.float32, torch.float32, None, [576, 2048])
+    assert t.peak_rel == pytest.approx(2 * u + 8 * u + u * (24 + math.sqrt(2048)))
