@@ -182,14 +182,18 @@ def build_rows(mod: ModuleType, backend: str, target: str, out_dir: str) -> list
 
 def build_row(kb: dict[str, Any], seconds: float | None = None) -> dict[str, Any]:
     """A KernelBuild record as a result row: built, never pass (it did not run)."""
-    ok = kb.get("status") == "built"
+    status, findings = kb.get("status"), kb.get("findings") or []
+    if status == "built":
+        verdict = "built"
+        reason = "compiled, not executed (no such device here)" + (f"; findings: {', '.join(findings)}" if findings else "")
+    elif status == "source":  # lowered, but no toolchain here to compile it: unknown, not failed
+        verdict, reason = "skip", f"device source emitted, not compiled here: {kb.get('detail', '')}"
+    else:
+        verdict, reason = "fail", f"build failed: {kb.get('detail', '')}"
     ops = list(kb.get("ops") or ["(build)"])
-    findings = kb.get("findings") or []
     return {"op": ops[0], "ops": ops, "case": f"{kb['target']}:{kb['kernel']}", "tags": ["build"], "seed": None, "metric": "build",
             "shapes": {}, "dtypes": {}, "params": {"target": kb["target"]}, "dtype": None, "fp8_format": None,
-            "verdict": "built" if ok else "fail",
-            "reason": ("compiled, not executed (no such device here)" + (f"; findings: {', '.join(findings)}" if findings else ""))
-            if ok else f"build failed: {kb.get('detail', '')}",
+            "verdict": verdict, "reason": reason,
             "metrics": {k: kb.get(k) for k in ("artifact", "registers", "spills", "shared_bytes", "matrix_instr", "matrix_found", "hot")},
             "tolerance": {}, "seconds": seconds, "backend": kb.get("backend")}
 

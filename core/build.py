@@ -4,6 +4,11 @@ A backend that can build exposes ``TARGETS`` (e.g. ``("sm_90a", "gfx950")``)
 and ``build(target, out_dir) -> list[KernelBuild]``. A build is reported as
 ``built``: compiled, never executed. Findings (spills, a missing matrix
 instruction in a hot kernel) are carried in the record, not hidden.
+
+Statuses: ``built`` (a device binary exists), ``failed`` (the compiler
+rejected the code), ``source`` (the kernel lowered to device source, but the
+toolchain to compile it — a compiler or its headers — is not on this machine:
+nothing is known about whether it compiles, so it is neither built nor failed).
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ class KernelBuild:
     kernel: str                       # kernel (function) name
     ops: tuple[str, ...]              # dsport ops it serves
     target: str                       # sm_90a, gfx950, gfx942, ...
-    status: str                       # "built" or "failed"
+    status: str                       # "built", "failed" or "source" (see the module docstring)
     artifact: str | None = None       # path of the cubin / code object / source
     registers: int | None = None      # per thread (VGPRs on AMD)
     spills: int | None = None         # bytes (NVIDIA) or spilled registers (AMD)
@@ -31,7 +36,7 @@ class KernelBuild:
     @property
     def findings(self) -> list[str]:
         out = []
-        if self.status != "built":
+        if self.status == "failed":
             out.append(f"build failed: {self.detail}")
         if self.spills:
             out.append(f"spills {self.spills}")

@@ -37,7 +37,7 @@ def _matrix(r: KernelBuild) -> str:
 
 def rows(records: list[KernelBuild]) -> list[list[str]]:
     return [[r.kernel, ",".join(r.ops), r.status, _num(r.registers), _num(r.spills), _num(r.shared_bytes), _matrix(r),
-             "; ".join(r.findings + ([r.detail] if r.detail and r.status == "built" else [])) or "-"] for r in records]
+             "; ".join(r.findings + ([r.detail] if r.detail and r.status != "failed" else [])) or "-"] for r in records]
 
 
 HEADER = ["kernel", "ops", "status", "regs", "spills (B NVIDIA / VGPRs AMD)", "shared/LDS B", "matrix instr", "findings"]
@@ -76,7 +76,10 @@ def _run(args: argparse.Namespace) -> int:
         for row in rows(records):
             table.add_row(*row)
         console.print(table)
-    n_failed = sum(r.status != "built" for r in records)
+    n_built = sum(r.status == "built" for r in records)
+    n_failed = sum(r.status == "failed" for r in records)
+    n_source = sum(r.status == "source" for r in records)
     n_find = sum(bool(r.findings) for r in records if r.status == "built")
-    console.print(f"{len(records) - n_failed} built, {n_failed} failed, {n_find} with findings; artifacts in {out}")
+    console.print(f"{n_built} built, {n_failed} failed, {n_source} source only (toolchain not here), {n_find} with findings; "
+                  f"artifacts in {out}")
     return 1 if n_failed else 0

@@ -202,3 +202,18 @@ def test_quick_tags_narrow_the_quick_set_with_visible_skips():
     full = Plan(ops=["act_quant"], case_set="full")
     _, rows = run_backend("quick_tagged", module, select_items(full), full)
     assert rows and all(r["verdict"] == "pass" for r in rows)
+
+
+def test_build_rows_map_statuses_honestly():
+    from dsport.conformance.worker import build_row
+    from dsport.core.build import KernelBuild
+
+    def row(status: str, **kw):
+        return build_row(KernelBuild("b", "k", ("act_quant",), "gfx950", status, detail="why", **kw).to_json())
+
+    assert row("built")["verdict"] == "built"
+    assert row("built", spills=8)["reason"].endswith("findings: spills 8")
+    assert row("failed")["verdict"] == "fail"
+    src = row("source")  # lowered, no toolchain here: neither built nor failed
+    assert src["verdict"] == "skip" and "not compiled here" in src["reason"]
+    assert KernelBuild("b", "k", (), "gfx950", "source").findings == []

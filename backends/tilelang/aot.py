@@ -127,6 +127,9 @@ def _build_gfx950(name: str, src_path: Path, out_dir: Path) -> tuple[Path | None
     return obj, ""
 
 
+TOOLCHAIN_MISSING = "cannot find HIP runtime"
+
+
 def _clang_version(zig: str) -> str:
     r = subprocess.run([zig, "clang", "--version"], capture_output=True, text=True)
     m = re.search(r"clang version (\S+)", r.stdout)
@@ -174,6 +177,8 @@ def build(target: str, out_dir: str | os.PathLike, kernels: tuple[str, ...] = KE
             if art is None:
                 rec.artifact = str(src_path)
                 rec.detail = f"{'CUDA' if target == 'sm_90a' else 'HIP'} source emitted, not compiled: {err}"
+                # a missing toolchain says nothing about the kernel: not a failed build
+                rec.status = "source" if TOOLCHAIN_MISSING in err else "failed"
                 continue
             rec.status, rec.artifact = "built", str(art)
             if target == "sm_90a":
