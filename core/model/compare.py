@@ -1,6 +1,8 @@
 """Model conformance: the same checkpoint through a backend and through the
-float64 reference, compared on logits and op by op, so a failure names the
-first layer and op that leaves tolerance."""
+float64 reference. Logits are compared end to end; every op call of the
+backend run is judged against the reference op on the same arguments (see
+:mod:`dsport.core.model.trace`), so a failure names the first layer and op
+that leaves tolerance."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -9,105 +11,52 @@ from typing import Any
 
 import torch
 
-from dsport.core.model.trace import OpCall, RecordingOps
+from dsport.core.model.trace import CheckedOps, OpCheck
 from dsport.core.model.transformer import Model
 from dsport.core.registry import OpTable, resolve
 
-# Per-call agreement bounds: activations of a float32/bf16 backend drift from
-# the float64 oracle layer after layer, and FP8 re-quantization turns that
-# drift into one-step differences in a few elements, so the bounds are loose
-# per element but tight in aggregate (cosine).
-MIN_COSINE = 0.995
-MIN_RECALL = 0.9
-
-
-@dataclass
-class Divergence:
-    layer: int
-    op: str
-    call: int
-    output: int
-    metric: str
-    value: float
-    bound: float
+# End to end, a model has discrete decisions: FP8 re-quantization turns
+# float32-vs-float64 rounding into one-step differences, and those can flip a
+# near-tied expert in the MoE gate or a key at the top-k boundary, which moves
+# that token's logits a lot (seen: one position at cosine 0.85, the median at
+# 0.9985). So the end-to-end bound is on the median position; the per-op
+# checks, each on its own inputs, are where exactness is demanded.
+MIN_MEDIAN_COSINE = 0.99
 
 
 @dataclass
 class ModelReport:
     backend: str
     tokens: list[int]
-    logits_cosine: float
-    top1_agreement: float
-    ops_compared: int
-    first_divergence: Divergence | None
     precision: str
+    logits_cosine_median: float   # per position, median over positions
+    logits_cosine_min: float
+    top1_agreement: float
+    ops_checked: int
+    first_failure: OpCheck | None
     verdict: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.verdict = "pass" if self.first_divergence is None and self.logits_cosine >= MIN_COSINE else "fail"
+        self.verdict = "pass" if self.first_failure is None and self.logits_cosine_median >= MIN_MEDIAN_COSINE else "fail"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    finite = torch.isfinite(a) & torch.isfinite(b)
-    if not bool((torch.isfinite(a) == torch.isfinite(b)).all()):
-        return float("-inf")
-    a, b = a[finite], b[finite]
-    if a.numel() == 0 or (a.norm() == 0 and b.norm() == 0):
-        return 1.0
-    return float((a @ b) / (a.norm() * b.norm()).clamp_min(1e-300))
 
 
-def _recall(ref: torch.Tensor, out: torch.Tensor) -> float:
-    hits = total = 0
-    for r, o in zip(ref.reshape(ref.shape[0], -1).tolist(), out.reshape(out.shape[0], -1).tolist()):
-        want = {i for i in r if i >= 0}
-        hits += len(want & set(o))
-        total += len(want)
-    return hits / total if total else 1.0
-
-
-def _agree(ref: OpCall, out: OpCall) -> Divergence | None:
-    for k, (r, o) in enumerate(zip(ref.outputs, out.outputs)):
-        if r.shape != o.shape:
-            return Divergence(ref.layer, ref.op, ref.index, k, "shape", float("nan"), float("nan"))
-        if r.dtype in (torch.int32, torch.int64):
-            value, bound, metric = _recall(r, o), MIN_RECALL, "recall"
-        else:
-            value, bound, metric = _cosine(r.float() if r.element_size() == 1 else r, o.float() if o.element_size() == 1 else o), MIN_COSINE, "cosine"
-        if not value >= bound:
-            return Divergence(ref.layer, ref.op, ref.index, k, metric, value, bound)
-    return None
-
-
-def _run(ckpt: Path, ops: OpTable, dtype: torch.dtype, tokens: torch.Tensor) -> tuple[torch.Tensor, list[OpCall]]:
-    rec = RecordingOps(ops)
-    model = Model.from_pretrained(ckpt, ops=rec, dtype=dtype)  # type: ignore[arg-type]
-    rec.watch(model)
-    rec.reset()
-    return model(tokens), rec.calls
-
-
-def compare(ckpt: str | Path, backend: str | OpTable, tokens: torch.Tensor, dtype: torch.dtype = torch.float32,
-            reference: OpTable | None = None) -> ModelReport:
-    """Run ``tokens`` [B, S] through ``backend`` and the reference; report logits
-    agreement and the first (layer, op) whose outputs leave the bounds."""
+def compare(ckpt: str | Path, backend: str | OpTable, tokens: torch.Tensor, dtype: torch.dtype = torch.float32) -> ModelReport:
+    """Run ``tokens`` [B, S] through ``backend`` (in ``dtype``) and through the
+    float64 reference; judge logits and every op call."""
     name = backend if isinstance(backend, str) else "custom"
     ops = resolve(backend) if isinstance(backend, str) else backend
-    ref_logits, ref_calls = _run(Path(ckpt), reference or resolve("reference"), torch.float64, tokens)
-    logits, calls = _run(Path(ckpt), ops, dtype, tokens)
-    first = None
-    for r, o in zip(ref_calls, calls):
-        if (r.layer, r.op, r.index) != (o.layer, o.op, o.index):
-            first = Divergence(r.layer, r.op, r.index, -1, "call order", float("nan"), float("nan"))
-            break
-        if (first := _agree(r, o)) is not None:
-            break
-    if first is None and len(ref_calls) != len(calls):
-        first = Divergence(-1, "(graph)", 0, -1, "number of op calls", len(calls), len(ref_calls))
+    reference = resolve("reference")
+    ref_logits = Model.from_pretrained(ckpt, ops=reference, dtype=torch.float64)(tokens)
+    checked = CheckedOps(ops, reference)
+    model = Model.from_pretrained(ckpt, ops=checked, dtype=dtype)  # type: ignore[arg-type]
+    checked.watch(model)
+    logits = model(tokens)
     top1 = (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean().item()
-    return ModelReport(name, tokens.flatten().tolist(), _cosine(ref_logits, logits), top1, min(len(ref_calls), len(calls)), first,
-                       str(dtype).removeprefix("torch."))
+    cos = torch.nn.functional.cosine_similarity(logits.double(), ref_logits.double(), dim=-1).flatten()
+    return ModelReport(name, tokens.flatten().tolist(), str(dtype).removeprefix("torch."), cos.median().item(), cos.min().item(),
+                       top1, len(checked.checks), checked.first_failure())
