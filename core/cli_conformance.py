@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--build-dir", metavar="DIR", help="where build artifacts go (default: a temporary directory)")
     p.add_argument("--build-report", action="append", default=[], metavar="FILE",
                    help="include a build report written earlier by 'dsport build --json FILE'; repeatable")
+    p.add_argument("--model", action="store_true",
+                   help="model conformance instead of op cases: the V3.2 graph end to end per backend, every op call judged")
+    p.add_argument("--checkpoint", metavar="DIR", help="with --model: a Hugging Face-format checkpoint (default: a tiny random one)")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub = p.add_subparsers(dest="conformance_command")
@@ -109,6 +112,14 @@ def _run(args: argparse.Namespace, err: Any) -> int:
                 backend_modules=args.backend_module, ops=_csv(args.ops), case_set=args.case_set, cases=_csv(args.cases),
                 timeout=args.timeout, build_targets=(targets or ["all"]) if (args.build or targets) else None,
                 build_dir=args.build_dir, jobs=args.jobs)
+    if args.model:
+        from dsport.conformance.model import model_rows
+
+        command = shlex.join(["dsport", "conformance", *sys.argv[2:]]) if sys.argv[1:2] == ["conformance"] else "dsport conformance --model"
+        doc = report.build_document(model_rows(plan.backends, args.checkpoint), {}, command, "model")
+        report.print_terminal(doc)
+        _write_outputs(doc, args.json, args.junit, args.markdown)
+        return 0 if doc["summary"]["ok"] else 1
     items = select_items(plan)
     if args.list:
         for op, case in items:

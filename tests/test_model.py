@@ -148,3 +148,18 @@ def test_planted_moe_bug_is_named_with_its_layer(ckpt):
     first = report.first_failure
     assert (first.op, first.layer, first.index) == ("moe_gate", 1, 0)  # layer 0 is dense; the first MoE layer is 1
     assert "weights" in first.reason
+
+
+def test_model_conformance_rows_plug_into_the_report(ckpt, tmp_path):
+    import json
+
+    from dsport.conformance import schema
+    from dsport.core.cli import main
+
+    out = tmp_path / "model.json"
+    assert main(["conformance", "--model", "--backends", "torch", "--checkpoint", str(ckpt), "--json", str(out), "--no-progress"]) == 0
+    doc = json.loads(out.read_text())
+    assert schema.errors(doc) == []
+    (row,) = doc["results"]
+    assert (row["op"], row["verdict"], row["metric"]) == ("(model)", "pass", "model")
+    assert row["metrics"]["ops_checked"] > 50 and "--model" in row["reproduce"]
