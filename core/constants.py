@@ -1,5 +1,7 @@
-"""DeepSeek-V3.2 (671B release) model constants, SPEC §1. Cases, the model
-graph and the profiler read shapes from here instead of restating numbers."""
+"""DeepSeek-V3.2 model constants (SPEC §1) as one dataclass whose defaults
+are the 671B release. Op cases, the profiler, kernels' build shapes and the
+model graph read shapes from here; a Hugging Face config.json becomes one of
+these through :mod:`dsport.core.model.config`."""
 from __future__ import annotations
 
 import math
@@ -7,36 +9,46 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class V32:
+class ModelConfig:
+    """Defaults are the 671B release (SPEC §1)."""
+
+    vocab_size: int = 129280
     dim: int = 7168
+    inter_dim: int = 18432
+    moe_inter_dim: int = 2048
     n_layers: int = 61
     n_dense_layers: int = 3
-    vocab: int = 129280
     n_heads: int = 128
+    n_routed_experts: int = 256
+    n_shared_experts: int = 1
+    n_activated_experts: int = 8
+    n_expert_groups: int = 8
+    n_limited_groups: int = 4
+    score_func: str = "sigmoid"
+    route_scale: float = 2.5
     q_lora_rank: int = 1536
     kv_lora_rank: int = 512
     qk_nope_head_dim: int = 128
     qk_rope_head_dim: int = 64
     v_head_dim: int = 128
-    inter_dim: int = 18432
-    n_routed_experts: int = 256
-    n_shared_experts: int = 1
-    n_activated_experts: int = 8
-    moe_inter_dim: int = 2048
-    n_expert_groups: int = 8
-    n_limited_groups: int = 4
-    route_scale: float = 2.5
-    index_n_heads: int = 64
-    index_head_dim: int = 128
-    index_topk: int = 2048
-    fp8_block: int = 128
+    max_seq_len: int = 163840
     rope_theta: float = 10000.0
     rope_factor: float = 40.0
     original_seq_len: int = 4096
-    beta_fast: int = 32
-    beta_slow: int = 1
+    beta_fast: float = 32
+    beta_slow: float = 1
     mscale: float = 1.0
     rms_eps: float = 1e-6
+    index_n_heads: int = 64          # 0: no indexer (V3 / V3.1): dense MLA
+    index_head_dim: int = 128
+    index_topk: int = 2048
+    fp8_weights: bool = True         # quantization_config present: fp8 128x128-block weights
+    scale_fmt: str = "ue8m0"
+    fp8_block: int = 128             # quantization group (activations) and block edge (weights)
+
+    @property
+    def sparse(self) -> bool:
+        return self.index_n_heads > 0
 
     @property
     def qk_head_dim(self) -> int:
@@ -44,18 +56,26 @@ class V32:
 
     @property
     def d_qk(self) -> int:
-        """Absorbed (MQA) query/key width: latent + rope."""
+        """Absorbed (MQA) query/key width: latent + rope (576 in the release)."""
         return self.kv_lora_rank + self.qk_rope_head_dim
 
     @property
     def d_v(self) -> int:
+        """Absorbed value width: the latent (512 in the release)."""
         return self.kv_lora_rank
 
     @property
+    def yarn(self) -> bool:
+        return self.max_seq_len > self.original_seq_len and self.rope_factor > 1
+
+    @property
     def softmax_scale(self) -> float:
-        """192^-0.5 * mscale^2 with the YaRN attention mscale (long context)."""
-        m = 0.1 * self.mscale * math.log(self.rope_factor) + 1.0
-        return self.qk_head_dim ** -0.5 * m * m
+        """qk_head_dim^-0.5, times mscale^2 when YaRN extends the context."""
+        scale = self.qk_head_dim ** -0.5
+        if self.yarn:
+            m = 0.1 * self.mscale * math.log(self.rope_factor) + 1.0
+            scale *= m * m
+        return scale
 
 
-DEEPSEEK_V32 = V32()
+DEEPSEEK_V32 = ModelConfig()

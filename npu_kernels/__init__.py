@@ -1,0 +1,8 @@
+"""Ascend NPU adapters and kernels.
+
+Empty so far: on Ascend, the ``torch`` backend runs through torch_npu (it is
+device-agnostic), and a dedicated op table starts from
+``dsport new-backend npu``. Known layout difference to handle here: AMD's and
+Ascend's paged indexer kernels store keys per token ([128 fp8 | 4 B scale]),
+not per block as ``index_cache_pack`` does.
+"""

@@ -3,7 +3,7 @@
 import pytest
 
 from dsport.core.errors import ConfigError
-from dsport.core.model.config import ModelConfig, from_hf
+from dsport.core.model.config import ModelConfig, from_hf, to_hf
 
 RELEASE = {
     "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432, "moe_intermediate_size": 2048,
@@ -47,7 +47,7 @@ def test_short_context_has_no_yarn_mscale():
 
 def test_round_trip_through_hf_json():
     cfg = ModelConfig(n_layers=2, index_topk=64)
-    assert from_hf(cfg.to_hf()) == cfg
+    assert from_hf(to_hf(cfg)) == cfg
 
 
 @pytest.mark.parametrize("patch, fragment", [

@@ -8,85 +8,12 @@ newer ``rope_parameters`` ({"rope_type": "yarn", "rope_theta", ...}).
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from dsport.core.constants import ModelConfig
 from dsport.core.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Defaults are the 671B release (SPEC §1)."""
-
-    vocab_size: int = 129280
-    dim: int = 7168
-    inter_dim: int = 18432
-    moe_inter_dim: int = 2048
-    n_layers: int = 61
-    n_dense_layers: int = 3
-    n_heads: int = 128
-    n_routed_experts: int = 256
-    n_shared_experts: int = 1
-    n_activated_experts: int = 8
-    n_expert_groups: int = 8
-    n_limited_groups: int = 4
-    score_func: str = "sigmoid"
-    route_scale: float = 2.5
-    q_lora_rank: int = 1536
-    kv_lora_rank: int = 512
-    qk_nope_head_dim: int = 128
-    qk_rope_head_dim: int = 64
-    v_head_dim: int = 128
-    max_seq_len: int = 163840
-    rope_theta: float = 10000.0
-    rope_factor: float = 40.0
-    original_seq_len: int = 4096
-    beta_fast: float = 32
-    beta_slow: float = 1
-    mscale: float = 1.0
-    rms_eps: float = 1e-6
-    index_n_heads: int = 64          # 0: no indexer (V3 / V3.1): dense MLA
-    index_head_dim: int = 128
-    index_topk: int = 2048
-    fp8_weights: bool = True         # quantization_config present: fp8 128x128-block weights
-    scale_fmt: str = "ue8m0"
-
-    @property
-    def sparse(self) -> bool:
-        return self.index_n_heads > 0
-
-    @property
-    def qk_head_dim(self) -> int:
-        return self.qk_nope_head_dim + self.qk_rope_head_dim
-
-    @property
-    def yarn(self) -> bool:
-        return self.max_seq_len > self.original_seq_len and self.rope_factor > 1
-
-    @property
-    def softmax_scale(self) -> float:
-        """qk_head_dim^-0.5, times mscale^2 when YaRN extends the context."""
-        scale = self.qk_head_dim ** -0.5
-        if self.yarn:
-            m = 0.1 * self.mscale * math.log(self.rope_factor) + 1.0
-            scale *= m * m
-        return scale
-
-    def to_hf(self) -> dict[str, Any]:
-        """The Hugging Face config.json for this configuration (release spelling)."""
-        hf = {"architectures": ["DeepseekV32ForCausalLM" if self.sparse else "DeepseekV3ForCausalLM"],
-              "model_type": "deepseek_v32" if self.sparse else "deepseek_v3"}
-        hf.update({h: getattr(self, f) for h, f in _HF_NAMES.items()})
-        hf["rope_scaling"] = {"type": "yarn", "factor": self.rope_factor, "original_max_position_embeddings": self.original_seq_len,
-                              "beta_fast": self.beta_fast, "beta_slow": self.beta_slow, "mscale": self.mscale, "mscale_all_dim": self.mscale}
-        if self.sparse:
-            hf.update(index_n_heads=self.index_n_heads, index_head_dim=self.index_head_dim, index_topk=self.index_topk)
-        if self.fp8_weights:
-            hf["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
-                                         "weight_block_size": [128, 128], "scale_fmt": self.scale_fmt}
-        return hf
 
 
 _HF_NAMES = {  # Hugging Face key -> ModelConfig field
@@ -157,3 +84,18 @@ def tiny_config(**overrides: Any) -> ModelConfig:
     if unknown:
         raise ConfigError(f"tiny_config: unknown fields {sorted(unknown)}")
     return replace(base, **overrides)
+
+
+def to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """The Hugging Face config.json for this configuration (release spelling)."""
+    hf = {"architectures": ["DeepseekV32ForCausalLM" if cfg.sparse else "DeepseekV3ForCausalLM"],
+          "model_type": "deepseek_v32" if cfg.sparse else "deepseek_v3"}
+    hf.update({h: getattr(cfg, f) for h, f in _HF_NAMES.items()})
+    hf["rope_scaling"] = {"type": "yarn", "factor": cfg.rope_factor, "original_max_position_embeddings": cfg.original_seq_len,
+                          "beta_fast": cfg.beta_fast, "beta_slow": cfg.beta_slow, "mscale": cfg.mscale, "mscale_all_dim": cfg.mscale}
+    if cfg.sparse:
+        hf.update(index_n_heads=cfg.index_n_heads, index_head_dim=cfg.index_head_dim, index_topk=cfg.index_topk)
+    if cfg.fp8_weights:
+        hf["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                     "weight_block_size": [128, 128], "scale_fmt": cfg.scale_fmt}
+    return hf

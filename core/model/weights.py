@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from dsport.core.errors import DsportError
 from dsport.core.fp8 import E4M3FN
-from dsport.core.model.config import ModelConfig
+from dsport.core.model.config import ModelConfig, to_hf
 
 log = logging.getLogger(__name__)
 INDEX = "model.safetensors.index.json"
@@ -149,5 +149,5 @@ def make_checkpoint(out: str | Path, cfg: ModelConfig, seed: int = 0, shards: in
         wmap.update({k: fname for k in part})
     (out / INDEX).write_text(json.dumps({"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
                                          "weight_map": wmap}, indent=1))
-    (out / "config.json").write_text(json.dumps(cfg.to_hf(), indent=1))
+    (out / "config.json").write_text(json.dumps(to_hf(cfg), indent=1))
     return out

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from dsport.core.constants import V32
+from dsport.core.constants import DEEPSEEK_V32
 from dsport.core.spec import Case, Check, OpSpec, Output, Param, Tensor, register
 
 SRC = "DeepSeek-V3.2-Exp inference/model.py (Gate, MoE, Expert); DeepGEMM m_grouped_fp8_gemm_nt_contiguous/masked"
-DS = V32()
+DS = DEEPSEEK_V32
 ALIGN = 128  # DeepGEMM's get_mk_alignment_for_contiguous_layout(): one M tile never mixes two groups
 EDGE = frozenset({"quick", "full", "edge"})
 TINY = frozenset({"quick", "full", "tiny"})
