@@ -11,6 +11,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "backends": ("dsport.core.cli_backends", "list backends, their availability and why"),
     "selfcheck": ("dsport.core.cli_selfcheck", "run the reference on every op's cases and check each output against its spec"),
     "bench": ("dsport.core.cli_bench", "run one benchmark (ratios measured in one run)"),
+    "make-checkpoint": ("dsport.core.cli_make_checkpoint", "write a small random checkpoint in the Hugging Face V3.2 format"),
 }
 
 

@@ -9,7 +9,7 @@ checked tightly against them.
 """
 from __future__ import annotations
 
-from dsport.backends.reference import quant
+from dsport.backends.reference import attention, mla_cache, moe, quant
 
 NAME = "reference"
 DESCRIPTION = "float64 PyTorch, written for clarity; the oracle of conformance"
@@ -20,6 +20,16 @@ OPS = {
     "dequant": quant.dequant,
     "weight_dequant": quant.weight_dequant,
     "fp8_gemm": quant.fp8_gemm,
+    "sparse_mla_prefill": attention.sparse_mla_prefill,
+    "sparse_mla_decode": attention.sparse_mla_decode,
+    "mla_prefill_dense": attention.mla_prefill_dense,
+    "mla_decode_dense": attention.mla_decode_dense,
+    "mla_cache_pack": mla_cache.mla_cache_pack,
+    "mla_cache_unpack": mla_cache.mla_cache_unpack,
+    "moe_gate": moe.moe_gate,
+    "moe_experts": moe.moe_experts,
+    "moe_grouped_gemm_contiguous": moe.moe_grouped_gemm_contiguous,
+    "moe_grouped_gemm_masked": moe.moe_grouped_gemm_masked,
 }
 
 

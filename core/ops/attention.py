@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from dsport.core.constants import DEEPSEEK_V32 as V32
 from dsport.core.fp8 import FP8_FORMATS, Fp8Format
-from dsport.core.spec import Check, OpSpec, Output, Param, Tensor, register
+from dsport.core.ops.cache import fp8_cache_bytes
+from dsport.core.spec import Case, Check, OpSpec, Output, Param, Tensor, cdiv, register
 
 SM_SCALE = Param("sm_scale", (float,), minimum=0.0, doc="softmax scale (192^-0.5 * mscale^2 in V3.2)")
 D_V = Param("d_v", (int,), 512, minimum=1, doc="value dims: the first d_v dims of each KV row")
@@ -31,7 +33,8 @@ DV_RULE = Check("d_v", "d_v <= DQK", lambda a, d: a["d_v"] <= d["DQK"], lambda a
 sparse_mla_prefill = register(OpSpec(
     name="sparse_mla_prefill", family="dsa",
     summary="out[t, h] = softmax_j(q[t, h] . kv[idx[t, j]] * sm_scale) . kv[idx[t, j], :d_v] over valid indices; "
-            "also lse (natural log) and max_logits. A row with no valid index: out 0, lse -inf.",
+            "also lse (natural log) and max_logits (largest scaled logit). A row with no valid index: out 0, lse -inf, "
+            "max_logits -inf. A repeated index is a separate softmax term.",
     args=(Tensor("q", ("T", "H", "DQK")), Tensor("kv", ("S", 1, "DQK")), Tensor("indices", ("T", 1, "k"), ("int32",)),
           SM_SCALE, D_V),
     outputs=(Output("out", ("T", "H", "d_v"), lambda a: a["q"].dtype), Output("lse", ("T", "H"), torch.float32),
@@ -39,7 +42,10 @@ sparse_mla_prefill = register(OpSpec(
     checks=(DV_RULE, _index_rule("indices", "S")),
     metric="attention", reduction="k", source=FLASHMLA,
     flops=lambda d: 2.0 * d["T"] * d["k"] * d["H"] * (d["DQK"] + d["d_v"]),
-    bytes=lambda d: 2.0 * (d["T"] * d["H"] * (d["DQK"] + d["d_v"]) + min(d["S"], d["T"] * d["k"]) * d["DQK"]) + 4.0 * d["T"] * d["k"],
+    cases=lambda: _sparse_prefill_cases(),
+    # bf16 q, out and the KV rows read (each at most once), int32 indices, fp32 lse and max_logits
+    bytes=lambda d: 2.0 * (d["T"] * d["H"] * (d["DQK"] + d["d_v"]) + min(d["S"], d["T"] * d["k"]) * d["DQK"])
+    + 4.0 * d["T"] * (d["k"] + 2 * d["H"]),
 ))
 
 
@@ -56,7 +62,8 @@ CACHE_RULE = Check("kv_cache", "a uint8 FP8 cache with W = 656 (then DQK = 576, 
 sparse_mla_decode = register(OpSpec(
     name="sparse_mla_decode", family="dsa",
     summary="Sparse decode over a paged latent cache: indices = block * BS + offset (-1 invalid). The uint8 cache holds "
-            "656 B per token: 512 fp8 latent (four 128-tiles), 4 fp32 tile scales, 64 bf16 rope values.",
+            "656 B per token: 512 fp8 latent (four 128-tiles), 4 fp32 tile scales, 64 bf16 rope values. lse is natural-log, "
+            "[B, H, SQ]; a query with no valid index gets out 0, lse -inf.",
     args=(Tensor("q", ("B", "SQ", "H", "DQK")), Tensor("kv_cache", ("NB", "BS", 1, "W"), ("float", "uint8")),
           Tensor("indices", ("B", "SQ", "k"), ("int32",)), SM_SCALE, D_V,
           Param("fmt", (str, Fp8Format), "e4m3fn", tuple(FP8_FORMATS), doc="element format of a uint8 cache")),
@@ -64,7 +71,10 @@ sparse_mla_decode = register(OpSpec(
     checks=(DV_RULE, CACHE_RULE, _index_rule("indices", "NB * BS")),
     metric="attention", reduction="k", source=FLASHMLA,
     flops=lambda d: 2.0 * d["B"] * d["SQ"] * d["k"] * d["H"] * (d["DQK"] + d["d_v"]),
-    bytes=lambda d: 2.0 * d["B"] * d["SQ"] * d["H"] * (d["DQK"] + d["d_v"]) + d["B"] * d["SQ"] * d["k"] * (d["W"] if d["W"] == 656 else 2 * d["W"]),
+    cases=lambda: _sparse_decode_cases(),
+    # bf16 q and out, one cache row per index (656 B FP8 or bf16 W), int32 indices, fp32 lse
+    bytes=lambda d: 2.0 * d["B"] * d["SQ"] * d["H"] * (d["DQK"] + d["d_v"])
+    + d["B"] * d["SQ"] * d["k"] * ((d["W"] if d["W"] == 656 else 2 * d["W"]) + 4) + 4.0 * d["B"] * d["SQ"] * d["H"],
 ))
 
 mla_prefill_dense = register(OpSpec(
@@ -76,14 +86,29 @@ mla_prefill_dense = register(OpSpec(
     checks=(Check("k", "S >= T (queries are the last T positions)", lambda a, d: d["S"] >= d["T"], lambda a, d: f"S={d['S']}, T={d['T']}"),),
     metric="attention", reduction="S", source="DeepSeek-V3.2-Exp inference/model.py MLA (naive path); FlashAttention varlen contract",
     flops=lambda d: 2.0 * d["H"] * (d["DQK"] + d["DV"]) * (d["T"] * (d["S"] - d["T"]) + d["T"] * (d["T"] + 1) / 2),
+    cases=lambda: _dense_prefill_cases(),
 ))
 
 
 def _seqlen_rule(a, d) -> bool:
-    sl, bt = a["cache_seqlens"], a["block_table"]
-    if sl.numel() == 0:
+    sl = a["cache_seqlens"]
+    return sl.numel() == 0 or bool(((sl >= (d["SQ"] if a["causal"] else 0)) & (sl <= d["MB"] * d["BS"])).all())
+
+
+def _block_table_rule(a, d) -> bool:
+    """Entries in [-1, NB); -1 (no block) only past the end of the sequence."""
+    bt, sl = a["block_table"], a["cache_seqlens"]
+    if bt.numel() == 0:
         return True
-    return bool((sl <= d["MB"] * d["BS"]).all() and (sl >= (d["SQ"] if a["causal"] else 0)).all() and ((bt >= -1) & (bt < d["NB"])).all())
+    used = torch.arange(d["MB"]).unsqueeze(0) < (sl.long().unsqueeze(1) + d["BS"] - 1) // d["BS"]
+    return bool(((bt >= -1) & (bt < d["NB"])).all() and (bt[used] >= 0).all())
+
+
+SEQLEN_RULE = Check("cache_seqlens", "SQ <= cache_seqlens[b] <= MB * BS (SQ only when causal, else 0)", _seqlen_rule,
+                    lambda a, d: f"cache_seqlens in [{int(a['cache_seqlens'].min())}, {int(a['cache_seqlens'].max())}], "
+                                 f"SQ={d['SQ']}, MB*BS={d['MB'] * d['BS']}")
+BLOCK_TABLE_RULE = Check("block_table", "entries in [-1, NB), and >= 0 for every block below cache_seqlens[b]", _block_table_rule,
+                         lambda a, d: f"entries in [{int(a['block_table'].min())}, {int(a['block_table'].max())}], NB={d['NB']}")
 
 
 mla_decode_dense = register(OpSpec(
@@ -94,8 +119,254 @@ mla_decode_dense = register(OpSpec(
           Tensor("block_table", ("B", "MB"), ("int32",)), Tensor("cache_seqlens", ("B",), ("int32",)),
           SM_SCALE, D_V, Param("causal", (bool,), True)),
     outputs=(Output("out", ("B", "SQ", "H", "d_v"), lambda a: a["q"].dtype), Output("lse", ("B", "H", "SQ"), torch.float32)),
-    checks=(DV_RULE, Check("cache_seqlens", "SQ <= cache_seqlens[b] <= MB * BS (SQ only when causal), block_table in [-1, NB)",
-                           _seqlen_rule, lambda a, d: f"cache_seqlens in [{int(a['cache_seqlens'].min())}, {int(a['cache_seqlens'].max())}], MB*BS={d['MB'] * d['BS']}")),
+    checks=(DV_RULE, SEQLEN_RULE, BLOCK_TABLE_RULE),
     metric="attention", reduction="MB * BS", source="FlashMLA flash_mla_with_kvcache (dense)",
     flops=lambda d: 2.0 * d["B"] * d["SQ"] * d["H"] * (d["DQK"] + d["d_v"]) * d["MB"] * d["BS"],
+    cases=lambda: _dense_decode_cases(),
 ))
+
+
+# -- conformance cases ---------------------------------------------------------------------------------------------
+# Shapes: "tiny" cases use small head dims to be readable by hand; every other case uses the V3.2 absorbed dims
+# (d_qk 576, d_v 512) or MHA dims (192 / 128) with CPU-sized T, H and k. The tensor-parallel head counts are the
+# 128 heads of V3.2 split over 1, 2, 4, 8 and 16 ranks.
+
+QUICK, EDGE, TINY = frozenset({"quick", "full"}), frozenset({"quick", "full", "edge"}), frozenset({"quick", "full", "tiny"})
+DEEP_QUICK, DEEP_FULL = frozenset({"quick", "full", "deepseek"}), frozenset({"full", "deepseek"})
+TP_HEADS = (128, 64, 32, 16, 8)
+DQK, DV, SCALE = V32.d_qk, V32.d_v, V32.softmax_scale
+
+
+def _randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen).to(dtype)
+
+
+def _pick(gen: torch.Generator, avail: int, k: int) -> torch.Tensor:
+    """k slots: min(k, avail) distinct picks from range(avail), the rest -1, in shuffled order."""
+    row = torch.full((k,), -1, dtype=torch.int32)
+    m = min(k, avail)
+    row[:m] = torch.randperm(avail, generator=gen)[:m].int()
+    return row[torch.randperm(k, generator=gen)]
+
+
+def _causal_indices(gen: torch.Generator, t: int, s: int, k: int) -> torch.Tensor:
+    """[T, 1, k]: query t (absolute position S - T + t) picks among keys 0 .. S - T + t."""
+    rows = [_pick(gen, s - t + i + 1, k) for i in range(t)]
+    return (torch.stack(rows) if rows else torch.empty(0, k, dtype=torch.int32)).unsqueeze(1)
+
+
+def _prefill(t: int, h: int, s: int, k: int, dqk: int = DQK, d_v: int = DV, dtype=torch.bfloat16, edit=None):
+    def make(gen):
+        args = {"q": _randn(gen, t, h, dqk, dtype=dtype), "kv": _randn(gen, s, 1, dqk, dtype=dtype),
+                "indices": _causal_indices(gen, t, s, k), "sm_scale": SCALE if dqk == DQK else dqk ** -0.5, "d_v": d_v}
+        return edit(gen, args) if edit else args
+    return make
+
+
+def _rows_invalid(rows):
+    def edit(gen, a):
+        a["indices"][list(rows)] = -1
+        return a
+    return edit
+
+
+def _duplicates(gen, a):
+    idx = a["indices"][:, 0]
+    idx[:, 1::2] = idx[:, 0::2][:, : idx[:, 1::2].shape[1]]  # every odd slot repeats its left neighbour
+    idx[0, :] = idx[0, 0]  # one row is the same key k times
+    return a
+
+
+def _dense_selection(gen, a):
+    s, k = a["kv"].shape[0], a["indices"].shape[-1]
+    a["indices"] = torch.stack([_pick(gen, s, k) for _ in range(a["q"].shape[0])]).unsqueeze(1)
+    return a
+
+
+def _non_contiguous_prefill(gen, a):
+    t, h, d = a["q"].shape
+    a["q"] = a["q"].transpose(0, 1).contiguous().transpose(0, 1)  # [T, H, D] view of [H, T, D] storage
+    a["kv"] = torch.cat([a["kv"], a["kv"][..., :64]], dim=-1)[..., :d]  # row stride d + 64
+    return a
+
+
+def _sparse_prefill_cases() -> list[Case]:
+    op = "sparse_mla_prefill"
+    cases = [
+        Case(op, "tiny", _prefill(4, 2, 8, 6, dqk=80, d_v=64), tags=TINY),
+        Case(op, "small", _prefill(8, 16, 64, 32)),
+        Case(op, "fp32-inputs", _prefill(4, 8, 32, 16, dtype=torch.float32)),
+        Case(op, "T0", _prefill(0, 16, 32, 16), tags=EDGE),
+        Case(op, "T1", _prefill(1, 16, 64, 32), tags=EDGE),
+        Case(op, "rows-all-invalid", _prefill(6, 8, 32, 16, edit=_rows_invalid((1, 4))), tags=EDGE,
+             note="rows 1 and 4 have no valid index: out 0, lse -inf, max_logits -inf"),
+        Case(op, "duplicates", _prefill(5, 8, 32, 16, edit=_duplicates), tags=EDGE,
+             note="each index entry is its own softmax term"),
+        Case(op, "S-lt-k", _prefill(4, 8, 10, 32, edit=_dense_selection), tags=EDGE,
+             note="k > S: every key selected (dense attention), the rest -1"),
+        Case(op, "causal-dense", _prefill(16, 4, 16, 16), tags=EDGE, note="all causal keys selected"),
+        Case(op, "non-contiguous", _prefill(6, 8, 32, 16, edit=_non_contiguous_prefill), tags=EDGE),
+        Case(op, "ds-topk2048", _prefill(2, 16, 4096, 2048), tags=DEEP_QUICK),
+        Case(op, "ds-topk2048-h128", _prefill(4, 128, 4096, 2048), tags=DEEP_FULL),
+    ]
+    cases += [Case(op, f"heads-{h}", _prefill(2, h, 128, 64), tags=EDGE) for h in TP_HEADS]
+    return cases
+
+
+def _paged(gen: torch.Generator, b: int, nb: int, bs: int, seqlens: list[int]) -> torch.Tensor:
+    """A block table [B, MB] with distinct random physical blocks, -1 past each sequence's end."""
+    mb = max([cdiv(s, bs) for s in seqlens] + [1])
+    if sum(cdiv(s, bs) for s in seqlens) > nb:
+        raise ValueError(f"case needs {sum(cdiv(s, bs) for s in seqlens)} blocks of {bs}, the cache has {nb}")
+    perm = torch.randperm(nb, generator=gen).int()
+    table = torch.full((b, mb), -1, dtype=torch.int32)
+    used = 0
+    for i, s in enumerate(seqlens):
+        n = cdiv(s, bs)
+        table[i, :n] = perm[used:used + n]
+        used += n
+    return table
+
+
+def _paged_indices(gen: torch.Generator, table: torch.Tensor, seqlens: list[int], sq: int, k: int, bs: int) -> torch.Tensor:
+    """[B, SQ, k] cache slots (block * BS + offset) of k random positions below each sequence's length."""
+    out = torch.full((len(seqlens), sq, k), -1, dtype=torch.int32)
+    for i, s in enumerate(seqlens):
+        for j in range(sq):
+            pos = _pick(gen, s, k)
+            ok = pos >= 0
+            out[i, j, ok] = table[i, pos[ok].long() // bs] * bs + pos[ok] % bs
+    return out
+
+
+def _cache(gen: torch.Generator, nb: int, bs: int, kind: str, dqk: int) -> torch.Tensor:
+    if kind == "float":
+        return _randn(gen, nb, bs, 1, dqk)
+    return fp8_cache_bytes(gen, nb * bs, kind).view(nb, bs, 1, 656)
+
+
+def _sparse_decode(b: int, sq: int, h: int, k: int, nb: int, bs: int, seqlen: int, kind: str = "e4m3fn",
+                   dqk: int = DQK, d_v: int = DV, edit=None):
+    def make(gen):
+        seqlens = [seqlen] * b
+        table = _paged(gen, b, nb, bs, seqlens)
+        args = {"q": _randn(gen, b, sq, h, dqk), "kv_cache": _cache(gen, nb, bs, kind, dqk),
+                "indices": _paged_indices(gen, table, seqlens, sq, k, bs),
+                "sm_scale": SCALE if dqk == DQK else dqk ** -0.5, "d_v": d_v}
+        if kind != "float":
+            args["fmt"] = kind
+        return edit(gen, args) if edit else args
+    return make
+
+
+def _decode_rows_invalid(gen, a):
+    a["indices"][0, -1] = -1
+    return a
+
+
+def _decode_duplicates(gen, a):
+    idx = a["indices"]
+    idx[..., 1::2] = idx[..., 0::2][..., : idx[..., 1::2].shape[-1]]
+    return a
+
+
+def _non_contiguous_decode(gen, a):
+    a["q"] = a["q"].permute(2, 0, 1, 3).contiguous().permute(1, 2, 0, 3)
+    return a
+
+
+def _sparse_decode_cases() -> list[Case]:
+    op = "sparse_mla_decode"
+    cases = [
+        Case(op, "tiny-float", _sparse_decode(2, 1, 2, 6, 6, 4, 12, "float", dqk=80, d_v=64), tags=TINY),
+        Case(op, "fp8-page64", _sparse_decode(2, 1, 16, 64, 4, 64, 100)),
+        Case(op, "fp8-page1", _sparse_decode(2, 1, 16, 32, 96, 1, 40), tags=EDGE),
+        Case(op, "fnuz-page64", _sparse_decode(2, 1, 16, 64, 4, 64, 100, "e4m3fnuz"), tags=EDGE),
+        Case(op, "float-576", _sparse_decode(2, 1, 16, 64, 4, 64, 100, "float")),
+        Case(op, "float-page1", _sparse_decode(2, 1, 8, 16, 48, 1, 20, "float"), tags=EDGE),
+        Case(op, "mtp-sq2", _sparse_decode(2, 2, 16, 32, 4, 64, 100)),
+        Case(op, "B0", _sparse_decode(0, 1, 16, 32, 2, 64, 64), tags=EDGE),
+        Case(op, "T1", _sparse_decode(1, 1, 16, 32, 2, 64, 64), tags=EDGE),
+        Case(op, "rows-all-invalid", _sparse_decode(2, 2, 8, 32, 4, 64, 100, edit=_decode_rows_invalid), tags=EDGE,
+             note="batch 0's last query has no valid index: out 0, lse -inf"),
+        Case(op, "duplicates", _sparse_decode(2, 1, 8, 32, 4, 64, 100, edit=_decode_duplicates), tags=EDGE),
+        Case(op, "S-lt-k", _sparse_decode(2, 1, 8, 64, 4, 16, 20), tags=EDGE, note="k > sequence length: padded with -1"),
+        Case(op, "non-contiguous", _sparse_decode(2, 2, 8, 32, 4, 64, 100, edit=_non_contiguous_decode), tags=EDGE),
+        Case(op, "ds-topk2048", _sparse_decode(2, 1, 16, 2048, 80, 64, 2500), tags=DEEP_QUICK),
+        Case(op, "ds-topk2048-h128", _sparse_decode(4, 1, 128, 2048, 192, 64, 3000), tags=DEEP_FULL),
+    ]
+    cases += [Case(op, f"heads-{h}", _sparse_decode(1, 1, h, 64, 2, 64, 128), tags=EDGE) for h in TP_HEADS]
+    return cases
+
+
+def _dense_prefill(t: int, h: int, s: int, dqk: int = 192, dv: int = 128, edit=None):
+    def make(gen):
+        args = {"q": _randn(gen, t, h, dqk), "k": _randn(gen, s, h, dqk), "v": _randn(gen, s, h, dv), "sm_scale": SCALE}
+        return edit(gen, args) if edit else args
+    return make
+
+
+def _non_contiguous_dense(gen, a):
+    for name in ("q", "k", "v"):
+        a[name] = a[name].transpose(0, 1).contiguous().transpose(0, 1)
+    return a
+
+
+def _absorbed_shared_kv(gen, a):
+    """H heads sharing one [S, 576] latent KV: expanded (stride-0) views."""
+    s, h = a["k"].shape[:2]
+    kv = _randn(gen, s, 1, DQK)
+    a["q"] = _randn(gen, a["q"].shape[0], h, DQK)
+    a["k"], a["v"] = kv.expand(s, h, DQK), kv[..., :DV].expand(s, h, DV)
+    return a
+
+
+def _dense_prefill_cases() -> list[Case]:
+    op = "mla_prefill_dense"
+    cases = [
+        Case(op, "tiny", _dense_prefill(3, 2, 5, 24, 16), tags=TINY),
+        Case(op, "no-prefix", _dense_prefill(16, 8, 16)),
+        Case(op, "prefix", _dense_prefill(8, 8, 40)),
+        Case(op, "T0", _dense_prefill(0, 8, 12), tags=EDGE, note="nothing to compute, a prefix of 12"),
+        Case(op, "T0-S0", _dense_prefill(0, 8, 0), tags=EDGE),
+        Case(op, "T1", _dense_prefill(1, 8, 33), tags=EDGE),
+        Case(op, "non-contiguous", _dense_prefill(6, 4, 10, edit=_non_contiguous_dense), tags=EDGE),
+        Case(op, "absorbed-576", _dense_prefill(6, 4, 10, edit=_absorbed_shared_kv), tags=EDGE),
+        Case(op, "ds-mha-512", _dense_prefill(64, 16, 512), tags=DEEP_QUICK),
+        Case(op, "ds-mha-h128", _dense_prefill(64, 128, 1024), tags=DEEP_FULL),
+    ]
+    cases += [Case(op, f"heads-{h}", _dense_prefill(4, h, 12), tags=EDGE) for h in TP_HEADS]
+    return cases
+
+
+def _dense_decode(seqlens: list[int], sq: int, h: int, nb: int, bs: int, causal: bool = True, dqk: int = DQK,
+                  d_v: int = DV, extra_blocks: int = 0, edit=None):
+    def make(gen):
+        table = _paged(gen, len(seqlens), nb, bs, seqlens)
+        if extra_blocks:  # unused trailing columns, -1
+            table = torch.cat([table, torch.full((len(seqlens), extra_blocks), -1, dtype=torch.int32)], dim=1)
+        args = {"q": _randn(gen, len(seqlens), sq, h, dqk), "kv_cache": _randn(gen, nb, bs, 1, dqk),
+                "block_table": table, "cache_seqlens": torch.tensor(seqlens, dtype=torch.int32),
+                "sm_scale": SCALE if dqk == DQK else dqk ** -0.5, "d_v": d_v, "causal": causal}
+        return edit(gen, args) if edit else args
+    return make
+
+
+def _dense_decode_cases() -> list[Case]:
+    op = "mla_decode_dense"
+    cases = [
+        Case(op, "tiny", _dense_decode([5, 12], 1, 2, 8, 4, dqk=80, d_v=64), tags=TINY),
+        Case(op, "page64", _dense_decode([70, 130], 1, 16, 6, 64)),
+        Case(op, "page1", _dense_decode([9, 16], 1, 8, 32, 1), tags=EDGE),
+        Case(op, "mtp-causal", _dense_decode([20, 33], 3, 8, 16, 4)),
+        Case(op, "mtp-non-causal", _dense_decode([20, 33], 3, 8, 16, 4, causal=False)),
+        Case(op, "zero-seqlen", _dense_decode([0, 9], 1, 8, 6, 4, causal=False), tags=EDGE,
+             note="batch 0 has an empty cache: out 0, lse -inf"),
+        Case(op, "block-table-padding", _dense_decode([5, 17], 1, 8, 10, 4, extra_blocks=3), tags=EDGE),
+        Case(op, "B0", _dense_decode([], 1, 8, 4, 64), tags=EDGE),
+        Case(op, "non-contiguous", _dense_decode([20, 33], 2, 8, 16, 4, edit=_non_contiguous_decode), tags=EDGE),
+        Case(op, "ds-2k", _dense_decode([2048, 1500], 1, 16, 64, 64), tags=DEEP_QUICK),
+        Case(op, "ds-h128-4k", _dense_decode([4096, 3000], 1, 128, 128, 64), tags=DEEP_FULL),
+    ]
+    cases += [Case(op, f"heads-{h}", _dense_decode([40], 1, h, 2, 64), tags=EDGE) for h in TP_HEADS]
+    return cases

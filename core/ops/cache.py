@@ -4,17 +4,69 @@ from __future__ import annotations
 
 import torch
 
+from dsport.core.constants import DEEPSEEK_V32 as V32
 from dsport.core.fp8 import FP8_FORMATS, Fp8Format
-from dsport.core.spec import OpSpec, Output, Param, Tensor, register
+from dsport.core.spec import Case, OpSpec, Output, Param, Tensor, register
 
 FMT = Param("fmt", (str, Fp8Format), "e4m3fn", tuple(FP8_FORMATS))
+SRC = "FlashMLA sparse decode FP8 cache layout (V3.2); FlashMLA tests/quant.py"
+QUICK, EDGE, TINY = frozenset({"quick", "full"}), frozenset({"quick", "full", "edge"}), frozenset({"quick", "full", "tiny"})
+DEEP_QUICK = frozenset({"quick", "full", "deepseek"})
+
+
+def latent_rows(gen: torch.Generator, n: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """[n, 576] rows shaped like kv_norm output (latent, O(1)) and roped k_pe."""
+    return torch.randn(n, V32.d_qk, generator=gen).to(dtype)
+
+
+def fp8_cache_bytes(gen: torch.Generator, n: int, fmt: str = "e4m3fn") -> torch.Tensor:
+    """[n, 656] valid cache rows built field by field (not through a packer):
+    fp8 latent values, power-of-two fp32 tile scales, bf16 rope."""
+    f = FP8_FORMATS[fmt]
+    latent = (torch.randn(n, 512, generator=gen) * f.max / 4).clamp(-f.max, f.max).to(f.dtype)
+    scales = torch.exp2(torch.randint(-10, -5, (n, 4), generator=gen).float())
+    rope = torch.randn(n, 64, generator=gen).bfloat16()
+    return torch.cat([latent.view(torch.uint8), scales.view(torch.uint8), rope.view(torch.uint8)], dim=-1)
+
+
+def _pack_cases() -> list[Case]:
+    def special_tiles(gen):
+        kv = latent_rows(gen, 3, torch.float32)
+        kv[0, :128] = 0.0  # all-zero tile: the amax floor sets its scale
+        kv[1, 128:256] = 0.0
+        kv[1, 130] = 900.0  # outlier sets its tile's scale
+        kv[2, 256:384] = 448.0 * 2.0 ** -3  # exact power-of-two amax keeps its scale
+        return {"kv": kv}
+
+    return [
+        Case("mla_cache_pack", "tiny", lambda g: {"kv": latent_rows(g, 2)}, tags=TINY),
+        Case("mla_cache_pack", "N0", lambda g: {"kv": latent_rows(g, 0)}, tags=EDGE),
+        Case("mla_cache_pack", "fnuz", lambda g: {"kv": latent_rows(g, 16), "fmt": "e4m3fnuz"}),
+        Case("mla_cache_pack", "fp32-input", lambda g: {"kv": latent_rows(g, 8, torch.float32) * 3}),
+        Case("mla_cache_pack", "special-tiles", special_tiles, tags=EDGE),
+        Case("mla_cache_pack", "special-tiles-fnuz", lambda g: {**special_tiles(g), "fmt": "e4m3fnuz"}, tags=EDGE),
+        Case("mla_cache_pack", "non-contiguous", lambda g: {"kv": latent_rows(g, 12).t().contiguous().t()}, tags=EDGE),
+        Case("mla_cache_pack", "ds-4k-tokens", lambda g: {"kv": latent_rows(g, 4096)}, tags=DEEP_QUICK),
+    ]
+
+
+def _unpack_cases() -> list[Case]:
+    return [
+        Case("mla_cache_unpack", "tiny", lambda g: {"cache": fp8_cache_bytes(g, 2)}, tags=TINY),
+        Case("mla_cache_unpack", "N0", lambda g: {"cache": fp8_cache_bytes(g, 0)}, tags=EDGE),
+        Case("mla_cache_unpack", "fnuz", lambda g: {"cache": fp8_cache_bytes(g, 16, "e4m3fnuz"), "fmt": "e4m3fnuz"}),
+        Case("mla_cache_unpack", "non-contiguous", lambda g: {"cache": fp8_cache_bytes(g, 8)[::2]}, tags=EDGE),
+        Case("mla_cache_unpack", "ds-4k-tokens", lambda g: {"cache": fp8_cache_bytes(g, 4096)}, tags=DEEP_QUICK),
+    ]
+
 
 mla_cache_pack = register(OpSpec(
     name="mla_cache_pack", family="cache",
     summary="Pack latent rows [N, 576] into 656 B each: 512 fp8 (four 128-tiles, ue8m0 scales), 4 fp32 scales, 64 bf16 rope values.",
     args=(Tensor("kv", ("N", 576)), FMT),
     outputs=(Output("cache", ("N", 656), torch.uint8),),
-    metric="exact", source="FlashMLA sparse decode FP8 cache layout (V3.2)",
+    metric="exact", source=SRC,
+    cases=_pack_cases,
 ))
 
 mla_cache_unpack = register(OpSpec(
@@ -22,5 +74,6 @@ mla_cache_unpack = register(OpSpec(
     summary="Inverse of mla_cache_pack: [N, 656] bytes -> dequantized [N, 576] float32.",
     args=(Tensor("cache", ("N", 656), ("uint8",)), FMT),
     outputs=(Output("kv", ("N", 576), torch.float32),),
-    metric="exact", source="FlashMLA sparse decode FP8 cache layout (V3.2)",
+    metric="exact", source=SRC,
+    cases=_unpack_cases,
 ))

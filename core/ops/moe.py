@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from dsport.core.spec import Check, OpSpec, Output, Param, Tensor, register
+from dsport.core.constants import V32
+from dsport.core.spec import Case, Check, OpSpec, Output, Param, Tensor, register
 
 SRC = "DeepSeek-V3.2-Exp inference/model.py (Gate, MoE, Expert); DeepGEMM m_grouped_fp8_gemm_nt_contiguous/masked"
+DS = V32()
+ALIGN = 128  # DeepGEMM's get_mk_alignment_for_contiguous_layout(): one M tile never mixes two groups
+EDGE = frozenset({"quick", "full", "edge"})
+TINY = frozenset({"quick", "full", "tiny"})
 
 
 def _ids_rule(arg: str, limit: str) -> Check:
@@ -14,6 +19,184 @@ def _ids_rule(arg: str, limit: str) -> Check:
                  lambda a, d: a[arg].numel() == 0 or bool(((a[arg] >= -1) & (a[arg] < d[limit])).all()),
                  lambda a, d: f"values in [{int(a[arg].min())}, {int(a[arg].max())}], {limit}={d[limit]}")
 
+
+def _same_dtype(arg: str, like: str) -> Check:
+    return Check(arg, f"the same dtype as '{like}'", lambda a, d: a[arg].dtype == a[like].dtype,
+                 lambda a, d: f"{a[arg].dtype} vs {a[like].dtype}".replace("torch.", ""))
+
+
+def _one_group_per_tile(m_indices: torch.Tensor) -> torch.Tensor:
+    """Per 128-row tile: True when its non-padding rows all name one group."""
+    tiles = m_indices.reshape(-1, ALIGN).long()
+    valid = tiles >= 0
+    hi = torch.where(valid, tiles, -1).amax(dim=1)
+    lo = torch.where(valid, tiles, hi.unsqueeze(1)).amin(dim=1)
+    return hi == lo
+
+
+def _mixed_tiles(m_indices: torch.Tensor) -> str:
+    first = int(torch.nonzero(~_one_group_per_tile(m_indices))[0]) * ALIGN
+    groups = sorted(set(m_indices[first:first + ALIGN].tolist()) - {-1})
+    return f"rows {first}..{first + ALIGN - 1} mix groups {groups}"
+
+
+# -- case builders ------------------------------------------------------------------------------
+
+def _randn(gen: torch.Generator, *shape: int, scale: float = 1.0, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    return (torch.randn(*shape, generator=gen) * scale).to(dtype)
+
+
+def _gate_case(t: int, d: int, e: int, n_group: int, topk_group: int, topk: int, bias: bool = True,
+               route_scale: float = 2.5, score_func: str = "sigmoid", transposed: bool = False):
+    def make(gen):
+        # weight ~ N(0, 1/d) keeps the logits O(1), where sigmoid scores spread and the bias can reorder them
+        x = _randn(gen, d, t).t() if transposed else _randn(gen, t, d)
+        args = {"x": x, "weight": _randn(gen, e, d, scale=d ** -0.5), "bias": None,
+                "n_group": n_group, "topk_group": topk_group, "topk": topk, "route_scale": route_scale,
+                "score_func": score_func}
+        if bias:
+            args["bias"] = torch.randn(e, generator=gen) * 0.1
+        return args
+    return make
+
+
+def _gate_ties(gen):
+    # every group holds the same four expert rows: all group scores tie, and within a group the scores
+    # come in equal pairs across groups, so ties straddle both the group and the expert boundary
+    base = _randn(gen, 4, 32, scale=32 ** -0.5)
+    return {"x": _randn(gen, 6, 32), "weight": base.repeat(4, 1), "bias": torch.zeros(16),
+            "n_group": 4, "topk_group": 2, "topk": 4, "route_scale": 2.5, "score_func": "sigmoid"}
+
+
+def _gate_cases() -> list[Case]:
+    ds = (DS.n_routed_experts, DS.n_expert_groups, DS.n_limited_groups, DS.n_activated_experts)
+    e, g, tg, k = ds
+    return [
+        Case("moe_gate", "tiny", _gate_case(4, 32, 16, 4, 2, 4), tags=TINY),
+        Case("moe_gate", "T0", _gate_case(0, 64, e, g, tg, k), tags=EDGE),
+        Case("moe_gate", "T1", _gate_case(1, 64, e, g, tg, k), tags=EDGE),
+        Case("moe_gate", "ties", _gate_ties, tags=EDGE, note="tied scores at the group and expert boundary: any tied choice is correct"),
+        Case("moe_gate", "non-contiguous", _gate_case(8, 64, 32, 4, 2, 4, transposed=True), tags=EDGE),
+        Case("moe_gate", "no-bias", _gate_case(16, 64, 64, 8, 3, 6, bias=False), note="group score = max, as DeepSeek's Gate without bias"),
+        Case("moe_gate", "softmax", _gate_case(16, 64, 64, 8, 3, 6, bias=False, route_scale=1.0, score_func="softmax"),
+             note="softmax scores, weights not renormalised"),
+        Case("moe_gate", "one-group", _gate_case(16, 64, 64, 1, 1, 6)),
+        Case("moe_gate", "ds-routing", _gate_case(32, 256, e, g, tg, k, route_scale=DS.route_scale),
+             tags=frozenset({"quick", "full", "deepseek"}), note="V3.2 routing (256 experts, 8 groups, 4 kept, top-8), small dim"),
+        Case("moe_gate", "ds-hidden", _gate_case(64, DS.dim, e, g, tg, k, route_scale=DS.route_scale),
+             tags=frozenset({"full", "deepseek"})),
+    ]
+
+
+def _unique_ids(gen: torch.Generator, t: int, e: int, k: int) -> torch.Tensor:
+    """k distinct experts per token, as the gate produces."""
+    return torch.rand(t, e, generator=gen).argsort(dim=1)[:, :k].to(torch.int32)
+
+
+def _experts_case(t: int, d: int, i: int, e: int, k: int, ids=None, transposed: bool = False, nan_at_minus1: bool = False):
+    def make(gen):
+        routed = _unique_ids(gen, t, e, k) if ids is None else ids(gen, t, e, k)
+        w = torch.rand(t, k, generator=gen) + 0.1
+        w = w / w.sum(dim=1, keepdim=True) * DS.route_scale
+        if nan_at_minus1:
+            w = w.masked_fill(routed < 0, float("nan"))  # never read: a -1 slot has no expert on this rank
+        return {"x": _randn(gen, d, t).t() if transposed else _randn(gen, t, d), "ids": routed, "weights": w,
+                "w1": _randn(gen, e, i, d, scale=d ** -0.5), "w3": _randn(gen, e, i, d, scale=d ** -0.5),
+                "w2": _randn(gen, e, d, i, scale=i ** -0.5)}
+    return make
+
+
+def _skip_expert(gen, t, e, k, skipped=3):
+    ids = _unique_ids(gen, t, e - 1, k)
+    return torch.where(ids >= skipped, ids + 1, ids)  # expert `skipped` receives no token
+
+
+def _half_remote(gen, t, e, k):
+    ids = _unique_ids(gen, t, e, k)
+    return ids.masked_fill(torch.rand(t, k, generator=gen) < 0.5, -1)
+
+
+def _experts_cases() -> list[Case]:
+    return [
+        Case("moe_experts", "tiny", _experts_case(4, 32, 16, 4, 2), tags=TINY),
+        Case("moe_experts", "T0", _experts_case(0, 32, 16, 4, 2), tags=EDGE),
+        Case("moe_experts", "T1", _experts_case(1, 32, 16, 8, 4), tags=EDGE),
+        Case("moe_experts", "empty-expert", _experts_case(12, 32, 16, 8, 3, ids=_skip_expert), tags=EDGE,
+             note="expert 3 receives no token"),
+        Case("moe_experts", "one-expert", _experts_case(16, 32, 16, 8, 1, ids=lambda g, t, e, k: torch.full((t, k), 5, dtype=torch.int32)),
+             tags=EDGE, note="every token on expert 5"),
+        Case("moe_experts", "duplicate-ids", _experts_case(6, 32, 16, 4, 2, ids=lambda g, t, e, k: torch.full((t, k), 1, dtype=torch.int32)),
+             tags=EDGE, note="both slots of every token name expert 1: it counts twice, with both weights"),
+        Case("moe_experts", "ep-minus1", _experts_case(16, 32, 16, 8, 4, ids=_half_remote), tags=EDGE,
+             note="about half the slots are -1 (experts on other ranks)"),
+        Case("moe_experts", "ep-minus1-nan-weights", _experts_case(16, 32, 16, 8, 4, ids=_half_remote, nan_at_minus1=True),
+             tags=EDGE, note="weights of -1 slots are NaN: a backend must not read them"),
+        Case("moe_experts", "all-minus1", _experts_case(4, 32, 16, 4, 2, ids=lambda g, t, e, k: torch.full((t, k), -1, dtype=torch.int32)),
+             tags=EDGE, note="no expert on this rank: y = 0"),
+        Case("moe_experts", "non-contiguous", _experts_case(8, 32, 16, 4, 2, transposed=True), tags=EDGE),
+        Case("moe_experts", "ds-routing", _experts_case(16, 128, 64, DS.n_routed_experts, DS.n_activated_experts),
+             tags=frozenset({"quick", "full", "deepseek"}), note="256 experts, top-8, small dims"),
+        Case("moe_experts", "ds-routing-wide", _experts_case(128, 256, 128, DS.n_routed_experts, DS.n_activated_experts),
+             tags=frozenset({"full", "deepseek"})),
+    ]
+
+
+def _contiguous_case(counts: list[int], n: int, k: int, transposed: bool = False):
+    def make(gen):
+        segs = []
+        for g, c in enumerate(counts):
+            pad = -c % ALIGN
+            segs += [torch.full((c,), g, dtype=torch.int32), torch.full((pad,), -1, dtype=torch.int32)]
+        m_indices = torch.cat(segs) if segs else torch.empty(0, dtype=torch.int32)
+        m = m_indices.numel()
+        # padding rows of `a` hold random values, not zeros: their output must still be 0
+        a = _randn(gen, k, m).t() if transposed else _randn(gen, m, k)
+        return {"a": a, "b": _randn(gen, len(counts), n, k, scale=k ** -0.5), "m_indices": m_indices}
+    return make
+
+
+def _contiguous_cases() -> list[Case]:
+    return [
+        Case("moe_grouped_gemm_contiguous", "tiny", _contiguous_case([3, 130], 64, 32), tags=TINY),
+        Case("moe_grouped_gemm_contiguous", "M0", _contiguous_case([0, 0, 0], 64, 32), tags=EDGE),
+        Case("moe_grouped_gemm_contiguous", "empty-group", _contiguous_case([5, 0, 200, 1], 32, 64), tags=EDGE),
+        Case("moe_grouped_gemm_contiguous", "one-group-no-padding", _contiguous_case([0, 0, 256, 0], 32, 64), tags=EDGE),
+        Case("moe_grouped_gemm_contiguous", "all-padding", lambda g: {**_contiguous_case([0, 0], 32, 64)(g),
+             "a": _randn(g, 128, 64), "m_indices": torch.full((128,), -1, dtype=torch.int32)}, tags=EDGE,
+             note="one tile, every row -1: c = 0"),
+        Case("moe_grouped_gemm_contiguous", "non-contiguous", _contiguous_case([7, 60], 32, 64, transposed=True), tags=EDGE),
+        Case("moe_grouped_gemm_contiguous", "ds-ep32", _contiguous_case([90, 130, 0, 17, 128, 260, 1, 64], 256, 256),
+             tags=frozenset({"quick", "full", "deepseek"}), note="8 local experts (EP32), w13-like N, small K"),
+        Case("moe_grouped_gemm_contiguous", "ds-w13-tp8", _contiguous_case([90, 130, 0, 17], 2 * DS.moe_inter_dim // 8, DS.dim),
+             tags=frozenset({"full", "deepseek"}), note="w1|w3 of a 1/8 slice of moe_inter_dim, K = dim"),
+    ]
+
+
+def _masked_case(counts: list[int], m_max: int, n: int, k: int, transposed: bool = False):
+    def make(gen):
+        g = len(counts)
+        # rows beyond the count hold random values: their output must still be 0
+        a = _randn(gen, k, g * m_max).t().reshape(g, m_max, k) if transposed else _randn(gen, g, m_max, k)
+        return {"a": a, "b": _randn(gen, g, n, k, scale=k ** -0.5), "masked_m": torch.tensor(counts, dtype=torch.int32)}
+    return make
+
+
+def _masked_cases() -> list[Case]:
+    return [
+        Case("moe_grouped_gemm_masked", "tiny", _masked_case([3, 8], 8, 32, 32), tags=TINY),
+        Case("moe_grouped_gemm_masked", "empty-groups", _masked_case([0, 5, 0], 16, 32, 64), tags=EDGE),
+        Case("moe_grouped_gemm_masked", "all-zero", _masked_case([0, 0], 16, 32, 64), tags=EDGE, note="c = 0"),
+        Case("moe_grouped_gemm_masked", "full", _masked_case([16, 16], 16, 32, 64), tags=EDGE, note="every slot used"),
+        Case("moe_grouped_gemm_masked", "G0", _masked_case([], 16, 32, 64), tags=EDGE),
+        Case("moe_grouped_gemm_masked", "non-contiguous", _masked_case([3, 9], 12, 32, 64, transposed=True), tags=EDGE),
+        Case("moe_grouped_gemm_masked", "ds-decode", _masked_case([20, 0, 64, 33, 1, 7, 64, 50], 64, 256, 256),
+             tags=frozenset({"quick", "full", "deepseek"}), note="decode-style low-latency layout, 8 local experts"),
+        Case("moe_grouped_gemm_masked", "ds-w2-tp8", _masked_case([20, 0, 64, 33, 1, 7, 64, 50], 64, DS.dim, DS.moe_inter_dim // 8),
+             tags=frozenset({"full", "deepseek"}), note="w2 of a 1/8 slice of moe_inter_dim: N = dim"),
+    ]
+
+
+# -- specs --------------------------------------------------------------------------------------
 
 moe_gate = register(OpSpec(
     name="moe_gate", family="moe",
@@ -25,11 +208,17 @@ moe_gate = register(OpSpec(
           Param("score_func", (str,), "sigmoid", ("sigmoid", "softmax"))),
     outputs=(Output("weights", ("T", "topk"), torch.float32), Output("ids", ("T", "topk"), torch.int32)),
     checks=(Check("n_group", "E divisible by n_group", lambda a, d: d["E"] % a["n_group"] == 0, lambda a, d: f"E={d['E']}, n_group={a['n_group']}"),
+            Check("n_group", "at least 2 experts per group when bias is given (a group scores the sum of its top-2)",
+                  lambda a, d: a["bias"] is None or a["n_group"] == 1 or d["E"] // a["n_group"] >= 2,
+                  lambda a, d: f"E={d['E']}, n_group={a['n_group']}"),
             Check("topk_group", "topk_group <= n_group", lambda a, d: a["topk_group"] <= a["n_group"], lambda a, d: f"{a['topk_group']} > {a['n_group']}"),
             Check("topk", "topk <= topk_group * E / n_group", lambda a, d: a["topk"] <= a["topk_group"] * d["E"] // a["n_group"],
                   lambda a, d: f"topk={a['topk']}, topk_group * E / n_group = {a['topk_group'] * d['E'] // a['n_group']}")),
     metric="routing", reduction="D", source=SRC,
     flops=lambda d: 2.0 * d["T"] * d["E"] * d["D"],
+    cases=_gate_cases,
+    doc="With bias None a group scores its maximum instead (DeepSeek's Gate); score_func 'softmax' takes softmax over the E "
+        "experts and does not renormalise the selected weights. ids are a set: order and the choice among tied experts are free.",
 ))
 
 moe_experts = register(OpSpec(
@@ -38,9 +227,12 @@ moe_experts = register(OpSpec(
     args=(Tensor("x", ("T", "D")), Tensor("ids", ("T", "K"), ("int32",)), Tensor("weights", ("T", "K"), ("float",)),
           Tensor("w1", ("E", "I", "D")), Tensor("w3", ("E", "I", "D")), Tensor("w2", ("E", "D", "I"))),
     outputs=(Output("y", ("T", "D"), lambda a: a["x"].dtype),),
-    checks=(_ids_rule("ids", "E"),),
+    checks=(_ids_rule("ids", "E"), _same_dtype("w1", "x"), _same_dtype("w3", "x"), _same_dtype("w2", "x")),
     metric="close", reduction="I", source=SRC,
+    # counts every slot, -1 included: the work issued, an upper bound on the useful work
     flops=lambda d: 6.0 * d["T"] * d["K"] * d["D"] * d["I"],
+    cases=_experts_cases,
+    doc="The weights of -1 slots are never read (they may hold anything). The shared expert is added by the layer, not here.",
 ))
 
 moe_grouped_gemm_contiguous = register(OpSpec(
@@ -48,10 +240,17 @@ moe_grouped_gemm_contiguous = register(OpSpec(
     summary="c[m] = a[m] . b[m_indices[m]]^T; rows sorted by group, each segment padded to a multiple of 128, padding rows (-1) give 0.",
     args=(Tensor("a", ("M", "K")), Tensor("b", ("G", "N", "K")), Tensor("m_indices", ("M",), ("int32",))),
     outputs=(Output("c", ("M", "N"), lambda a: a["a"].dtype),),
-    checks=(Check("a", "M divisible by 128 (segments are 128-aligned)", lambda a, d: d["M"] % 128 == 0, lambda a, d: f"M={d['M']}"),
-            _ids_rule("m_indices", "G")),
+    checks=(Check("a", "M divisible by 128 (segments are 128-aligned)", lambda a, d: d["M"] % ALIGN == 0, lambda a, d: f"M={d['M']}"),
+            _ids_rule("m_indices", "G"),
+            Check("m_indices", "one group per 128-row tile (besides -1 padding rows)",
+                  lambda a, d: bool(_one_group_per_tile(a["m_indices"]).all()), lambda a, d: _mixed_tiles(a["m_indices"])),
+            _same_dtype("b", "a")),
     metric="close", reduction="K", source=SRC,
+    # counts padding rows too: the work a 128-tiled kernel issues
     flops=lambda d: 2.0 * d["M"] * d["N"] * d["K"],
+    cases=_contiguous_cases,
+    doc="DeepGEMM leaves the output rows of -1 padding unwritten; dsport's contract makes them 0, so a backend "
+        "wrapping DeepGEMM must zero them. Rows of one group need not be adjacent tiles, but no tile mixes groups.",
 ))
 
 moe_grouped_gemm_masked = register(OpSpec(
@@ -60,7 +259,12 @@ moe_grouped_gemm_masked = register(OpSpec(
     args=(Tensor("a", ("G", "MM", "K")), Tensor("b", ("G", "N", "K")), Tensor("masked_m", ("G",), ("int32",))),
     outputs=(Output("c", ("G", "MM", "N"), lambda a: a["a"].dtype),),
     checks=(Check("masked_m", "0 <= masked_m[g] <= MM", lambda a, d: a["masked_m"].numel() == 0 or bool(((a["masked_m"] >= 0) & (a["masked_m"] <= d["MM"])).all()),
-                  lambda a, d: f"values in [{int(a['masked_m'].min())}, {int(a['masked_m'].max())}], MM={d['MM']}"),),
+                  lambda a, d: f"values in [{int(a['masked_m'].min())}, {int(a['masked_m'].max())}], MM={d['MM']}"),
+            _same_dtype("b", "a")),
     metric="close", reduction="K", source=SRC,
+    # counts every slot up to MM: the work issued; the useful work is sum(masked_m) rows
     flops=lambda d: 2.0 * d["G"] * d["MM"] * d["N"] * d["K"],
+    cases=_masked_cases,
+    doc="DeepGEMM's masked GEMM leaves rows at or beyond masked_m[g] undefined; dsport's contract makes them 0, "
+        "so a backend wrapping DeepGEMM must zero them.",
 ))

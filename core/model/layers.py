@@ -1,0 +1,277 @@
+"""DeepSeek-V3.2 layers built only from dispatched ops.
+
+Module and parameter names mirror the Hugging Face checkpoint
+(``model.layers.N.self_attn.q_a_proj.weight`` ...), so loading is a name-for-
+name copy. Every DeepSeek-specific computation (FP8 quantization and GEMM,
+norms, RoPE, Hadamard, the indexer, top-k, sparse / dense MLA, MoE gate and
+experts) goes through the resolved OpTable ``ops``; only plain float GEMMs,
+embedding lookup and SiLU use torch directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dsport.core.model.config import ModelConfig
+from dsport.core.registry import OpTable
+from dsport.core.spec import cdiv
+
+FP8_BLOCK = 128
+WEIGHT_FMT = "e4m3fn"  # DeepSeek's released checkpoints store e4m3fn weights
+
+
+def _param(*shape: int, dtype: torch.dtype) -> nn.Parameter:
+    return nn.Parameter(torch.zeros(*shape, dtype=dtype), requires_grad=False)
+
+
+class Linear(nn.Module):
+    """y = x W^T. An FP8 weight (128x128 block scales in ``weight_scale_inv``)
+    runs as act_quant + fp8_gemm through the table, as the release does."""
+
+    def __init__(self, ops: OpTable, cfg: ModelConfig, in_features: int, out_features: int, dtype: torch.dtype, fp8: bool):
+        super().__init__()
+        self.ops, self.scale_fmt, self.out_features = ops, cfg.scale_fmt, out_features
+        self.weight = _param(out_features, in_features, dtype=torch.float8_e4m3fn if fp8 else dtype)
+        self.weight_scale_inv = _param(cdiv(out_features, FP8_BLOCK), cdiv(in_features, FP8_BLOCK), dtype=torch.float32) if fp8 else None
+
+    def dense_weight(self) -> torch.Tensor:
+        if self.weight_scale_inv is None:
+            return self.weight
+        return self.ops.weight_dequant(self.weight, self.weight_scale_inv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_scale_inv is None:
+            return x @ self.weight.to(x.dtype).T
+        x2 = x.reshape(-1, x.shape[-1])
+        xq, xs = self.ops.act_quant(x2, FP8_BLOCK, WEIGHT_FMT, self.scale_fmt)
+        y = self.ops.fp8_gemm(xq, xs, self.weight, self.weight_scale_inv)
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, ops: OpTable, dim: int, eps: float):
+        super().__init__()
+        self.ops, self.eps = ops, eps
+        self.weight = _param(dim, dtype=torch.float32)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        return self.ops.rms_norm(x, self.weight, self.eps, residual)
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, ops: OpTable, dim: int, eps: float):
+        super().__init__()
+        self.ops, self.eps = ops, eps
+        self.weight = _param(dim, dtype=torch.float32)
+        self.bias = _param(dim, dtype=torch.float32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ops.layer_norm(x, self.weight, self.bias, self.eps)
+
+
+@dataclass
+class Batch:
+    """Where the new tokens sit: positions [B, S] and the cache capacity per sequence."""
+
+    start: int
+    length: int
+    batch: int
+    capacity: int
+    freqs: torch.Tensor
+    positions: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.positions = torch.arange(self.start, self.start + self.length, device=self.freqs.device).repeat(self.batch)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+    def global_rows(self) -> torch.Tensor:
+        """Row of each new token in a cache laid out as [B * capacity]."""
+        b = torch.arange(self.batch, device=self.freqs.device).repeat_interleave(self.length)
+        return b * self.capacity + self.positions
+
+
+class Indexer(nn.Module):
+    """The lightning indexer: FP8 scores of every cached token, top-k kept."""
+
+    def __init__(self, ops: OpTable, cfg: ModelConfig, dtype: torch.dtype):
+        super().__init__()
+        self.ops, self.cfg = ops, cfg
+        fp8 = cfg.fp8_weights
+        self.wq_b = Linear(ops, cfg, cfg.q_lora_rank, cfg.index_n_heads * cfg.index_head_dim, dtype, fp8)
+        self.wk = Linear(ops, cfg, cfg.dim, cfg.index_head_dim, dtype, fp8)
+        self.k_norm = LayerNorm(ops, cfg.index_head_dim, 1e-6)
+        self.weights_proj = Linear(ops, cfg, cfg.dim, cfg.index_n_heads, dtype, fp8=False)
+        self.k_cache: torch.Tensor | None = None
+        self.k_scale: torch.Tensor | None = None
+
+    def allocate(self, batch: int, capacity: int, device: torch.device) -> None:
+        self.k_cache = torch.zeros(batch, capacity, self.cfg.index_head_dim, dtype=torch.float8_e4m3fn, device=device)
+        self.k_scale = torch.zeros(batch, capacity, dtype=torch.float32, device=device)
+
+    def _rope_first(self, x: torch.Tensor, b: Batch) -> torch.Tensor:
+        # The indexer rotates the FIRST qk_rope_head_dim dims, rotate-half (non-interleaved) pairing.
+        r = self.cfg.qk_rope_head_dim
+        return torch.cat([self.ops.rope(x[..., :r], b.positions, b.freqs, False), x[..., r:]], dim=-1)
+
+    def forward(self, x: torch.Tensor, qr: torch.Tensor, b: Batch) -> torch.Tensor:
+        """x [T, dim], qr [T, q_lora] -> global cache rows of the selected keys [T, topk] (-1 padded)."""
+        cfg, ops = self.cfg, self.ops
+        h, d = cfg.index_n_heads, cfg.index_head_dim
+        q = self.ops.hadamard(self._rope_first(self.wq_b(qr).view(-1, h, d), b))
+        k = self.ops.hadamard(self._rope_first(self.k_norm(self.wk(x)).view(-1, 1, d), b))[:, 0]
+        q8, qs = ops.act_quant(q, FP8_BLOCK, WEIGHT_FMT, cfg.scale_fmt)
+        k8, ks = ops.act_quant(k, FP8_BLOCK, WEIGHT_FMT, cfg.scale_fmt)
+        self.k_cache.view(-1, d)[b.global_rows()] = k8
+        self.k_scale.view(-1)[b.global_rows()] = ks[:, 0]
+        # all constant factors folded into the per-head weights, as the FP8 kernels expect
+        w = self.weights_proj(x).float() * h ** -0.5 * d ** -0.5 * qs[..., 0]
+        picks = []
+        for i in range(b.batch):  # per sequence: contexts differ; tokens and heads are vectorized
+            rows = slice(i * b.length, (i + 1) * b.length)
+            ke = (b.positions[rows] + 1).int()
+            logits = ops.indexer_logits(q8[rows], self.k_cache[i, :b.end], w[rows], torch.zeros_like(ke), ke, self.k_scale[i, :b.end])
+            idx = ops.topk_select(logits, cfg.index_topk, torch.zeros_like(ke), ke)
+            picks.append(torch.where(idx >= 0, idx + i * b.capacity, idx))
+        return torch.cat(picks)
+
+
+class MLA(nn.Module):
+    """Multi-head latent attention in the absorbed form: one shared latent KV
+    head [kv | k_pe] of kv_lora_rank + qk_rope_head_dim, per-head up/down
+    projections folded into q and the output."""
+
+    def __init__(self, ops: OpTable, cfg: ModelConfig, dtype: torch.dtype):
+        super().__init__()
+        self.ops, self.cfg = ops, cfg
+        fp8, h = cfg.fp8_weights, cfg.n_heads
+        self.q_a_proj = Linear(ops, cfg, cfg.dim, cfg.q_lora_rank, dtype, fp8)
+        self.q_a_layernorm = RMSNorm(ops, cfg.q_lora_rank, cfg.rms_eps)
+        self.q_b_proj = Linear(ops, cfg, cfg.q_lora_rank, h * cfg.qk_head_dim, dtype, fp8)
+        self.kv_a_proj_with_mqa = Linear(ops, cfg, cfg.dim, cfg.kv_lora_rank + cfg.qk_rope_head_dim, dtype, fp8)
+        self.kv_a_layernorm = RMSNorm(ops, cfg.kv_lora_rank, cfg.rms_eps)
+        self.kv_b_proj = Linear(ops, cfg, cfg.kv_lora_rank, h * (cfg.qk_nope_head_dim + cfg.v_head_dim), dtype, fp8)
+        self.o_proj = Linear(ops, cfg, h * cfg.v_head_dim, cfg.dim, dtype, fp8)
+        self.indexer = Indexer(ops, cfg, dtype) if cfg.sparse else None
+        self.kv_cache: torch.Tensor | None = None  # paged [B * capacity / BS, BS, 1, kv_lora + rope]
+        self._wkv_b: torch.Tensor | None = None
+
+    BLOCK_SIZE = 64
+
+    def allocate(self, batch: int, capacity: int, device: torch.device, dtype: torch.dtype) -> None:
+        width = self.cfg.kv_lora_rank + self.cfg.qk_rope_head_dim
+        self.kv_cache = torch.zeros(batch * capacity // self.BLOCK_SIZE, self.BLOCK_SIZE, 1, width, dtype=dtype, device=device)
+        self._wkv_b = None
+        if self.indexer is not None:
+            self.indexer.allocate(batch, capacity, device)
+
+    def wkv_b(self) -> torch.Tensor:
+        """kv_b_proj as [H, nope + v, kv_lora], dequantized once per cache allocation."""
+        if self._wkv_b is None:
+            w = self.kv_b_proj.dense_weight()
+            self._wkv_b = w.view(self.cfg.n_heads, -1, self.cfg.kv_lora_rank)
+        return self._wkv_b
+
+    def forward(self, x: torch.Tensor, b: Batch) -> torch.Tensor:
+        cfg, ops, h = self.cfg, self.ops, self.cfg.n_heads
+        x = x.reshape(-1, cfg.dim)
+        qr = self.q_a_layernorm(self.q_a_proj(x))
+        q = self.q_b_proj(qr).view(-1, h, cfg.qk_head_dim)
+        q_nope, q_pe = q.split([cfg.qk_nope_head_dim, cfg.qk_rope_head_dim], dim=-1)
+        q_pe = ops.rope(q_pe, b.positions, b.freqs, True)  # MLA: last 64 dims, interleaved pairs
+        kv, k_pe = self.kv_a_proj_with_mqa(x).split([cfg.kv_lora_rank, cfg.qk_rope_head_dim], dim=-1)
+        kv = self.kv_a_layernorm(kv)
+        k_pe = ops.rope(k_pe.unsqueeze(1), b.positions, b.freqs, True)[:, 0]
+        flat = self.kv_cache.view(-1, 1, self.kv_cache.shape[-1])
+        flat[b.global_rows(), 0] = torch.cat([kv, k_pe], dim=-1).to(flat.dtype)
+
+        wkv_b = self.wkv_b().to(x.dtype)
+        q_abs = torch.einsum("thd,hdc->thc", q_nope, wkv_b[:, : cfg.qk_nope_head_dim])
+        q_full = torch.cat([q_abs, q_pe], dim=-1).to(flat.dtype)
+        scale, d_v = cfg.softmax_scale, cfg.kv_lora_rank
+        if self.indexer is not None:
+            rows = self.indexer(x, qr, b)
+            if b.length == 1:  # decode: the paged cache, indices = block * BS + offset
+                o, _ = ops.sparse_mla_decode(q_full.view(b.batch, 1, h, -1), self.kv_cache, rows.view(b.batch, 1, -1).int(), scale, d_v)
+            else:
+                o, _, _ = ops.sparse_mla_prefill(q_full, flat, rows.unsqueeze(1).int(), scale, d_v)
+        else:  # V3 / V3.1: dense absorbed attention over the paged cache, causal within the new tokens
+            per_seq = b.capacity // self.BLOCK_SIZE
+            table = torch.arange(b.batch * per_seq, device=x.device, dtype=torch.int32).view(b.batch, per_seq)
+            seqlens = torch.full((b.batch,), b.end, dtype=torch.int32, device=x.device)
+            o, _ = ops.mla_decode_dense(q_full.view(b.batch, b.length, h, -1), self.kv_cache, table, seqlens, scale, d_v, True)
+        o = o.reshape(-1, h, d_v).to(x.dtype)
+        o = torch.einsum("thc,hdc->thd", o, wkv_b[:, cfg.qk_nope_head_dim:])
+        return self.o_proj(o.reshape(-1, h * cfg.v_head_dim))
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: the dense layers and the shared expert."""
+
+    def __init__(self, ops: OpTable, cfg: ModelConfig, inter: int, dtype: torch.dtype):
+        super().__init__()
+        fp8 = cfg.fp8_weights
+        self.gate_proj = Linear(ops, cfg, cfg.dim, inter, dtype, fp8)
+        self.up_proj = Linear(ops, cfg, cfg.dim, inter, dtype, fp8)
+        self.down_proj = Linear(ops, cfg, inter, cfg.dim, dtype, fp8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj((F.silu(self.gate_proj(x).float()) * self.up_proj(x).float()).to(x.dtype))
+
+
+class Gate(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.weight = _param(cfg.n_routed_experts, cfg.dim, dtype=torch.float32)
+        self.e_score_correction_bias = _param(cfg.n_routed_experts, dtype=torch.float32)
+
+
+class MoE(nn.Module):
+    """Routed experts (gate + grouped SwiGLU) plus the always-on shared expert."""
+
+    def __init__(self, ops: OpTable, cfg: ModelConfig, dtype: torch.dtype):
+        super().__init__()
+        self.ops, self.cfg = ops, cfg
+        self.gate = Gate(cfg)
+        self.experts = nn.ModuleList(MLP(ops, cfg, cfg.moe_inter_dim, dtype) for _ in range(cfg.n_routed_experts))
+        self.shared_experts = MLP(ops, cfg, cfg.n_shared_experts * cfg.moe_inter_dim, dtype)
+        self._stacked: tuple[torch.Tensor, ...] | None = None
+
+    def stacked(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """Expert weights as [E, I, D] / [E, D, I] stacks for moe_experts (dequantized once)."""
+        if self._stacked is None or self._stacked[0].dtype != dtype:
+            self._stacked = tuple(torch.stack([getattr(e, p).dense_weight().to(dtype) for e in self.experts])
+                                  for p in ("gate_proj", "up_proj", "down_proj"))
+        return self._stacked
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        x2 = x.reshape(-1, cfg.dim)
+        weights, ids = self.ops.moe_gate(x2, self.gate.weight.to(x.dtype), self.gate.e_score_correction_bias, cfg.n_expert_groups,
+                                         cfg.n_limited_groups, cfg.n_activated_experts, float(cfg.route_scale), cfg.score_func)
+        w1, w3, w2 = self.stacked(x.dtype)
+        y = self.ops.moe_experts(x2, ids, weights, w1, w3, w2).to(x.dtype)
+        return (y + self.shared_experts(x2)).view_as(x)
+
+
+class Block(nn.Module):
+    def __init__(self, ops: OpTable, cfg: ModelConfig, layer_id: int, dtype: torch.dtype):
+        super().__init__()
+        self.input_layernorm = RMSNorm(ops, cfg.dim, cfg.rms_eps)
+        self.self_attn = MLA(ops, cfg, dtype)
+        self.post_attention_layernorm = RMSNorm(ops, cfg.dim, cfg.rms_eps)
+        self.mlp = MLP(ops, cfg, cfg.inter_dim, dtype) if layer_id < cfg.n_dense_layers else MoE(ops, cfg, dtype)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, b: Batch):
+        if residual is None:
+            x, residual = self.input_layernorm(x), x
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(x, b)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual

@@ -1,0 +1,99 @@
+"""The DeepSeek-V3.2 decoder: embedding, blocks, final norm, LM head; prefill
+(with or without a cached prefix), decode, greedy generation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dsport.core.errors import ValidationError
+from dsport.core.model.config import ModelConfig, load_config
+from dsport.core.model.layers import MLA, Batch, Block, RMSNorm, _param
+from dsport.core.registry import OpTable, resolve
+
+
+class Decoder(nn.Module):
+    def __init__(self, ops: OpTable, cfg: ModelConfig, dtype: torch.dtype):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim, dtype=dtype)
+        self.embed_tokens.weight.requires_grad_(False)
+        self.layers = nn.ModuleList(Block(ops, cfg, i, dtype) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(ops, cfg.dim, cfg.rms_eps)
+
+
+class Model(nn.Module):
+    """``Model(cfg, ops)(tokens [B, S]) -> logits [B, S, vocab]``.
+
+    The KV caches (latent MLA cache and FP8 indexer key cache) are allocated
+    by :meth:`reset` and filled as tokens arrive; ``start_pos`` > 0 continues
+    a sequence whose first ``start_pos`` tokens are already cached.
+    """
+
+    def __init__(self, cfg: ModelConfig, ops: OpTable, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.cfg, self.ops, self.dtype = cfg, ops, dtype
+        self.model = Decoder(ops, cfg, dtype)
+        self.lm_head = nn.Module()
+        self.lm_head.weight = _param(cfg.vocab_size, cfg.dim, dtype=dtype)
+        self.freqs = ops.yarn_freqs(cfg.qk_rope_head_dim, float(cfg.rope_theta), float(cfg.rope_factor) if cfg.yarn else 1.0,
+                                    cfg.original_seq_len, cfg.beta_fast, cfg.beta_slow)
+        self.batch = self.capacity = 0
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, backend: str = "torch", dtype: torch.dtype | None = None,
+                        dequantize: bool = False, ops: OpTable | None = None) -> Model:
+        """Load a Hugging Face-format checkpoint (config.json + safetensors).
+        FP8 weights stay FP8 (act_quant + fp8_gemm) unless ``dequantize``."""
+        from dataclasses import replace
+
+        from dsport.core.model.weights import load_weights
+
+        cfg = load_config(path)
+        if dequantize:
+            cfg = replace(cfg, fp8_weights=False)
+        ops = ops or resolve(backend)
+        dtype = dtype or (torch.float64 if backend == "reference" else torch.float32)
+        model = cls(cfg, ops, dtype)
+        load_weights(model, Path(path))
+        return model
+
+    def reset(self, batch: int, capacity: int) -> None:
+        """Allocate empty caches for ``batch`` sequences of up to ``capacity`` tokens."""
+        capacity = -(-capacity // MLA.BLOCK_SIZE) * MLA.BLOCK_SIZE
+        device = self.lm_head.weight.device
+        for layer in self.model.layers:
+            layer.self_attn.allocate(batch, capacity, device, self.dtype)
+        self.batch, self.capacity = batch, capacity
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        if tokens.dim() != 2:
+            raise ValidationError("Model.forward", "tokens", "input ids of shape [B, S]", tuple(tokens.shape))
+        bsz, seqlen = tokens.shape
+        if start_pos == 0 and (bsz != self.batch or seqlen > self.capacity):
+            self.reset(bsz, max(seqlen, self.capacity))
+        if bsz != self.batch or start_pos + seqlen > self.capacity:
+            raise ValidationError("Model.forward", "tokens", f"batch {self.batch} and start_pos + S <= {self.capacity} "
+                                  "(call reset(batch, capacity) first)", f"batch {bsz}, start_pos + S = {start_pos + seqlen}")
+        b = Batch(start_pos, seqlen, bsz, self.capacity, self.freqs)
+        h, residual = F.embedding(tokens.reshape(-1), self.model.embed_tokens.weight), None
+        for layer in self.model.layers:
+            h, residual = layer(h, residual, b)
+        h, _ = self.model.norm(h, residual)
+        logits = h.to(self.lm_head.weight.dtype) @ self.lm_head.weight.T
+        return logits.view(bsz, seqlen, -1).float()
+
+    @torch.inference_mode()
+    def generate(self, tokens: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Greedy decoding with the KV cache: prefill the prompt, then one token per step."""
+        bsz, n = tokens.shape
+        self.reset(bsz, n + max_new_tokens)
+        out = [tokens]
+        nxt = self(tokens)[:, -1].argmax(-1, keepdim=True)
+        for i in range(max_new_tokens):
+            out.append(nxt)
+            if i + 1 < max_new_tokens:
+                nxt = self(nxt, n + i)[:, -1].argmax(-1, keepdim=True)
+        return torch.cat(out, dim=1)

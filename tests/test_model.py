@@ -1,0 +1,128 @@
+"""The model graph end to end on small random checkpoints: loading, prefill,
+decode with cache == re-prefill, dense V3 configs, load errors, and model
+conformance naming the first diverging layer and op."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+import dsport
+from dsport.core.model import Model, tiny_config
+from dsport.core.model.compare import compare
+from dsport.core.model.weights import CheckpointError, make_checkpoint
+
+BACKENDS = ["reference", "torch"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("fp8"), tiny_config(n_layers=2), seed=1)
+
+
+def _prompt(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 512, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n", [40, 100], ids=["ctx<topk", "ctx>topk"])
+def test_decode_with_cache_equals_reprefill(ckpt, backend, n):
+    model = Model.from_pretrained(ckpt, backend=backend)
+    tokens = model.generate(_prompt(n), 16)
+    assert tokens.shape == (1, n + 16)
+    stepwise = []
+    model.reset(1, n + 16)
+    model(tokens[:, :n])
+    for i in range(n, n + 16):
+        stepwise.append(model(tokens[:, i : i + 1], i)[0, -1])
+    full = model(tokens)[0, n : n + 16]  # start_pos 0 re-prefills everything
+    step = torch.stack(stepwise)
+    cos = torch.nn.functional.cosine_similarity(step.double(), full.double(), dim=-1)
+    assert cos.min() > 0.999, cos
+    assert (step.argmax(-1) == full.argmax(-1)).float().mean() >= 0.9
+
+
+def test_prefill_with_cached_prefix_equals_single_prefill(ckpt):
+    model = Model.from_pretrained(ckpt, backend="reference")
+    tokens = _prompt(90, seed=3)
+    whole = model(tokens)[0, 70:]
+    model.reset(1, 90)
+    model(tokens[:, :70])
+    tail = model(tokens[:, 70:], 70)[0]
+    torch.testing.assert_close(tail, whole, rtol=1e-6, atol=1e-6)
+
+
+def test_dense_v3_config_and_bf16_weights_run(tmp_path):
+    path = make_checkpoint(tmp_path, replace(tiny_config(n_layers=2), index_n_heads=0, fp8_weights=False))
+    model = Model.from_pretrained(path, backend="reference")
+    assert model.model.layers[0].self_attn.indexer is None
+    logits = model(_prompt(20))
+    assert logits.shape == (1, 20, 512) and torch.isfinite(logits).all()
+
+
+def test_dequantized_load_matches_fp8_weights_closely(ckpt):
+    fp8 = Model.from_pretrained(ckpt, backend="reference")
+    deq = Model.from_pretrained(ckpt, backend="reference", dequantize=True)
+    assert deq.model.layers[0].self_attn.q_a_proj.weight.dtype == torch.float64
+    a, b = fp8(_prompt(30)), deq(_prompt(30))
+    # only activation quantization differs: logits agree in direction
+    assert torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0) > 0.99
+
+
+def test_missing_tensor_and_pickle_file_are_named(tmp_path, ckpt):
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpt, bad)
+    index = json.loads((bad / "model.safetensors.index.json").read_text())
+    name = "model.layers.0.self_attn.q_a_layernorm.weight"
+    shard = bad / index["weight_map"][name]
+    tensors = load_file(shard)
+    del tensors[name]
+    save_file(tensors, shard)
+    with pytest.raises(CheckpointError) as e:
+        Model.from_pretrained(bad, backend="reference")
+    assert name in str(e.value) and "missing" in str(e.value)
+    (bad / "pytorch_model.bin").write_bytes(b"not a real pickle")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin"):
+        Model.from_pretrained(bad, backend="reference")
+
+
+def test_wrong_shape_is_named(tmp_path):
+    path = make_checkpoint(tmp_path, tiny_config(n_layers=1))
+    from safetensors.torch import load_file, save_file
+
+    name = "model.norm.weight"
+    for shard in path.glob("*.safetensors"):
+        t = load_file(shard)
+        if name in t:
+            t[name] = torch.ones(100)
+            save_file(t, shard)
+    with pytest.raises(CheckpointError, match=r"model\.norm\.weight: checkpoint \(100,\)"):
+        Model.from_pretrained(path, backend="reference")
+
+
+def test_model_conformance_passes_for_torch(ckpt):
+    report = compare(ckpt, "torch", _prompt(80, seed=5))
+    assert report.verdict == "pass", report
+    assert report.top1_agreement >= 0.95 and report.logits_cosine > 0.999
+
+
+def test_planted_moe_bug_is_named_with_its_layer(ckpt):
+    ref = dsport.resolve("reference")
+    ops = {name: getattr(ref, name) for name in ref.ops}
+
+    def biased_gate(x, weight, bias=None, n_group=8, topk_group=4, topk=8, route_scale=2.5, score_func="sigmoid"):
+        w, ids = ref.moe_gate(x, weight, bias, n_group, topk_group, topk, route_scale, score_func)
+        s = torch.sigmoid(x.double() @ weight.double().T) + bias.double()
+        picked = s.gather(1, ids.long())
+        return picked / picked.sum(-1, keepdim=True) * route_scale, ids  # bias leaks into the weights
+
+    ops["moe_gate"] = biased_gate
+    buggy = dsport.OpTable(ops, {k: "buggy" for k in ops}, [])
+    report = compare(ckpt, buggy, _prompt(40, seed=6), dtype=torch.float64)
+    assert report.verdict == "fail"
+    d = report.first_divergence
+    assert (d.op, d.layer) == ("moe_gate", 1)  # layer 0 is dense; the first MoE layer is 1
