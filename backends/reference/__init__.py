@@ -10,6 +10,7 @@ checked tightly against them.
 from __future__ import annotations
 
 from dsport.backends.reference import attention, mla_cache, moe, quant
+from dsport.backends.reference import indexer, norm, rotary, topk
 
 NAME = "reference"
 DESCRIPTION = "float64 PyTorch, written for clarity; the oracle of conformance"
@@ -26,6 +27,16 @@ OPS = {
     "mla_decode_dense": attention.mla_decode_dense,
     "mla_cache_pack": mla_cache.mla_cache_pack,
     "mla_cache_unpack": mla_cache.mla_cache_unpack,
+    "rms_norm": norm.rms_norm,
+    "layer_norm": norm.layer_norm,
+    "yarn_freqs": rotary.yarn_freqs,
+    "rope": rotary.rope,
+    "hadamard": rotary.hadamard,
+    "indexer_logits": indexer.indexer_logits,
+    "indexer_logits_paged": indexer.indexer_logits_paged,
+    "index_cache_pack": indexer.index_cache_pack,
+    "index_cache_unpack": indexer.index_cache_unpack,
+    "topk_select": topk.topk_select,
     "moe_gate": moe.moe_gate,
     "moe_experts": moe.moe_experts,
     "moe_grouped_gemm_contiguous": moe.moe_grouped_gemm_contiguous,

@@ -3,8 +3,65 @@ from __future__ import annotations
 
 import torch
 
-from dsport.core.ops.indexer import BOUNDS_RULE
-from dsport.core.spec import Check, OpSpec, Output, Param, Tensor, register
+from dsport.core.constants import DEEPSEEK_V32 as V32
+from dsport.core.ops.indexer import BOUNDS_RULE, _windows
+from dsport.core.ops.norm import DEEPSEEK, EDGE, TINY
+from dsport.core.spec import Case, Check, OpSpec, Output, Param, Tensor, register
+
+
+def _topk_case(t: int, s: int, k: int, window: str | None = None, prefix: int = 0, levels: int | None = None):
+    """Random fp32 logits; ``levels`` draws them from that many integers so
+    ties straddle the k-th place; ``window`` as in the indexer cases, or None
+    for whole rows (ks/ke omitted)."""
+    def make(gen):
+        n = prefix + t if window == "causal" else s
+        if levels is None:
+            logits = torch.randn(t, n, generator=gen)
+        else:
+            logits = torch.randint(0, levels, (t, n), generator=gen).float()
+        args = {"logits": logits, "k": k}
+        if window is not None:
+            args["ks"], args["ke"] = _windows(gen, t, n, window, prefix)
+        return args
+    return make
+
+
+def _topk_cases() -> list[Case]:
+    c, k = "topk_select", V32.index_topk
+
+    def infinities(gen):
+        args = _topk_case(3, 12, 4)(gen)
+        args["logits"][0, :10] = float("-inf")  # only 2 finite, but all 12 positions are in the window
+        args["logits"][1, 3] = float("inf")
+        args["logits"][2, 5:] = float("-inf")
+        return args
+
+    def masked_indexer_rows(gen):
+        """Indexer-like rows: -inf outside a causal window, passed with that window."""
+        args = _topk_case(6, 0, 4, window="causal", prefix=2)(gen)
+        pos = torch.arange(args["logits"].shape[1])
+        args["logits"] = torch.where(pos[None, :] < args["ke"][:, None], args["logits"], float("-inf"))
+        return args
+
+    return [
+        Case(c, "tiny", _topk_case(2, 16, 4), tags=TINY),
+        Case(c, "tiny-windows", _topk_case(4, 16, 4, window="random"), tags=TINY),
+        Case(c, "dense-S-lt-k", _topk_case(3, 10, 16), tags=EDGE, note="fewer than k positions: all of them, then -1"),
+        Case(c, "ties-at-boundary", _topk_case(4, 64, 10, levels=5), tags=EDGE),
+        Case(c, "ties-in-windows", _topk_case(5, 64, 8, window="random", levels=3), tags=EDGE),
+        Case(c, "empty-windows", _topk_case(6, 40, 8, window="empty"), tags=EDGE),
+        Case(c, "causal-prefix", _topk_case(8, 0, 8, window="causal", prefix=3)),
+        Case(c, "masked-indexer-rows", masked_indexer_rows, tags=EDGE),
+        Case(c, "infinities", infinities, tags=EDGE),
+        Case(c, "k1", _topk_case(3, 20, 1), tags=EDGE),
+        Case(c, "T0", _topk_case(0, 32, 4), tags=EDGE),
+        Case(c, "T1", _topk_case(1, 32, 4, window="full"), tags=EDGE),
+        Case(c, "non-contiguous", lambda g: {"logits": torch.randn(50, 6, generator=g).t(), "k": 7}, tags=EDGE),
+        Case(c, "ds-whole-rows", _topk_case(4, 5000, k), tags=DEEPSEEK, note="index_topk 2048 of 5000 keys"),
+        Case(c, "ds-causal-around-k", _topk_case(16, 0, k, window="causal", prefix=k - 8), tags=DEEPSEEK,
+             note="rows cross from dense (ke <= 2048) to sparse selection"),
+        Case(c, "ds-ties", _topk_case(2, 4096, k, levels=7), tags=DEEPSEEK),
+    ]
 
 topk_select = register(OpSpec(
     name="topk_select", family="dsa",
@@ -19,4 +76,5 @@ topk_select = register(OpSpec(
                   lambda a, d: BOUNDS_RULE.got(a, d))),
     metric="topk", source="DeepSeek-V3.2-Exp inference/model.py (Indexer.forward topk); FlashMLA sparse indices contract",
     flops=lambda d: float(d["T"] * d["S"]),
+    cases=_topk_cases,
 ))
