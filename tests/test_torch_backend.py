@@ -424,12 +424,12 @@ def test_moe_experts_paths(layout, monkeypatch):
 
 
 def test_grouped_gemm_contiguous_and_masked():
-    a, b = torch.randn(384, 24, generator=g(50)), torch.randn(4, 12, 24, generator=g(51))
-    m = torch.full((384,), -1, dtype=torch.int32)
-    m[:100], m[128:128 + 200], m[384 - 30:] = 0, 2, 3      # group 1 empty, padded segments
+    a, b = torch.randn(512, 24, generator=g(50)), torch.randn(4, 12, 24, generator=g(51))
+    m = torch.full((512,), -1, dtype=torch.int32)
+    m[:100], m[128:128 + 200], m[384:384 + 30] = 0, 2, 3      # group 1 empty, segments padded to 128-row tiles
     c = tb.moe_grouped_gemm_contiguous(a, b, m)
-    want = torch.zeros(384, 12, dtype=torch.float64)
-    for r in range(384):
+    want = torch.zeros(512, 12, dtype=torch.float64)
+    for r in range(512):
         if m[r] >= 0:
             want[r] = b[int(m[r])].double() @ a[r].double()
     close(c, want, torch.float32)
