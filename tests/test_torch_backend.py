@@ -139,7 +139,7 @@ def brute_logits(q, k, w, ks, ke, k_scale=None):
     return out
 
 
-def test_indexer_logits_causal_float():
+def test_indexer_logits_causal_float(budget):
     t, s, h, d = 6, 9, 3, 16
     q, k, w = torch.randn(t, h, d, generator=g(10)), torch.randn(s, d, generator=g(11)), torch.rand(t, h, generator=g(12))
     ks = torch.tensor([0, 0, 1, 2, 0, 3], dtype=torch.int32)
@@ -199,9 +199,18 @@ def test_blocked_indexer_topk_equals_logits_then_topk():
         assert all(a == pytest.approx(b, rel=1e-9) for a, b in zip(got, want))
 
 
+@pytest.fixture(params=["default", "one-row-blocks"])
+def budget(request, monkeypatch):
+    """Run a test with the default working set and with one query/sequence per block (block edges exercised)."""
+    if request.param == "one-row-blocks":
+        from dsport.backends.torch import policy
+        monkeypatch.setattr(policy, "WORKSET_BYTES", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("fmt", ["e4m3fn", "e4m3fnuz"])
 @pytest.mark.parametrize("bs", [1, 64])
-def test_index_cache_layout_and_paged_logits(fmt, bs):
+def test_index_cache_layout_and_paged_logits(fmt, bs, budget):
     nb = 6 if bs == 64 else 200
     keys = torch.randn(nb, bs, 128, generator=g(21)) * 3
     cache = tb.index_cache_pack(keys, fmt)
@@ -284,7 +293,7 @@ def test_sparse_prefill_non_contiguous_and_block_boundaries(monkeypatch):
 
 @pytest.mark.parametrize("bs", [1, 64])
 @pytest.mark.parametrize("fmt", ["e4m3fn", "e4m3fnuz", None])
-def test_sparse_mla_decode_paged(bs, fmt):
+def test_sparse_mla_decode_paged(bs, fmt, budget):
     b, sq, h, k = 2, 2, 4, 16
     nb = 3 if bs == 64 else 150
     lat = torch.randn(nb * bs, 576, generator=g(31)).to(torch.bfloat16)
@@ -335,7 +344,7 @@ def brute_dense(q, k, v, scale, limits):
 
 
 @pytest.mark.parametrize("t, s", [(5, 5), (3, 11), (1, 4)])
-def test_mla_prefill_dense_causal_with_prefix(t, s):
+def test_mla_prefill_dense_causal_with_prefix(t, s, budget):
     h = 3
     q, k, v = torch.randn(t, h, 24, generator=g(35)), torch.randn(s, h, 24, generator=g(36)), torch.randn(s, h, 16, generator=g(37))
     out, lse = tb.mla_prefill_dense(q, k, v, 0.2)
@@ -346,7 +355,7 @@ def test_mla_prefill_dense_causal_with_prefix(t, s):
 
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("bs", [1, 64])
-def test_mla_decode_dense_paged(causal, bs):
+def test_mla_decode_dense_paged(causal, bs, budget):
     b, sq, h, d, dv = 2, 2, 3, 40, 32
     nb, mb = (5, 2) if bs == 64 else (300, 100)
     cache = torch.randn(nb, bs, 1, d, generator=g(38))

@@ -93,17 +93,23 @@ def index_cache_unpack(cache: torch.Tensor, fmt: str | Fp8Format = "e4m3fn") -> 
 
 def indexer_logits_paged(q: torch.Tensor, k_cache: torch.Tensor, weights: torch.Tensor, block_table: torch.Tensor,
                          seqlens: torch.Tensor) -> torch.Tensor:
-    """Reads only the cache blocks named by block_table (never the whole pool)."""
+    """Reads only the cache blocks named by block_table (never the whole pool),
+    a few sequences at a time so the widened keys and [H, L] scores stay bounded."""
     b, h, d = q.shape
     nb, bs, _ = k_cache.shape
     mb = block_table.shape[1]
     out = torch.full((b, mb * bs), NEG_INF, dtype=torch.float32, device=q.device)
     if b == 0 or mb == 0 or nb == 0:
         return out
-    kb, sc = _split_blocks(k_cache[block_table.clamp(min=0).long()], q.dtype)   # [B, MB, BS, 128], [B, MB, BS]
-    keys = kb.reshape(b, mb * bs, d).float()
-    scores = torch.matmul(q.float(), keys.transpose(1, 2)).relu_()              # [B, H, L]
-    lg = torch.bmm(weights.float().unsqueeze(1), scores).squeeze(1) * sc.reshape(b, mb * bs)
     pos = torch.arange(mb * bs, device=q.device)
-    valid = (pos[None, :] < seqlens[:, None]) & (block_table >= 0).repeat_interleave(bs, 1)
-    return torch.where(valid, lg, out)
+    step = policy.rows_per_block(mb * bs * (4 * h + 4 * d + k_cache.shape[-1]))
+    for b0 in range(0, b, step):
+        bt = block_table[b0:b0 + step]
+        n = bt.shape[0]
+        kb, sc = _split_blocks(k_cache.index_select(0, bt.clamp(min=0).reshape(-1)).view(n, mb, bs, -1), q.dtype)
+        keys = kb.reshape(n, mb * bs, d).float()                                  # fp8 widens exactly
+        scores = torch.matmul(q[b0:b0 + n].float(), keys.transpose(1, 2)).relu_()  # [n, H, L]
+        lg = torch.bmm(weights[b0:b0 + n].float().unsqueeze(1), scores).squeeze(1) * sc.reshape(n, mb * bs)
+        valid = (pos[None, :] < seqlens[b0:b0 + n, None]) & (bt >= 0).repeat_interleave(bs, 1)
+        out[b0:b0 + n] = torch.where(valid, lg, out[b0:b0 + n])
+    return out
