@@ -465,3 +465,14 @@ def test_bad_input_gets_named_errors(call, op, arg):
     with pytest.raises(ValidationError) as e:
         call()
     assert (e.value.op, e.value.arg) == (op, arg)
+
+
+def test_topk_selects_in_window_minus_infinity_before_padding():
+    lg = torch.full((2, 10), float("-inf"))
+    lg[0, 8] = 1.0                                   # window [4, 10): one finite, five -inf entries
+    lg[1, 7] = float("nan")                          # NaN is reported (selected), never hidden
+    ks = torch.tensor([4, 5], dtype=torch.int32)
+    ke = torch.tensor([10, 9], dtype=torch.int32)
+    idx = tb.topk_select(lg, 4, ks, ke)
+    assert (idx[0] >= 0).all() and 8 in idx[0].tolist() and ((idx[0] >= 4) & (idx[0] < 10)).all()
+    assert sorted(idx[1].tolist()) == [5, 6, 7, 8]   # the whole 4-entry window: NaN and three -inf

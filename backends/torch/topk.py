@@ -17,9 +17,12 @@ def topk_window(logits: torch.Tensor, k: int, ks: torch.Tensor | None, ke: torch
     if ks is not None:
         pos = torch.arange(col0, col0 + w, device=logits.device)
         inside = (pos[None, :] >= ks[:, None]) & (pos[None, :] < ke[:, None])
-        logits = logits.masked_fill(~inside, float("-inf"))
-    # masked columns are -inf, so every finite in-window entry outranks them; a picked column outside the
-    # window means the row had fewer than k entries (or only -inf ones) and becomes -1 padding
+        # an in-window -inf must still outrank the masked columns: it becomes the lowest finite float (only
+        # positions are returned, so the substitute value never leaks out)
+        lowest = torch.finfo(logits.dtype).min
+        logits = torch.where(inside, logits.clamp(min=lowest), float("-inf"))
+    # every in-window entry now outranks the masked -inf columns; a picked column outside the window means
+    # the row had fewer than k entries in its window and becomes -1 padding
     idx = torch.topk(logits, kk, dim=-1, sorted=False).indices + col0
     if ks is not None:
         idx = torch.where((idx >= ks[:, None]) & (idx < ke[:, None]), idx, -1)
