@@ -476,3 +476,15 @@ def test_topk_selects_in_window_minus_infinity_before_padding():
     idx = tb.topk_select(lg, 4, ks, ke)
     assert (idx[0] >= 0).all() and 8 in idx[0].tolist() and ((idx[0] >= 4) & (idx[0] < 10)).all()
     assert sorted(idx[1].tolist()) == [5, 6, 7, 8]   # the whole 4-entry window: NaN and three -inf
+
+
+def test_fp8_decode_dequantizes_only_the_indexed_rows(monkeypatch):
+    from dsport.backends.torch import attention
+    seen = []
+    orig = attention.unpack_rows
+    monkeypatch.setattr(attention, "unpack_rows", lambda rows, fmt: (seen.append(rows.shape[:-1].numel()), orig(rows, fmt))[1])
+    nb, bs, b, k = 40, 64, 2, 8                                  # a pool of 2560 tokens, 2 x 8 picks
+    cache = tb.mla_cache_pack(torch.randn(nb * bs, 576, generator=g(60))).reshape(nb, bs, 1, 656)
+    idx = torch.randint(0, nb * bs, (b, 1, k), generator=g(61), dtype=torch.int32)
+    tb.sparse_mla_decode(torch.randn(b, 1, 2, 576, generator=g(62)).bfloat16(), cache, idx, 0.1, 512)
+    assert sum(seen) == b * k                                    # never the 2560-row pool
