@@ -488,3 +488,13 @@ def test_fp8_decode_dequantizes_only_the_indexed_rows(monkeypatch):
     idx = torch.randint(0, nb * bs, (b, 1, k), generator=g(61), dtype=torch.int32)
     tb.sparse_mla_decode(torch.randn(b, 1, 2, 576, generator=g(62)).bfloat16(), cache, idx, 0.1, 512)
     assert sum(seen) == b * k                                    # never the 2560-row pool
+
+
+def test_topk_ties_at_the_boundary_keep_the_lowest_positions_on_every_path():
+    row = torch.tensor([5.0, 3.0, 3.0, 3.0, 3.0, 1.0, 3.0, 3.0])
+    one = tb.topk_select(row[None, :6], 3, torch.tensor([0], dtype=torch.int32), torch.tensor([6], dtype=torch.int32))
+    assert sorted(one[0].tolist()) == [0, 1, 2]
+    # the same row inside a block with a wider window (decode row vs prefill block) picks the same keys
+    blk = torch.stack([row, torch.randn(8, generator=g(63))])
+    two = tb.topk_select(blk, 3, torch.tensor([0, 0], dtype=torch.int32), torch.tensor([6, 8], dtype=torch.int32))
+    assert sorted(two[0].tolist()) == [0, 1, 2]
