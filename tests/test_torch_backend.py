@@ -139,7 +139,7 @@ def brute_logits(q, k, w, ks, ke, k_scale=None):
     return out
 
 
-def test_indexer_logits_causal_float():
+def test_indexer_logits_causal_float(budget):
     t, s, h, d = 6, 9, 3, 16
     q, k, w = torch.randn(t, h, d, generator=g(10)), torch.randn(s, d, generator=g(11)), torch.rand(t, h, generator=g(12))
     ks = torch.tensor([0, 0, 1, 2, 0, 3], dtype=torch.int32)
@@ -199,9 +199,18 @@ def test_blocked_indexer_topk_equals_logits_then_topk():
         assert all(a == pytest.approx(b, rel=1e-9) for a, b in zip(got, want))
 
 
+@pytest.fixture(params=["default", "one-row-blocks"])
+def budget(request, monkeypatch):
+    """Run a test with the default working set and with one query/sequence per block (block edges exercised)."""
+    if request.param == "one-row-blocks":
+        from dsport.backends.torch import policy
+        monkeypatch.setattr(policy, "WORKSET_BYTES", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("fmt", ["e4m3fn", "e4m3fnuz"])
 @pytest.mark.parametrize("bs", [1, 64])
-def test_index_cache_layout_and_paged_logits(fmt, bs):
+def test_index_cache_layout_and_paged_logits(fmt, bs, budget):
     nb = 6 if bs == 64 else 200
     keys = torch.randn(nb, bs, 128, generator=g(21)) * 3
     cache = tb.index_cache_pack(keys, fmt)
@@ -284,7 +293,7 @@ def test_sparse_prefill_non_contiguous_and_block_boundaries(monkeypatch):
 
 @pytest.mark.parametrize("bs", [1, 64])
 @pytest.mark.parametrize("fmt", ["e4m3fn", "e4m3fnuz", None])
-def test_sparse_mla_decode_paged(bs, fmt):
+def test_sparse_mla_decode_paged(bs, fmt, budget):
     b, sq, h, k = 2, 2, 4, 16
     nb = 3 if bs == 64 else 150
     lat = torch.randn(nb * bs, 576, generator=g(31)).to(torch.bfloat16)
@@ -335,7 +344,7 @@ def brute_dense(q, k, v, scale, limits):
 
 
 @pytest.mark.parametrize("t, s", [(5, 5), (3, 11), (1, 4)])
-def test_mla_prefill_dense_causal_with_prefix(t, s):
+def test_mla_prefill_dense_causal_with_prefix(t, s, budget):
     h = 3
     q, k, v = torch.randn(t, h, 24, generator=g(35)), torch.randn(s, h, 24, generator=g(36)), torch.randn(s, h, 16, generator=g(37))
     out, lse = tb.mla_prefill_dense(q, k, v, 0.2)
@@ -346,7 +355,7 @@ def test_mla_prefill_dense_causal_with_prefix(t, s):
 
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("bs", [1, 64])
-def test_mla_decode_dense_paged(causal, bs):
+def test_mla_decode_dense_paged(causal, bs, budget):
     b, sq, h, d, dv = 2, 2, 3, 40, 32
     nb, mb = (5, 2) if bs == 64 else (300, 100)
     cache = torch.randn(nb, bs, 1, d, generator=g(38))
@@ -424,12 +433,12 @@ def test_moe_experts_paths(layout, monkeypatch):
 
 
 def test_grouped_gemm_contiguous_and_masked():
-    a, b = torch.randn(384, 24, generator=g(50)), torch.randn(4, 12, 24, generator=g(51))
-    m = torch.full((384,), -1, dtype=torch.int32)
-    m[:100], m[128:128 + 200], m[384 - 30:] = 0, 2, 3      # group 1 empty, padded segments
+    a, b = torch.randn(512, 24, generator=g(50)), torch.randn(4, 12, 24, generator=g(51))
+    m = torch.full((512,), -1, dtype=torch.int32)
+    m[:100], m[128:128 + 200], m[384:384 + 30] = 0, 2, 3      # group 1 empty, segments padded to 128-row tiles
     c = tb.moe_grouped_gemm_contiguous(a, b, m)
-    want = torch.zeros(384, 12, dtype=torch.float64)
-    for r in range(384):
+    want = torch.zeros(512, 12, dtype=torch.float64)
+    for r in range(512):
         if m[r] >= 0:
             want[r] = b[int(m[r])].double() @ a[r].double()
     close(c, want, torch.float32)
@@ -456,3 +465,36 @@ def test_bad_input_gets_named_errors(call, op, arg):
     with pytest.raises(ValidationError) as e:
         call()
     assert (e.value.op, e.value.arg) == (op, arg)
+
+
+def test_topk_selects_in_window_minus_infinity_before_padding():
+    lg = torch.full((2, 10), float("-inf"))
+    lg[0, 8] = 1.0                                   # window [4, 10): one finite, five -inf entries
+    lg[1, 7] = float("nan")                          # NaN is reported (selected), never hidden
+    ks = torch.tensor([4, 5], dtype=torch.int32)
+    ke = torch.tensor([10, 9], dtype=torch.int32)
+    idx = tb.topk_select(lg, 4, ks, ke)
+    assert (idx[0] >= 0).all() and 8 in idx[0].tolist() and ((idx[0] >= 4) & (idx[0] < 10)).all()
+    assert sorted(idx[1].tolist()) == [5, 6, 7, 8]   # the whole 4-entry window: NaN and three -inf
+
+
+def test_fp8_decode_dequantizes_only_the_indexed_rows(monkeypatch):
+    from dsport.backends.torch import attention
+    seen = []
+    orig = attention.unpack_rows
+    monkeypatch.setattr(attention, "unpack_rows", lambda rows, fmt: (seen.append(rows.shape[:-1].numel()), orig(rows, fmt))[1])
+    nb, bs, b, k = 40, 64, 2, 8                                  # a pool of 2560 tokens, 2 x 8 picks
+    cache = tb.mla_cache_pack(torch.randn(nb * bs, 576, generator=g(60))).reshape(nb, bs, 1, 656)
+    idx = torch.randint(0, nb * bs, (b, 1, k), generator=g(61), dtype=torch.int32)
+    tb.sparse_mla_decode(torch.randn(b, 1, 2, 576, generator=g(62)).bfloat16(), cache, idx, 0.1, 512)
+    assert sum(seen) == b * k                                    # never the 2560-row pool
+
+
+def test_topk_ties_at_the_boundary_keep_the_lowest_positions_on_every_path():
+    row = torch.tensor([5.0, 3.0, 3.0, 3.0, 3.0, 1.0, 3.0, 3.0])
+    one = tb.topk_select(row[None, :6], 3, torch.tensor([0], dtype=torch.int32), torch.tensor([6], dtype=torch.int32))
+    assert sorted(one[0].tolist()) == [0, 1, 2]
+    # the same row inside a block with a wider window (decode row vs prefill block) picks the same keys
+    blk = torch.stack([row, torch.randn(8, generator=g(63))])
+    two = tb.topk_select(blk, 3, torch.tensor([0, 0], dtype=torch.int32), torch.tensor([6, 8], dtype=torch.int32))
+    assert sorted(two[0].tolist()) == [0, 1, 2]

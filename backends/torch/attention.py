@@ -15,6 +15,25 @@ from dsport.core.fp8 import Fp8Format
 NEG_INF = float("-inf")
 
 
+def softmax_lse(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row softmax of fp32 scores (masked slots at -inf), in place of s where possible.
+
+    Returns (p, lse, max, empty). lse comes from the softmax itself: at the row max p = 1 / sum, so
+    lse = max - log(max p), exact to fp32 rounding (max p >= 1/L). This avoids a separate
+    exp(s - max) pass, which on x86 CPUs crawls through denormals for scores far below the max.
+    Rows with nothing valid (max = -inf) get p = 0, lse = -inf."""
+    m = s.amax(-1)
+    empty = torch.isneginf(m)
+    if bool(empty.any()):
+        s = s.masked_fill(empty.unsqueeze(-1), 0.0)
+    p = torch.softmax(s, dim=-1)
+    lse = m - p.amax(-1).log()
+    if bool(empty.any()):
+        p = p.masked_fill(empty.unsqueeze(-1), 0.0)
+        lse = lse.masked_fill(empty, NEG_INF)
+    return p, lse, m, empty
+
+
 def attend(q: torch.Tensor, kv: torch.Tensor, valid: torch.Tensor, sm_scale: float, d_v: int,
            mdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Masked softmax attention of n independent rows.
@@ -27,14 +46,8 @@ def attend(q: torch.Tensor, kv: torch.Tensor, valid: torch.Tensor, sm_scale: flo
     s = torch.matmul((q.float() * sm_scale).to(mdt), kvm.transpose(1, 2)).float()   # [n, H, L]
     if not bool(valid.all()):  # prefill indices are usually all valid: skip the masking pass then
         s.masked_fill_(~(valid.unsqueeze(1) if valid.dim() == 2 else valid), NEG_INF)
-    m = s.amax(-1)                                                              # [n, H]
-    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    p = s.sub_(m_safe.unsqueeze(-1)).exp_()                                     # in place; exp(-inf) = 0 when masked
-    denom = p.sum(-1)
+    p, lse, m, _ = softmax_lse(s)
     out = torch.matmul(p.to(mdt), kvm[..., :d_v]).float()
-    empty = denom == 0
-    out = out / torch.where(empty, torch.ones_like(denom), denom).unsqueeze(-1)
-    lse = torch.where(empty, torch.full_like(denom, NEG_INF), m_safe + denom.log())
     return out, lse, m
 
 
@@ -62,7 +75,7 @@ def sparse_mla_prefill(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor,
     for t0 in range(0, t, step):  # query blocks bound the gathered working set
         bi = idx[t0:t0 + step]
         valid = (bi >= 0) & (bi < s)
-        g = rows[torch.where(valid, bi, 0).long()]                             # [b, k, D]: only the named rows
+        g = rows.index_select(0, torch.where(valid, bi, 0).reshape(-1)).view(*bi.shape, d)   # only the named rows
         o, l, m = attend(q[t0:t0 + step], g, valid, sm_scale, d_v, mdt)
         out[t0:t0 + step], lse[t0:t0 + step], mx[t0:t0 + step] = o.to(q.dtype), l, m
     return out, lse, mx
@@ -85,7 +98,7 @@ def sparse_mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, indices: torch.Te
         for r0 in range(0, n, step):
             bi = idx[r0:r0 + step]
             valid = (bi >= 0) & (bi < nb * bs)
-            g = pool[torch.where(valid, bi, 0).long()]                         # gather first ...
+            g = pool.index_select(0, torch.where(valid, bi, 0).reshape(-1)).view(*bi.shape, w)  # gather first ...
             g = unpack_rows(g, fmt) if fp8 else g                               # ... then dequantize only those rows
             o, l, _ = attend(qf[r0:r0 + step], g, valid, sm_scale, d_v, mdt)
             out[r0:r0 + step], lse[r0:r0 + step] = o.to(q.dtype), l
@@ -109,16 +122,14 @@ def mla_prefill_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     for t0 in range(0, t, step):
         t1 = min(t, t0 + step)
         end = off + t1                                                          # keys this block can see
-        qb = q[t0:t1].transpose(0, 1).to(mdt)                                   # [H, b, D]
-        sc = torch.matmul(qb, kh[:, :end].transpose(1, 2)).float().mul_(sm_scale)
+        qb = (q[t0:t1].float() * sm_scale).transpose(0, 1).to(mdt)              # [H, b, D], scale folded into q
+        sc = torch.matmul(qb, kh[:, :end].transpose(1, 2)).float()
         pos_q = torch.arange(off + t0, off + t1, device=q.device)
         sc.masked_fill_(torch.arange(end, device=q.device)[None, None, :] > pos_q[None, :, None], NEG_INF)
-        m = sc.amax(-1, keepdim=True)
-        p = (sc - m).exp_()
-        denom = p.sum(-1, keepdim=True)
-        o = torch.matmul(p.to(mdt), vh[:, :end]).float() / denom
+        p, l, _, _ = softmax_lse(sc)                                           # every query sees key 0: no empty row
+        o = torch.matmul(p.to(mdt), vh[:, :end]).float()
         out[t0:t1] = o.transpose(0, 1).to(q.dtype)
-        lse[t0:t1] = (m + denom.log()).squeeze(-1).t()
+        lse[t0:t1] = l.t()
     return out, lse
 
 

@@ -14,17 +14,12 @@ from dsport.core.fp8 import UE8M0, Fp8Format, fp8_format
 NEG_INF = float("-inf")
 
 
-def _operands(q: torch.Tensor, k: torch.Tensor, k_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 q and k. FP8 values widen exactly; the per-key scale is applied to
-    the logits afterwards, as the FP8 kernels do (k_scale[s] outside the head sum)."""
-    return q.float(), k.float()
-
-
-def _block_logits(q32: torch.Tensor, k32: torch.Tensor, w32: torch.Tensor, lo: int, hi: int,
+def _block_logits(q: torch.Tensor, k32: torch.Tensor, w32: torch.Tensor, lo: int, hi: int,
                   k_scale: torch.Tensor | None) -> torch.Tensor:
     """[b, hi - lo] = sum_h w[t, h] * relu(q[t, h] . k[s]) (* k_scale[s]) for s in [lo, hi)."""
     kk = k32[lo:hi]
-    scores = torch.matmul(q32, kk.t()).relu_()                        # [b, H, W], fp32 accumulation
+    # FP8 values widen to fp32 exactly; k_scale multiplies the head sum afterwards, as the FP8 kernels do
+    scores = torch.matmul(q.float(), kk.t()).relu_()                  # [b, H, W], fp32 accumulation
     out = torch.bmm(w32.unsqueeze(1), scores).squeeze(1)              # head sum as a batched GEMV
     if k_scale is not None:
         out *= k_scale[lo:hi].float()
@@ -39,15 +34,14 @@ def _blocks(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, ks: torch.T
             k_scale: torch.Tensor | None, block: int | None):
     """Yield (t0, t1, lo, logits [t1 - t0, hi - lo]) with columns outside each row's window at -inf."""
     t, h, _ = q.shape
-    q32, k32 = _operands(q, k, k_scale)
-    w32 = weights.float()
+    k32, w32 = k.float(), weights.float()                             # O(S) and O(T * H); q widens per block
     step = _block_rows(h, k.shape[0], block)
     for t0 in range(0, t, step):  # a loop over query blocks, each a few large GEMMs
         t1 = min(t, t0 + step)
         bks, bke = ks[t0:t1], ke[t0:t1]
         lo, hi = int(bks.min()), int(bke.max())
         hi = max(hi, lo)
-        lg = _block_logits(q32[t0:t1], k32, w32[t0:t1], lo, hi, k_scale)
+        lg = _block_logits(q[t0:t1], k32, w32[t0:t1], lo, hi, k_scale)
         pos = torch.arange(lo, hi, device=q.device)
         lg.masked_fill_((pos[None, :] < bks[:, None]) | (pos[None, :] >= bke[:, None]), NEG_INF)
         yield t0, t1, lo, lg
@@ -99,17 +93,23 @@ def index_cache_unpack(cache: torch.Tensor, fmt: str | Fp8Format = "e4m3fn") -> 
 
 def indexer_logits_paged(q: torch.Tensor, k_cache: torch.Tensor, weights: torch.Tensor, block_table: torch.Tensor,
                          seqlens: torch.Tensor) -> torch.Tensor:
-    """Reads only the cache blocks named by block_table (never the whole pool)."""
+    """Reads only the cache blocks named by block_table (never the whole pool),
+    a few sequences at a time so the widened keys and [H, L] scores stay bounded."""
     b, h, d = q.shape
     nb, bs, _ = k_cache.shape
     mb = block_table.shape[1]
     out = torch.full((b, mb * bs), NEG_INF, dtype=torch.float32, device=q.device)
     if b == 0 or mb == 0 or nb == 0:
         return out
-    kb, sc = _split_blocks(k_cache[block_table.clamp(min=0).long()], q.dtype)   # [B, MB, BS, 128], [B, MB, BS]
-    keys = kb.reshape(b, mb * bs, d).float()
-    scores = torch.matmul(q.float(), keys.transpose(1, 2)).relu_()              # [B, H, L]
-    lg = torch.bmm(weights.float().unsqueeze(1), scores).squeeze(1) * sc.reshape(b, mb * bs)
     pos = torch.arange(mb * bs, device=q.device)
-    valid = (pos[None, :] < seqlens[:, None]) & (block_table >= 0).repeat_interleave(bs, 1)
-    return torch.where(valid, lg, out)
+    step = policy.rows_per_block(mb * bs * (4 * h + 4 * d + k_cache.shape[-1]))
+    for b0 in range(0, b, step):
+        bt = block_table[b0:b0 + step]
+        n = bt.shape[0]
+        kb, sc = _split_blocks(k_cache.index_select(0, bt.clamp(min=0).reshape(-1)).view(n, mb, bs, -1), q.dtype)
+        keys = kb.reshape(n, mb * bs, d).float()                                  # fp8 widens exactly
+        scores = torch.matmul(q[b0:b0 + n].float(), keys.transpose(1, 2)).relu_()  # [n, H, L]
+        lg = torch.bmm(weights[b0:b0 + n].float().unsqueeze(1), scores).squeeze(1) * sc.reshape(n, mb * bs)
+        valid = (pos[None, :] < seqlens[b0:b0 + n, None]) & (bt >= 0).repeat_interleave(bs, 1)
+        out[b0:b0 + n] = torch.where(valid, lg, out[b0:b0 + n])
+    return out

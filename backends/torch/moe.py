@@ -38,10 +38,6 @@ def moe_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
     return w * route_scale, ids.to(torch.int32)
 
 
-def _swiglu(h1: torch.Tensor, h3: torch.Tensor) -> torch.Tensor:
-    return F.silu(h1.float()) * h3.float()                                   # fp32 by contract
-
-
 def _sort_rows(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(flat (token, slot) positions sorted by expert, their expert ids); -1 slots dropped."""
     flat = ids.reshape(-1).long()
@@ -55,45 +51,59 @@ def moe_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: t
     t, d = x.shape
     kslots, e = ids.shape[1], w1.shape[0]
     mdt = policy.matmul_dtype(x.device, x.dtype)
-    y = torch.zeros((t, d), dtype=torch.float32, device=x.device)
     order, eid = _sort_rows(ids)
     if order.numel() == 0:
-        return y.to(x.dtype)
+        return torch.zeros((t, d), dtype=x.dtype, device=x.device)
     counts = torch.bincount(eid, minlength=e)
     active = counts.nonzero().squeeze(1)                                       # experts with tokens only
     n_act, m_max, rows = active.numel(), int(counts.max()), order.numel()
     tok = order // kslots
-    xs = x[tok].to(mdt)                                                         # contiguous layout: rows by expert
+    gate = weights.reshape(-1)[order].float()
+    # the routing weight scales the [rows, inter] activations before w2 (linear), not the wider [rows, dim] output
     if m_max * n_act <= PAD_WASTE * rows:
-        out = _masked_path(xs, eid, counts, active, m_max, w1, w3, w2, mdt)
-    else:
-        out = _segment_path(xs, counts[active].tolist(), active.tolist(), w1, w3, w2, mdt)
-    y.index_add_(0, tok, out.float() * weights.reshape(-1)[order].float().unsqueeze(1))
-    return y.to(x.dtype)
+        return _masked_path(x, tok, gate, eid, counts, active, m_max, w1, w3, w2, mdt)
+    return _segment_path(x, tok, gate, counts[active].tolist(), active.tolist(), w1, w3, w2, mdt)
 
 
-def _masked_path(xs, eid, counts, active, m_max, w1, w3, w2, mdt) -> torch.Tensor:
-    n_act = active.numel()
-    slot = torch.full((w1.shape[0],), -1, dtype=torch.long, device=xs.device)
-    slot[active] = torch.arange(n_act, device=xs.device)
+def _masked_path(x, tok, gate, eid, counts, active, m_max, w1, w3, w2, mdt) -> torch.Tensor:
+    t, d = x.shape
+    n_act, dev = active.numel(), x.device
+    slot = torch.full((w1.shape[0],), -1, dtype=torch.long, device=dev)
+    slot[active] = torch.arange(n_act, device=dev)
     starts = torch.cumsum(counts, 0) - counts
-    within = torch.arange(eid.numel(), device=xs.device) - starts[eid]          # row's rank inside its expert
-    g, r = slot[eid], within
-    a = xs.new_zeros((n_act, m_max, xs.shape[1]))
-    a[g, r] = xs
+    flat = slot[eid] * m_max + torch.arange(eid.numel(), device=dev) - starts[eid]   # row's place in [n_act, M_max]
+    # padding slots read and write a spare row t: one gather in, one index_add out, no zero-fill pass over the pad
+    src = torch.full((n_act * m_max,), t, dtype=torch.long, device=dev)
+    src[flat] = tok
+    g = torch.zeros(n_act * m_max, dtype=torch.float32, device=dev)
+    g[flat] = gate
+    xe = torch.cat((x.to(mdt), x.new_zeros((1, d), dtype=mdt)))
+    a = xe[src].view(n_act, m_max, d)
     # every expert busy (the common prefill case): use the weights as they are instead of gathering a copy
     pick = (lambda w: w) if n_act == w1.shape[0] else (lambda w: w[active])
     w1a, w3a, w2a = pick(w1).to(mdt), pick(w3).to(mdt), pick(w2).to(mdt)
-    h = _swiglu(torch.bmm(a, w1a.transpose(1, 2)), torch.bmm(a, w3a.transpose(1, 2))).to(mdt)
-    return torch.bmm(h, w2a.transpose(1, 2))[g, r]
+    h = _swiglu(torch.bmm(a, w1a.transpose(1, 2)), torch.bmm(a, w3a.transpose(1, 2)))
+    h.mul_(g.view(n_act, m_max, 1))
+    out = torch.bmm(h.to(mdt), w2a.transpose(1, 2)).view(n_act * m_max, d)
+    y = torch.zeros((t + 1, d), dtype=torch.float32, device=dev)              # top-k sums accumulate in fp32
+    y.index_add_(0, src, out.float())
+    return y[:t].to(x.dtype)
 
 
-def _segment_path(xs, sizes, experts, w1, w3, w2, mdt) -> torch.Tensor:
+def _swiglu(h1: torch.Tensor, h3: torch.Tensor) -> torch.Tensor:
+    h1 = h1.float()
+    return F.silu(h1, inplace=True).mul_(h3.float())                          # fp32 by contract; h1 is a fresh product
+
+
+def _segment_path(x, tok, gate, sizes, experts, w1, w3, w2, mdt) -> torch.Tensor:
+    xs = x[tok].to(mdt)                                                         # contiguous layout: rows by expert
     outs = []
-    for seg, ex in zip(torch.split(xs, sizes), experts):  # only experts that received tokens
-        h = _swiglu(seg @ w1[ex].to(mdt).t(), seg @ w3[ex].to(mdt).t()).to(mdt)
-        outs.append(h @ w2[ex].to(mdt).t())
-    return torch.cat(outs)
+    for seg, gs, ex in zip(torch.split(xs, sizes), torch.split(gate, sizes), experts):  # only experts with tokens
+        h = _swiglu(seg @ w1[ex].to(mdt).t(), seg @ w3[ex].to(mdt).t()).mul_(gs[:, None])
+        outs.append(h.to(mdt) @ w2[ex].to(mdt).t())
+    y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    y.index_add_(0, tok, torch.cat(outs).float())
+    return y.to(x.dtype)
 
 
 def moe_grouped_gemm_contiguous(a: torch.Tensor, b: torch.Tensor, m_indices: torch.Tensor) -> torch.Tensor:

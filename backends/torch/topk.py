@@ -17,10 +17,15 @@ def topk_window(logits: torch.Tensor, k: int, ks: torch.Tensor | None, ke: torch
     if ks is not None:
         pos = torch.arange(col0, col0 + w, device=logits.device)
         inside = (pos[None, :] >= ks[:, None]) & (pos[None, :] < ke[:, None])
-        logits = logits.masked_fill(~inside, float("-inf"))
-    # masked columns are -inf, so every finite in-window entry outranks them; a picked column outside the
-    # window means the row had fewer than k entries (or only -inf ones) and becomes -1 padding
-    idx = torch.topk(logits, kk, dim=-1, sorted=False).indices + col0
+        # an in-window -inf must still outrank the masked columns: it becomes the lowest finite float (only
+        # positions are returned, so the substitute value never leaks out)
+        lowest = torch.finfo(logits.dtype).min
+        logits = torch.where(inside, logits.clamp(min=lowest), float("-inf"))
+    # every in-window entry now outranks the masked -inf columns; a picked column outside the window means
+    # the row had fewer than k entries in its window and becomes -1 padding
+    vals, idx = torch.topk(logits, kk, dim=-1, sorted=False)
+    _lowest_index_on_ties(logits, vals, idx, kk)
+    idx = idx + col0
     if ks is not None:
         idx = torch.where((idx >= ks[:, None]) & (idx < ke[:, None]), idx, -1)
     out[:, :kk] = idx.to(torch.int32)
@@ -37,3 +42,23 @@ def topk_select(logits: torch.Tensor, k: int, ks: torch.Tensor | None = None,
     if hi <= lo:
         return torch.full((t, k), -1, dtype=torch.int32, device=logits.device)
     return topk_window(logits[:, lo:hi], k, ks, ke, col0=lo)
+
+
+def _lowest_index_on_ties(logits: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, kk: int) -> None:
+    """Where equal logits straddle the k-th place, keep the lowest positions among them (in place).
+
+    Any tied choice is correct, but a choice that depends on the row's length or the block it was
+    computed in would make decode (one row) and prefill (a block of rows) pick different keys for the
+    same logits; lowest-position-first is the same on every path. Only rows with such ties pay."""
+    thr = vals.amin(-1, keepdim=True)                                          # the k-th largest value
+    eq = logits == thr
+    n_gt = (logits > thr).sum(-1)
+    tied = ((n_gt + eq.sum(-1)) > kk) & torch.isfinite(thr.squeeze(-1))
+    if not bool(tied.any()):
+        return
+    rows = tied.nonzero().squeeze(1)
+    sub, t, e = logits[rows], thr[rows], eq[rows]
+    take = (sub > t) | (e & (e.cumsum(-1) <= (kk - n_gt[rows])[:, None]))   # exactly kk per row
+    w = logits.shape[-1]
+    pos = torch.arange(w, device=logits.device, dtype=torch.float64) / w        # ranks the taken set first, any order
+    idx[rows] = torch.topk(take.double() - pos, kk, dim=-1, sorted=False).indices
