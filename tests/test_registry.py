@@ -261,6 +261,6 @@ def test_capability_reasons_are_sentences_naming_value_and_limit():
 
 def test_dispatch_benchmark_runs(capsys):
     """A smoke run (timings are not asserted: this is a benchmark, not a timed test)."""
-    assert main(["bench", "dispatch", "--calls", "5", "--rounds", "1"]) == 0
+    assert main(["bench", "dispatch_call", "--calls", "5", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
     assert "table(validate=False)" in out and "torch.ops.dsport" in out and "null dequant" in out

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"prefill {args.decode_batch}x{args.tokens} tokens, decode batch {args.decode_batch}; best of {args.rounds}")
     for c in ("ops", "prefill (ms)", "decode step (ms)", "ratio vs direct (prefill / decode)", f"target <= {TARGET}"):
         table.add_column(c)
-    out: dict[str, Any] = {"benchmark": "dispatch_overhead", "rounds": args.rounds, "times_s": best}
+    out: dict[str, Any] = {"benchmark": "dispatch_layer", "rounds": args.rounds, "times_s": best}
     for name, t in best.items():
         rp, rd = t["prefill"] / best[direct]["prefill"], t["decode"] / best[direct]["decode"]
         verdict = "" if name == direct or "info" in name else ("pass" if max(rp, rd) <= TARGET else "miss")
