@@ -8,7 +8,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
-EXTRAS ?= test,triton,tilelang,onnx,plot
+EXTRAS ?= test,triton,tilelang,plot
 BIN    := $(VENV)/bin
 
 .PHONY: setup conformance test clean

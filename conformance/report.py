@@ -65,14 +65,14 @@ def environment(backends: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _clean(x: Any) -> Any:
+def strict_json(x: Any) -> Any:
     """Strict JSON: non-finite floats become strings ('inf', 'nan')."""
     if isinstance(x, float) and not math.isfinite(x):
         return repr(x)
     if isinstance(x, Mapping):
-        return {str(k): _clean(v) for k, v in x.items()}
+        return {str(k): strict_json(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [strict_json(v) for v in x]
     return x
 
 
@@ -88,7 +88,7 @@ def build_document(rows: Iterable[Mapping[str, Any]], backends: Mapping[str, Any
            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "command": command, "case_set": case_set, "environments": [env], "results": results}
     doc["summary"] = summary(results)
-    return _clean(doc)
+    return strict_json(doc)
 
 
 def summary(results: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

@@ -108,3 +108,13 @@ def format_for_arch(arch: str) -> Fp8Format:
         if arch in f.archs:
             return f
     raise ValidationError("fp8", "arch", f"one of {[a for f in FP8_FORMATS.values() for a in f.archs]}", repr(arch))
+
+
+def quantize_groups(x: torch.Tensor, block: int, fmt: Fp8Format, scale_fmt: ScaleFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """act_quant's contract, once: per contiguous group of ``block`` along the
+    last dim, s = scale(amax) and y = cast(clamp(x / s)), all in float32 (the
+    arithmetic every kernel uses), so any device gives the same bits."""
+    g = x.float().reshape(*x.shape[:-1], x.shape[-1] // block, block)
+    s = scale_fmt.scale(g.abs().amax(dim=-1), fmt)
+    y = fmt.cast(g / s.unsqueeze(-1))
+    return y.reshape(x.shape), s

@@ -10,7 +10,7 @@ import torch
 
 import dsport
 from dsport.backends.reference.indexer import indexer_weights, quantize_indexer_inputs
-from dsport.core.errors import ValidationError
+from named_errors import check_named_error
 
 ref = dsport.resolve("reference")
 NEG_INF = float("-inf")
@@ -427,11 +427,7 @@ Q, K, W, KS, KE = torch.randn(2, 3, 16), torch.randn(5, 16), torch.randn(2, 3), 
     (lambda: ref.topk_select(torch.randn(5), 2), "topk_select", "logits", "rank 2"),
 ])
 def test_error_names_op_and_argument(call, op, arg, fragment):
-    with pytest.raises(ValidationError) as e:
-        call()
-    assert (e.value.op, e.value.arg) == (op, arg)
-    msg = str(e.value)
-    assert msg.startswith(f"{op}: argument '{arg}': expected") and fragment in msg and "got" in msg
+    check_named_error(call, op, arg, fragment)
 
 
 @pytest.mark.parametrize("call, op, arg, fragment", [
@@ -442,4 +438,4 @@ def test_error_names_op_and_argument(call, op, arg, fragment):
     (lambda: quantize_indexer_inputs(Q, K, W, fmt="e5m2"), "quantize_indexer_inputs", "fmt", "e4m3fn"),
 ])
 def test_helper_error_names_op_and_argument(call, op, arg, fragment):
-    test_error_names_op_and_argument(call, op, arg, fragment)
+    check_named_error(call, op, arg, fragment)

@@ -9,7 +9,7 @@ import torch
 
 import dsport
 from dsport.backends.reference.moe import contiguous_layout, masked_layout
-from dsport.core.errors import ValidationError
+from named_errors import check_named_error
 
 ref = dsport.resolve("reference")
 MOE_OPS = ("moe_gate", "moe_experts", "moe_grouped_gemm_contiguous", "moe_grouped_gemm_masked")
@@ -361,11 +361,7 @@ def _mixed_tile():
     (lambda: masked_layout(torch.tensor([[1], [1], [1]]), 4, 2), "masked_layout", "m_max", "expert 1 has 3 rows"),
 ])
 def test_error_names_op_and_argument(call, op, arg, fragment):
-    with pytest.raises(ValidationError) as e:
-        call()
-    assert (e.value.op, e.value.arg) == (op, arg)
-    msg = str(e.value)
-    assert msg.startswith(f"{op}: argument '{arg}': expected") and fragment in msg and "got" in msg
+    check_named_error(call, op, arg, fragment)
 
 
 def test_every_quick_case_validates_and_every_tag_is_used():

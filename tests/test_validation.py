@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import dsport
-from dsport.core.errors import ValidationError
+from named_errors import check_named_error
 
 ref = dsport.resolve("reference")
 
@@ -22,8 +22,4 @@ ref = dsport.resolve("reference")
     (lambda: ref.act_quant(torch.randn(2, 128), blok=128), "act_quant", "(call)", "signature"),
 ])
 def test_error_names_op_and_argument(call, op, arg, fragment):
-    with pytest.raises(ValidationError) as e:
-        call()
-    assert (e.value.op, e.value.arg) == (op, arg)
-    msg = str(e.value)
-    assert msg.startswith(f"{op}: argument '{arg}': expected") and fragment in msg and "got" in msg
+    check_named_error(call, op, arg, fragment)

@@ -6,17 +6,12 @@ from __future__ import annotations
 
 import torch
 
-from dsport.core.fp8 import Fp8Format, ScaleFormat, fp8_format, scale_format
+from dsport.core.fp8 import Fp8Format, ScaleFormat, fp8_format, quantize_groups, scale_format
 
 
 def act_quant(x: torch.Tensor, block: int = 128, fmt: str | Fp8Format = "e4m3fn",
               scale_fmt: str | ScaleFormat = "ue8m0") -> tuple[torch.Tensor, torch.Tensor]:
-    f, sf = fp8_format(fmt, "act_quant"), scale_format(scale_fmt, "act_quant")
-    # scale arithmetic in fp32 by contract (dsport.core.fp8): the same ops as the reference, so bit-exact
-    g = x.float().reshape(*x.shape[:-1], x.shape[-1] // block, block)
-    s = sf.scale(g.abs().amax(dim=-1), f)
-    y = f.cast(g / s.unsqueeze(-1))
-    return y.reshape(x.shape), s
+    return quantize_groups(x, block, fp8_format(fmt, "act_quant"), scale_format(scale_fmt, "act_quant"))
 
 
 def dequant(y: torch.Tensor, s: torch.Tensor, block: int = 128) -> torch.Tensor:

@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from dsport.conformance.report import device_info
+from dsport.conformance.report import device_info, strict_json
 from dsport.conformance.schema import errors as _schema_errors
 
 SCHEMA_NAME = "dsport-profile"
@@ -44,16 +44,6 @@ def validate(doc: Any) -> None:
         raise ValueError("profile report breaks schema v1:\n  " + "\n  ".join(errs[:20]))
 
 
-def _clean(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return repr(x)
-    if isinstance(x, Mapping):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
 def machine_env(roof: Mapping[str, Any], scale: Mapping[str, Any], check_scale: Mapping[str, Any],
                 timing: Mapping[str, Any]) -> dict[str, Any]:
     import platform
@@ -82,7 +72,7 @@ def build_document(rows: Sequence[Mapping[str, Any]], env: Mapping[str, Any], co
     doc = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION,
            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "command": command, "environments": [dict(env)], "results": results, "summary": summary(results)}
-    doc = _clean(doc)
+    doc = strict_json(doc)
     validate(doc)
     return doc
 
