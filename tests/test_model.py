@@ -163,3 +163,14 @@ def test_model_conformance_rows_plug_into_the_report(ckpt, tmp_path):
     (row,) = doc["results"]
     assert (row["op"], row["verdict"], row["metric"]) == ("(model)", "pass", "model")
     assert row["metrics"]["ops_checked"] > 50 and "--model" in row["reproduce"]
+
+
+def test_model_tokens_benchmark_runs(tmp_path):
+    import json
+
+    from dsport.core.cli import main
+
+    out = tmp_path / "b.json"
+    assert main(["bench", "--json", str(out), "model_tokens", "--backends", "torch", "--prompt", "70", "--decode", "2"]) == 0
+    got = json.loads(out.read_text())["backends"]["torch"]
+    assert got["served_by"] == {"torch": 24} and got["prefill_tokens_per_s"] > 0 and got["decode_tokens_per_s"] > 0
