@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 ENV_MARK = "DSPORT_MODEL_ENV_APPLIED"
+DECODE_STEPS = 16
+# the median step: a near-tied expert or top-k key may flip on one step (see core/model/compare.py)
+MIN_DECODE_MEDIAN = 0.999
 
 
 def _row(backend: str, case: str, verdict: str, reason: str, metrics: dict[str, Any], seconds: float | None,
@@ -95,16 +98,25 @@ def _main(job_path: str) -> int:
             Path(job["out"]).write_text(json.dumps(row, default=str))
             return 0
         f = rep.first_failure
+        from dsport.core.model import Model
+        from dsport.core.model.compare import decode_consistency
+
+        # decode through the caches must equal a re-prefill (16 steps, as a serving loop would)
+        cos = decode_consistency(Model.from_pretrained(job["checkpoint"], ops=ops, dtype=torch.float32), tokens, DECODE_STEPS)[0]
         metrics = {"logits_cosine_median": rep.logits_cosine_median, "logits_cosine_min": rep.logits_cosine_min,
                    "top1_agreement": rep.top1_agreement, "ops_checked": rep.ops_checked, "precision": rep.precision,
-                   "fallback_from": borrowed, "served_by": ops.served_by}
+                   "fallback_from": borrowed, "served_by": ops.served_by, "decode_steps": DECODE_STEPS,
+                   "decode_vs_reprefill_cos_median": cos.median().item(), "decode_vs_reprefill_cos_min": cos.min().item()}
         if f is not None:
             metrics["first_failure"] = {"layer": f.layer, "op": f.op, "call": f.index, "metrics": f.metrics}
         why = (f"layer {f.layer}, op {f.op} (call {f.index}): {f.reason}" if f is not None
                else f"every op call within tolerance; median logits cosine {rep.logits_cosine_median:.5f}")
+        decode_ok = cos.median().item() >= MIN_DECODE_MEDIAN
+        why += f"; {DECODE_STEPS} decode steps vs re-prefill: median cosine {cos.median().item():.5f}"
         if borrowed:
             why += f"; ops without a {backend} kernel ran on {', '.join(borrowed)}"
-        row = _row(backend, case, rep.verdict, why, metrics, time.perf_counter() - t0, given)
+        verdict = rep.verdict if decode_ok else "fail"
+        row = _row(backend, case, verdict, why, metrics, time.perf_counter() - t0, given)
     Path(job["out"]).write_text(json.dumps(row, default=str))
     return 0
 

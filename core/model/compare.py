@@ -45,6 +45,26 @@ class ModelReport:
 
 
 
+def decode_consistency(model: Model, prompt: torch.Tensor, steps: int = 16) -> torch.Tensor:
+    """Prefill ``prompt`` [B, S], then ``steps`` greedy decode steps through the
+    caches, then re-prefill all the tokens from scratch; returns the cosine
+    of each decode step's logits with the re-prefill's at the same position
+    ([B, steps]). Both paths must agree: caches, positions and top-k
+    selection in decode are the same computation as in prefill."""
+    bsz, n = prompt.shape
+    model.reset(bsz, n + steps)
+    tokens = prompt
+    nxt = model(prompt)[:, -1].argmax(-1, keepdim=True)
+    stepwise = []
+    for i in range(steps):
+        tokens = torch.cat([tokens, nxt], dim=1)
+        row = model(nxt, n + i)[:, -1]
+        stepwise.append(row)
+        nxt = row.argmax(-1, keepdim=True)
+    full = model(tokens)[:, n:]  # start_pos 0: everything recomputed, caches rebuilt
+    return torch.nn.functional.cosine_similarity(torch.stack(stepwise, 1).double(), full.double(), dim=-1)
+
+
 def compare(ckpt: str | Path, backend: str | OpTable, tokens: torch.Tensor, dtype: torch.dtype = torch.float32) -> ModelReport:
     """Run ``tokens`` [B, S] through ``backend`` (in ``dtype``) and through the
     float64 reference; judge logits and every op call."""
