@@ -10,7 +10,6 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "backends": ("dsport.core.cli_backends", "list backends, their availability and why"),
     "ops": ("dsport.core.cli_ops", "the op catalogue, printed from the op specs"),
-    "selfcheck": ("dsport.core.cli_selfcheck", "run the reference on every op's cases and check each output against its spec"),
     "bench": ("dsport.core.cli_bench", "run one benchmark (ratios measured in one run)"),
     "conformance": ("dsport.core.cli_conformance", "check backends against the float64 reference, case by case; 'merge' joins reports"),
     "profile": ("dsport.core.cli_profile", "per-op time, FLOP/s, GB/s and share of the roofline per backend, behind an accuracy gate; decoder-layer cost per context"),
