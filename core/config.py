@@ -119,10 +119,11 @@ def backend_names() -> list[str]:
     return list(discover())
 
 
-def _backend(key: str, v: Any, names: Sequence[str]) -> str:
+def _choice(key: str, v: Any, valid: Sequence[str]) -> str:
+    """A string that must be one of ``valid`` (backend names, policies, dtypes, formats)."""
     v = _str(key, v)
-    if v not in names:
-        raise _unknown(key, v, names)
+    if v not in valid:
+        raise _unknown(key, v, valid)
     return v
 
 
@@ -139,7 +140,7 @@ def from_mapping(data: Mapping[str, Any], base: Config | None = None, origin: st
     names = backend_names()
     kw: dict[str, Any] = {"origin": origin if cfg.origin == "defaults" else f"{cfg.origin} < {origin}"}
     if "backend" in data:
-        kw["backend"] = _backend("backend", data["backend"], names)
+        kw["backend"] = _choice("backend", data["backend"], names)
     if "ops" in data:
         ops = data["ops"] or {}
         if not isinstance(ops, Mapping):
@@ -149,18 +150,15 @@ def from_mapping(data: Mapping[str, Any], base: Config | None = None, origin: st
         for op, b in ops.items():
             if op not in valid_ops:
                 raise _unknown("ops: op", op, valid_ops)
-            merged[op] = _backend(f"ops.{op}", b, names)
+            merged[op] = _choice(f"ops.{op}", b, names)
         kw["ops"] = merged
     if "fallback" in data:
-        v = _str("fallback", data["fallback"])
-        if v not in POLICIES:
-            raise _unknown("fallback", v, POLICIES)
-        kw["fallback"] = v
+        kw["fallback"] = _choice("fallback", data["fallback"], POLICIES)
     if "fallback_chain" in data:
         chain = data["fallback_chain"]
         if not isinstance(chain, (list, tuple)):
             raise ConfigError(f"fallback_chain: expected a list of backend names, got {type(chain).__name__} {chain!r}")
-        kw["fallback_chain"] = tuple(_backend("fallback_chain", b, names) for b in chain)
+        kw["fallback_chain"] = tuple(_choice("fallback_chain", b, names) for b in chain)
     if "device" in data:
         v = _str("device", data["device"])
         try:
@@ -169,10 +167,7 @@ def from_mapping(data: Mapping[str, Any], base: Config | None = None, origin: st
             raise ConfigError(f"device: expected a torch device string (cpu, cuda, cuda:1, ...), got {v!r}: {e}") from None
         kw["device"] = v
     if "dtype" in data:
-        v = _str("dtype", data["dtype"]).removeprefix("torch.")
-        if v not in DTYPES:
-            raise _unknown("dtype", v, DTYPES)
-        kw["dtype"] = v
+        kw["dtype"] = _choice("dtype", _str("dtype", data["dtype"]).removeprefix("torch."), DTYPES)
     if "arch" in data:
         kw["arch"] = _str("arch", data["arch"])
     if "fp8" in data:
@@ -183,15 +178,9 @@ def from_mapping(data: Mapping[str, Any], base: Config | None = None, origin: st
             if k not in FP8_KEYS:
                 raise _unknown("fp8: key", k, FP8_KEYS)
         if "format" in fp8:
-            v = _str("fp8.format", fp8["format"])
-            if v not in FP8_FORMATS:
-                raise _unknown("fp8.format", v, FP8_FORMATS)
-            kw["fp8_format"] = v
+            kw["fp8_format"] = _choice("fp8.format", fp8["format"], list(FP8_FORMATS))
         if "scale" in fp8:
-            v = _str("fp8.scale", fp8["scale"])
-            if v not in SCALE_FORMATS:
-                raise _unknown("fp8.scale", v, SCALE_FORMATS)
-            kw["scale_format"] = v
+            kw["scale_format"] = _choice("fp8.scale", fp8["scale"], list(SCALE_FORMATS))
     return replace(cfg, **kw)
 
 
