@@ -74,7 +74,8 @@ class LayerNorm(nn.Module):
 
 @dataclass
 class Batch:
-    """Where the new tokens sit: positions [B, S] and the cache capacity per sequence."""
+    """Where the new tokens sit: their positions (flattened [B * S]) and their
+    rows in a cache laid out as [B * capacity], computed once per forward."""
 
     start: int
     length: int
@@ -82,18 +83,16 @@ class Batch:
     capacity: int
     freqs: torch.Tensor
     positions: torch.Tensor = field(init=False)
+    rows: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.positions = torch.arange(self.start, self.start + self.length, device=self.freqs.device).repeat(self.batch)
+        dev = self.freqs.device
+        self.positions = torch.arange(self.start, self.start + self.length, device=dev).repeat(self.batch)
+        self.rows = torch.arange(self.batch, device=dev).repeat_interleave(self.length) * self.capacity + self.positions
 
     @property
     def end(self) -> int:
         return self.start + self.length
-
-    def global_rows(self) -> torch.Tensor:
-        """Row of each new token in a cache laid out as [B * capacity]."""
-        b = torch.arange(self.batch, device=self.freqs.device).repeat_interleave(self.length)
-        return b * self.capacity + self.positions
 
 
 class Indexer(nn.Module):
@@ -127,8 +126,8 @@ class Indexer(nn.Module):
         k = self.ops.hadamard(self._rope_first(self.k_norm(self.wk(x)).view(-1, 1, d), b))[:, 0]
         q8, qs = ops.act_quant(q, FP8_BLOCK, WEIGHT_FMT, cfg.scale_fmt)
         k8, ks = ops.act_quant(k, FP8_BLOCK, WEIGHT_FMT, cfg.scale_fmt)
-        self.k_cache.view(-1, d)[b.global_rows()] = k8
-        self.k_scale.view(-1)[b.global_rows()] = ks[:, 0]
+        self.k_cache.view(-1, d)[b.rows] = k8
+        self.k_scale.view(-1)[b.rows] = ks[:, 0]
         # all constant factors folded into the per-head weights, as the FP8 kernels expect
         w = self.weights_proj(x).float() * h ** -0.5 * d ** -0.5 * qs[..., 0]
         picks = []
@@ -188,7 +187,7 @@ class MLA(nn.Module):
         kv = self.kv_a_layernorm(kv)
         k_pe = ops.rope(k_pe.unsqueeze(1), b.positions, b.freqs, True)[:, 0]
         flat = self.kv_cache.view(-1, 1, self.kv_cache.shape[-1])
-        flat[b.global_rows(), 0] = torch.cat([kv, k_pe], dim=-1).to(flat.dtype)
+        flat[b.rows, 0] = torch.cat([kv, k_pe], dim=-1).to(flat.dtype)
 
         wkv_b = self.wkv_b().to(x.dtype)
         q_abs = torch.einsum("thd,hdc->thc", q_nope, wkv_b[:, : cfg.qk_nope_head_dim])

@@ -61,6 +61,7 @@ class CheckedOps:
             self.checks.append(OpCheck(self.layer, name, self._counts[key] - 1, j.ok, j.reason, j.metrics))
             return out
 
+        self.__dict__[name] = checked  # built once: later lookups find it without __getattr__
         return checked
 
     def watch(self, model: torch.nn.Module) -> None:
