@@ -12,8 +12,19 @@ nothing is known about whether it compiles, so it is neither built nor failed).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+
+# Most shared memory / LDS one block may use: H100/H200 opt-in 227 KiB,
+# MI350 (gfx950) 160 KiB, MI300 (gfx942) 64 KiB. Beyond it a kernel builds but cannot launch.
+SHARED_LIMIT = {"sm_90a": 232448, "gfx950": 163840, "gfx942": 65536}
+
+
+class ToolchainMissing(Exception):
+    """A piece of a build toolchain (compiler, headers, libraries) is not on
+    this machine: the kernel is not at fault, so its build is ``source``."""
 
 
 @dataclass
@@ -26,7 +37,7 @@ class KernelBuild:
     artifact: str | None = None       # path of the cubin / code object / source
     registers: int | None = None      # per thread (VGPRs on AMD)
     spills: int | None = None         # bytes (NVIDIA) or spilled registers (AMD)
-    shared_bytes: int | None = None   # static shared memory / LDS
+    shared_bytes: int | None = None   # shared memory / LDS per block (static + dynamic)
     matrix_instr: str | None = None   # the tensor-core instruction family expected (wgmma, mfma)
     matrix_found: bool | None = None  # whether it appears in the generated code
     hot: bool = False                 # a hot kernel: spills or a missing matrix instr are findings
@@ -42,9 +53,31 @@ class KernelBuild:
             out.append(f"spills {self.spills}")
         if self.matrix_instr and self.matrix_found is False:
             out.append(f"no {self.matrix_instr} instruction")
+        limit = SHARED_LIMIT.get(self.target)
+        if limit and self.shared_bytes and self.shared_bytes > limit:
+            out.append(f"shared memory {self.shared_bytes} B > {limit} B on {self.target}: cannot launch")
         return out
+
+    def read_amdgcn(self, asm: str) -> None:
+        """Fill registers, spills, LDS and the mfma check from an AMDGCN kernel's
+        assembly (the code-object metadata clang writes into it)."""
+        def num(key: str) -> int:
+            m = re.search(rf"\.{key}:\s+(\d+)", asm)
+            return int(m.group(1)) if m else 0
+
+        self.registers, self.spills = num("vgpr_count"), num("vgpr_spill_count")
+        scratch = re.search(r"; ScratchSize: (\d+)", asm)
+        mfma = len(re.findall(r"^\s*v_mfma_", asm, re.M))
+        self.extra.update(agprs=num("agpr_count"), sgprs=num("sgpr_count"), sgpr_spills=num("sgpr_spill_count"),
+                          scratch_bytes=int(scratch.group(1)) if scratch else None,
+                          static_lds=num("group_segment_fixed_size"), mfma_count=mfma)
+        if self.extra["sgpr_spills"]:
+            self.detail = "; ".join(x for x in (self.detail, f"{self.extra['sgpr_spills']} SGPRs spilled to VGPR lanes") if x)
+        if self.matrix_instr:
+            self.matrix_found = mfma > 0
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["findings"] = self.findings
         return d
+

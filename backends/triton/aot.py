@@ -40,9 +40,6 @@ log = logging.getLogger(__name__)
 
 TARGETS: tuple[str, ...] = ("sm_90a", "gfx950", "gfx942")
 MATRIX_INSTR = {"cuda": "wgmma", "hip": "mfma"}
-# Most shared memory / LDS one block may use: H100/H200 opt-in 227 KiB,
-# MI350 (gfx950) 160 KiB, MI300 (gfx942) 64 KiB. Beyond it a kernel builds but cannot launch.
-SHARED_LIMIT = {"sm_90a": 232448, "gfx950": 163840, "gfx942": 65536}
 TL_FP8 = {torch.float8_e4m3fn: "fp8e4nv", torch.float8_e4m3fnuz: "fp8e4b8"}
 
 
@@ -130,18 +127,6 @@ def _sass_has_gmma(cubin: bytes, workdir: Path) -> bool | None:
     return "GMMA" in sass
 
 
-def _amd_usage(amdgcn: str) -> dict[str, Any]:
-    def num(key: str) -> int | None:
-        m = re.search(rf"\.{key}:\s+(\d+)", amdgcn)
-        return int(m.group(1)) if m else None
-
-    scratch = re.search(r"; ScratchSize: (\d+)", amdgcn)
-    return {"registers": num("vgpr_count"), "agprs": num("agpr_count"), "sgprs": num("sgpr_count"),
-            "vgpr_spills": num("vgpr_spill_count") or 0, "sgpr_spills": num("sgpr_spill_count") or 0,
-            "scratch_bytes": int(scratch.group(1)) if scratch else None,
-            "static_lds": num("group_segment_fixed_size") or 0}
-
-
 def build_one(spec: AotSpec, target: str, out_dir: Path, backend: str = "triton") -> KernelBuild:
     import triton
     from triton import knobs
@@ -186,17 +171,7 @@ def build_one(spec: AotSpec, target: str, out_dir: Path, backend: str = "triton"
                 rec.extra.update(wgmma_in_ptx=in_ptx, gmma_in_sass=in_sass)
         else:
             rec.artifact = str(kdir / f"{spec.name}.hsaco")
-            use = _amd_usage(k.asm["amdgcn"])
-            rec.registers, rec.spills = use["registers"], use["vgpr_spills"]
-            rec.extra.update({k2: v for k2, v in use.items() if k2 not in ("registers", "vgpr_spills")})
-            if use["sgpr_spills"]:
-                rec.detail = f"{use['sgpr_spills']} SGPRs spilled to VGPR lanes"
-            if spec.matrix:
-                rec.matrix_found = "v_mfma" in k.asm["amdgcn"]
-                rec.extra["mfma_count"] = k.asm["amdgcn"].count("v_mfma")
-    limit = SHARED_LIMIT[target]
-    if rec.shared_bytes > limit:
-        rec.detail = "; ".join(x for x in (rec.detail, f"shared memory {rec.shared_bytes} B > {limit} B on {target}: cannot launch") if x)
+            rec.read_amdgcn(k.asm["amdgcn"])
     return rec
 
 
