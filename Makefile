@@ -4,7 +4,8 @@
 # CPU build that lies on disk on CPU-only machines, so that installing dsport
 # (which only asks for torch>=2.4) never pulls a multi-GB CUDA build. On a GPU
 # machine pass TORCH='torch==X.Y.Z' for the build you want, or VENV=... to
-# reuse an environment that already has torch.
+# reuse an environment that already has torch. With the tilelang extra it also
+# assembles the header-only ROCm tree the gfx builds compile against.
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
@@ -17,6 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"
+	$(if $(findstring tilelang,$(EXTRAS)),$(BIN)/dsport hip-headers)
 	touch $@
 
 setup: $(VENV)/.installed

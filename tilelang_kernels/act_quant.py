@@ -53,6 +53,6 @@ def program(p: Profile, N: int | None = None, dtype: str = "bfloat16", fmt: str 
     return act_quant
 
 
-def build_configs() -> list[dict[str, Any]]:
-    """Shapes lowered for the AOT build: the hidden size and the indexer's 128."""
-    return [dict(N=7168, dtype="bfloat16", fmt="e4m3fn", scale_fmt="ue8m0")]
+def build_configs(fp8: str) -> list[dict[str, Any]]:
+    """Shapes lowered for the AOT build, in the target's FP8 format: the hidden size."""
+    return [dict(N=7168, dtype="bfloat16", fmt=fp8, scale_fmt="ue8m0")]

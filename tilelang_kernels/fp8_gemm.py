@@ -62,6 +62,6 @@ def program(p: Profile, N: int | None = None, K: int | None = None, fmt: str = "
     return fp8_gemm
 
 
-def build_configs() -> list[dict[str, Any]]:
-    """wq_b-like (N = 24576 = 128 heads x 192, K = 1536) and wkv_a-like shapes."""
-    return [dict(N=24576, K=1536, fmt="e4m3fn"), dict(N=576, K=7168, fmt="e4m3fn")]
+def build_configs(fp8: str) -> list[dict[str, Any]]:
+    """wq_b-like (N = 24576 = 128 heads x 192, K = 1536) and wkv_a-like shapes, in the target's FP8 format."""
+    return [dict(N=24576, K=1536, fmt=fp8), dict(N=576, K=7168, fmt=fp8)]

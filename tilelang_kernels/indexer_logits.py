@@ -78,6 +78,6 @@ def program(p: Profile, H: int, D: int, dtype: str = "bfloat16", stages: int = 2
     return indexer_logits
 
 
-def build_configs() -> list[dict[str, Any]]:
-    """V3.2's indexer: 64 heads of 128 dims, fp8 (e4m3fn) on the serving path."""
-    return [dict(H=64, D=128, dtype="e4m3fn"), dict(H=64, D=128, dtype="bfloat16")]
+def build_configs(fp8: str) -> list[dict[str, Any]]:
+    """V3.2's indexer: 64 heads of 128 dims, in the target's FP8 format (the serving path) and bf16."""
+    return [dict(H=64, D=128, dtype=fp8), dict(H=64, D=128, dtype="bfloat16")]

@@ -43,6 +43,7 @@ TARGETS: dict[str, dict[str, Any]] = {
     # name -> (TileLang dialect module, TVM target config)
     "c": {"dialect": "tilelang.cpu.language", "target": "c"},
     "sm_90a": {"dialect": "tilelang.cuda.language", "target": {"kind": "cuda", "arch": "sm_90a"}},
+    "gfx942": {"dialect": "tilelang.rocm.language", "target": {"kind": "hip", "mcpu": "gfx942"}},
     "gfx950": {"dialect": "tilelang.rocm.language", "target": {"kind": "hip", "mcpu": "gfx950"}},
 }
 
@@ -51,7 +52,7 @@ TARGETS: dict[str, dict[str, Any]] = {
 class Profile:
     """What a kernel body needs to know about the target it is lowered for."""
 
-    name: str  # "c", "sm_90a" or "gfx950"
+    name: str  # a key of TARGETS
 
     @property
     def gpu(self) -> bool:

@@ -2,9 +2,9 @@
 
 Here (no GPU) the kernels execute on CPU through TileLang's ``c`` target,
 compiled once per static configuration and cached; ``build(target, out_dir)``
-lowers the same tile programs for sm_90a (compiled to cubins with nvcc) and
-gfx950 (HIP source, compiled where a gfx950-capable clang and HIP headers are
-present) without executing them.
+lowers the same tile programs for sm_90a (cubins, with nvcc) and for gfx942 and
+gfx950 (code objects, with the HIP toolchain of :mod:`.hip`; gfx950 needs a
+ROCm >= 6.3 tree) without executing them.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dsport.backends.tilelang.capabilities import CAPABILITIES
 from dsport.backends.tilelang.ops import OPS
 
 NAME = "tilelang"
-DESCRIPTION = "TileLang tile programs (dsport/tilelang_kernels) run on CPU via the c target; built for sm_90a and gfx950"
+DESCRIPTION = "TileLang tile programs (dsport/tilelang_kernels) run on CPU via the c target; built for sm_90a, gfx942 and gfx950"
 PRECISION = ("fp32 accumulation; bf16/fp8 storage converted bit-exactly; fp8 GEMM partial sums promoted per 128; "
              "attention probabilities rounded to bf16 before the value GEMM, as on the GPU")
 

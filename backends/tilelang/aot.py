@@ -1,14 +1,19 @@
 """Ahead-of-time builds of the TileLang kernels for GPUs that are not here.
 
-For each kernel and each of its ``build_configs()``, the tile program is
-lowered under the target's TVM context (no GPU needed) and its device source
-written out. For ``sm_90a`` the CUDA source is compiled with the machine's
-nvcc to a cubin, whose registers / spills / static shared memory are read back
-with cuobjdump (dynamic shared memory, which TileLang sizes at lowering, comes
-from the lowered function's ``dyn_shared_memory_buf``) and whose SASS is
-searched for GMMA (wgmma) instructions. For ``gfx950`` the HIP source is
-emitted and handed to a clang that knows gfx950 (the one inside the
-``ziglang`` wheel); it is reported ``built`` only if a code object comes out.
+For each kernel and each of its ``build_configs(fp8)`` (the FP8 element
+format the target computes in), the tile program is lowered under the
+target's TVM context (no GPU needed) and its device source written out.
+
+* ``sm_90a``: the CUDA source is compiled with the machine's nvcc to a cubin,
+  whose registers / spills / static shared memory are read back with cuobjdump
+  (dynamic shared memory, which TileLang sizes at lowering, comes from the
+  lowered function's ``dyn_shared_memory_buf``) and whose SASS is searched for
+  GMMA (wgmma) instructions.
+* ``gfx942`` / ``gfx950``: the HIP source is compiled and linked to a code
+  object with the toolchain of :mod:`.hip` (ziglang's clang, a ROCm tree);
+  registers, spills and mfma come from the AMDGCN assembly. When a piece of
+  that toolchain is missing (gfx950 needs ROCm >= 6.3 headers) the record says
+  ``source`` and names the piece.
 """
 from __future__ import annotations
 
@@ -22,16 +27,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dsport.core.build import KernelBuild
+from dsport.backends.tilelang import hip
+from dsport.core.build import KernelBuild, ToolchainMissing
+from dsport.core.fp8 import format_for_arch
 from dsport.tilelang_kernels import KERNELS
 from dsport.tilelang_kernels.target import PROFILES
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("sm_90a", "gfx950")
+TARGETS = ("sm_90a", "gfx942", "gfx950")
 # Kernels whose hot loop is a tensor-core GEMM: a missing matrix instruction is a finding.
 MATRIX_KERNELS = {"fp8_gemm", "indexer_logits", "sparse_mla_prefill"}
-MATRIX_INSTR = {"sm_90a": "wgmma", "gfx950": "mfma"}
+MATRIX_INSTR = {"sm_90a": "wgmma", "gfx942": "mfma", "gfx950": "mfma"}
 
 
 def _tilelang_paths() -> tuple[Path, Path]:
@@ -50,16 +57,6 @@ def _tool(name: str) -> str | None:
         import triton
 
         cand = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
-        return str(cand) if cand.exists() else None
-    except ImportError:
-        return None
-
-
-def _zig() -> str | None:
-    try:
-        import ziglang
-
-        cand = Path(ziglang.__file__).parent / "zig"
         return str(cand) if cand.exists() else None
     except ImportError:
         return None
@@ -95,45 +92,34 @@ def _cuda_resources(cubin: Path) -> dict[str, int]:
             "local": int(m.group(4)), "gmma": len(re.findall(r"\b[HQIB]GMMA\.", sass))}
 
 
-def _build_sm90a(name: str, src_path: Path, out_dir: Path) -> tuple[Path | None, str]:
+def _build_sm90a(name: str, src_path: Path, out_dir: Path, rec: KernelBuild) -> Path:
     nvcc = shutil.which("nvcc")
     if nvcc is None:
-        return None, "nvcc not found on PATH"
+        raise ToolchainMissing("nvcc not found on PATH")
     inc, cutlass = _tilelang_paths()
     cubin = out_dir / f"{name}.cubin"
-    cmd = [nvcc, "--cubin", "-O3", "-std=c++20", "-arch=sm_90a", "-w", f"-I{inc}", f"-I{cutlass}",
-           "-o", str(cubin), str(src_path)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        return None, f"nvcc failed: {_tail(r.stderr)}"
-    return cubin, ""
+    subprocess.run([nvcc, "--cubin", "-O3", "-std=c++20", "-arch=sm_90a", "-w", f"-I{inc}", f"-I{cutlass}",
+                    "-o", str(cubin), str(src_path)], capture_output=True, text=True, check=True)
+    res = _cuda_resources(cubin)
+    if res:
+        # LOCAL is per-thread local memory: register spills (no kernel here uses local arrays)
+        rec.registers, rec.spills = res["registers"], res["local"]
+        rec.shared_bytes = res["static_shared"] + rec.extra.get("dyn_shared", 0)
+        rec.extra.update(res, compiler=f"nvcc ({nvcc})")
+        if rec.matrix_instr:
+            rec.matrix_found = res["gmma"] > 0
+    return cubin
 
 
-def _build_gfx950(name: str, src_path: Path, out_dir: Path) -> tuple[Path | None, str]:
-    zig = _zig()
-    if zig is None:
-        return None, "no clang that knows gfx950 (install the ziglang package)"
+def _build_amd(name: str, src_path: Path, out_dir: Path, rec: KernelBuild) -> Path:
+    tc = hip.toolchain(rec.target)
     inc, _ = _tilelang_paths()
-    obj = out_dir / f"{name}.gfx950.o"
-    cmd = [zig, "clang", "-x", "hip", "--offload-arch=gfx950", "--cuda-device-only", "-nogpulib", "-O3",
-           "-std=c++17", f"-I{inc}", "-c", "-o", str(obj), str(src_path)]
-    rocm = os.environ.get("ROCM_PATH")
-    if rocm:
-        cmd.insert(2, f"--rocm-path={rocm}")
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        hint = " (the HIP headers: set ROCM_PATH to a ROCm >= 6.3 install)" if "HIP runtime" in r.stderr else ""
-        return None, f"clang {_clang_version(zig)} from ziglang failed: {_tail(r.stderr)}{hint}"
-    return obj, ""
-
-
-TOOLCHAIN_MISSING = "cannot find HIP runtime"
-
-
-def _clang_version(zig: str) -> str:
-    r = subprocess.run([zig, "clang", "--version"], capture_output=True, text=True)
-    m = re.search(r"clang version (\S+)", r.stdout)
-    return m.group(1) if m else "?"
+    obj, asm = hip.compile_hip(tc, src_path, rec.target, [inc], out_dir / f"{name}.{rec.target}.hsaco")
+    rec.read_amdgcn(asm)
+    # TileLang stages tiles in dynamic LDS, sized at lowering; the metadata counts only static LDS
+    rec.shared_bytes = rec.extra["static_lds"] + rec.extra.get("dyn_shared", 0)
+    rec.extra.update(tc.describe())
+    return obj
 
 
 def _tail(text: str, n: int = 300) -> str:
@@ -149,14 +135,16 @@ def build(target: str, out_dir: str | os.PathLike, kernels: tuple[str, ...] = KE
         raise ConfigError(f"target: the tilelang backend builds for {list(TARGETS)}, not '{target}'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    fp8 = format_for_arch(target).name
+    lang, compile_ = ("CUDA", _build_sm90a) if target == "sm_90a" else ("HIP", _build_amd)
     records: list[KernelBuild] = []
     for kernel in kernels:
         mod = importlib.import_module(f"dsport.tilelang_kernels.{kernel}")
-        for i, cfg in enumerate(mod.build_configs()):
+        for i, cfg in enumerate(mod.build_configs(fp8)):
             name = f"{kernel}_{i}"
             rec = KernelBuild(backend="tilelang", kernel=name, ops=tuple(mod.OPS), target=target, status="failed",
                               matrix_instr=MATRIX_INSTR[target] if kernel in MATRIX_KERNELS else None,
-                              hot=kernel in MATRIX_KERNELS, extra={"config": dict(cfg)})
+                              hot=kernel in MATRIX_KERNELS, extra={"config": dict(cfg), "fp8": fp8})
             records.append(rec)
             try:
                 src, attrs = lower(kernel, target, cfg)
@@ -168,28 +156,18 @@ def build(target: str, out_dir: str | os.PathLike, kernels: tuple[str, ...] = KE
             src_path.write_text(src)
             rec.extra.update(attrs, source=str(src_path))
             if rec.matrix_instr:
-                # what the lowering emitted; for sm_90a the cubin's SASS decides below
+                # what the lowering emitted; the compiled code decides below when there is some
                 rec.matrix_found = rec.matrix_instr in src
-            if target == "sm_90a":
-                art, err = _build_sm90a(name, src_path, out)
-            else:
-                art, err = _build_gfx950(name, src_path, out)
-            if art is None:
-                rec.artifact = str(src_path)
-                rec.detail = f"{'CUDA' if target == 'sm_90a' else 'HIP'} source emitted, not compiled: {err}"
+            try:
+                rec.artifact = str(compile_(name, src_path, out, rec))
+                rec.status = "built"
+            except ToolchainMissing as e:
                 # a missing toolchain says nothing about the kernel: not a failed build
-                rec.status = "source" if TOOLCHAIN_MISSING in err else "failed"
-                continue
-            rec.status, rec.artifact = "built", str(art)
-            if target == "sm_90a":
-                res = _cuda_resources(art)
-                if res:
-                    # LOCAL is per-thread local memory: register spills (no kernel here uses local arrays)
-                    rec.registers, rec.spills = res["registers"], res["local"]
-                    rec.shared_bytes = res["static_shared"] + attrs.get("dyn_shared", 0)
-                    rec.extra.update(res)
-                    if rec.matrix_instr:
-                        rec.matrix_found = res["gmma"] > 0
+                rec.status, rec.artifact = "source", str(src_path)
+                rec.detail = f"{lang} source emitted, not compiled: {e}"
+            except subprocess.CalledProcessError as e:
+                rec.artifact = str(src_path)
+                rec.detail = f"{lang} source emitted; the compiler rejected it: {_tail(e.stderr or '')}"
     return records
 
 

@@ -2,7 +2,7 @@
 with the reason (the resolver may then fall back, visibly, to another backend).
 
 The limits come from the tile programs, not from the CPU they execute on
-here: the same program is the one lowered for sm_90a and gfx950.
+here: the same program is the one lowered for sm_90a, gfx942 and gfx950.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dsport.core.capabilities import Capability
 
 FP8 = ("e4m3fn", "e4m3fnuz")
 CPU = ("cpu",)  # executed through TileLang's c target; GPU targets are built, not run
-ARCHS = ("sm_90a", "gfx950")
+ARCHS = ("sm_90a", "gfx942", "gfx950")
 
 CAPABILITIES: dict[str, Capability] = {
     "act_quant": Capability(dtypes=(torch.bfloat16, torch.float32), fp8_formats=FP8, scale_formats=("fp32", "ue8m0"),
