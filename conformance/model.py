@@ -69,7 +69,7 @@ def _main(job_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
     backend, case = job["backend"], job["case"]
     mod = load_backend(backend)
-    env = {k: str(v) for k, v in (getattr(mod, "ENV", None) or {}).items()}
+    env = dict(mod.env)
     if env and any(os.environ.get(k) != v for k, v in env.items()) and not os.environ.get(ENV_MARK):
         os.execve(sys.executable, [sys.executable, "-m", "dsport.conformance.model", job_path], {**os.environ, **env, ENV_MARK: "1"})
     ok, reason = mod.available()

@@ -40,18 +40,18 @@ def _active(config: pytest.Config) -> bool:
 
 
 def _load(name: str | None, module: str | None) -> Any:
-    import importlib
-
     if module:
-        mod = importlib.import_module(module)
+        from dsport.core.backend import import_backend
+
+        mod = import_backend(module)
     else:
         from dsport.core.registry import load_backend
 
         mod = load_backend(name)  # type: ignore[arg-type]
-    missing = {k: v for k, v in (getattr(mod, "ENV", None) or {}).items() if os.environ.get(k) != str(v)}
+    missing = {k: v for k, v in mod.env.items() if os.environ.get(k) != v}
     if missing:
         env = " ".join(f"{k}={v}" for k, v in missing.items())
-        raise pytest.UsageError(f"backend {getattr(mod, 'NAME', name or module)} must be imported with {env} set; run: {env} pytest ...")
+        raise pytest.UsageError(f"backend {mod.name} must be imported with {env} set; run: {env} pytest ...")
     return mod
 
 
@@ -73,7 +73,7 @@ class ConformanceItem(pytest.Item):
         ok, reason = self.backend.available()
         if not ok:
             pytest.skip(f"backend unavailable: {reason}")
-        name = getattr(self.backend, "NAME", "?")
+        name = self.backend.name
         row = run_case(self.backend, dict(reference.OPS), self.op, self.case, is_reference=name == "reference")
         v = row["verdict"]
         if v in ("skip", "unsupported"):
@@ -81,7 +81,7 @@ class ConformanceItem(pytest.Item):
         if v == "crash":
             raise RuntimeError(f"{self.op}/{self.case}: {row['reason']}\n{row['metrics'].get('traceback', '')}")
         if v != "pass":
-            repro = reproduce_command(name, self.op, self.case, getattr(self.backend, "__name__", None)
+            repro = reproduce_command(name, self.op, self.case, self.backend.module.__name__
                                       if name not in _registered() else None)
             pytest.fail(f"{self.op}/{self.case} on {name}: {row['reason']}\nmetrics: {row['metrics']}\n"
                         f"tolerance: {row['tolerance']}\nseed: {row['seed']}\nreproduce: {repro}", pytrace=False)
@@ -110,7 +110,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     targets = [(n, None) for n in config.getoption("--dsport-backend")] + [(None, m) for m in config.getoption("--dsport-backend-module")]
     for name, module in targets:
         mod = _load(name, module)
-        label = getattr(mod, "NAME", name or module)
+        label = mod.name
         for op, case in pairs:
             items.append(ConformanceItem.from_parent(suite, name=f"{op}[{label}-{case}]", backend=mod, op=op, case=case))
 

@@ -19,8 +19,8 @@ from xml.etree import ElementTree as ET
 SCHEMA_NAME = "dsport-conformance"
 SCHEMA_VERSION = 1
 # worst first: a cell shows its worst verdict's colour
-SEVERITY = ("crash", "timeout", "fail", "pass", "built", "unsupported", "skip")
-STYLE = {"crash": "bold red", "timeout": "bold magenta", "fail": "red", "pass": "green", "built": "cyan",
+SEVERITY = ("crash", "timeout", "fail", "pass", "contract", "built", "unsupported", "skip")
+STYLE = {"crash": "bold red", "timeout": "bold magenta", "fail": "red", "pass": "green", "contract": "blue", "built": "cyan",
          "unsupported": "yellow", "skip": "dim"}
 FAILING = ("fail", "crash", "timeout")
 
@@ -190,7 +190,9 @@ def backend_seconds(doc: Mapping[str, Any]) -> dict[str, float]:
 # -- JUnit --------------------------------------------------------------------------------
 def junit_xml(doc: Mapping[str, Any]) -> str:
     """One testsuite per backend (and machine); fail -> failure, crash/timeout -> error,
-    skip/unsupported/built -> skipped (built did not execute, so it is not a pass)."""
+    skip/unsupported/built -> skipped (built did not execute, so it is not a pass);
+    contract -> a passed testcase carrying the property verdict=contract (the
+    adapter ran against a contract model, not the vendor library)."""
     root = ET.Element("testsuites", name="dsport.conformance")
     multi = len({r.get("machine") for r in doc["results"]}) > 1
     suites: dict[str, ET.Element] = {}
@@ -215,6 +217,8 @@ def junit_xml(doc: Mapping[str, Any]) -> str:
         elif v in ("skip", "unsupported", "built"):
             s.attrib["skipped"] = str(int(s.attrib["skipped"]) + 1)
             ET.SubElement(tc, "skipped", message=f"{v}: {r.get('reason', '')}")
+        elif v == "contract":
+            ET.SubElement(ET.SubElement(tc, "properties"), "property", name="verdict", value="contract")
     return ET.tostring(root, encoding="unicode", xml_declaration=True)
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-VERDICTS = ("pass", "fail", "built", "skip", "unsupported", "crash", "timeout")
+VERDICTS = ("pass", "fail", "contract", "built", "skip", "unsupported", "crash", "timeout")
 FAILING = ("fail", "crash", "timeout")
 
 

@@ -7,18 +7,16 @@ original stdout. Anything the backend prints goes to stderr, so it cannot
 corrupt the stream. If the process dies or hangs, the parent knows from the
 last ``start`` line which case did it (see :mod:`dsport.conformance.runner`).
 
-A backend module may declare ``ENV = {"VAR": "value"}``: variables that must
-be set before it is imported (the Triton backend needs TRITON_INTERPRET=1 on a
-machine without a GPU). The worker re-executes itself once with them set.
-
-A backend that runs slowly here (an interpreter, a CPU compile per shape) may
-declare ``QUICK_TAGS``: in the quick set it then runs only the cases carrying
-one of those tags, and every other case is reported as ``skip`` with that
-reason, never silently dropped. ``--full`` or naming cases runs them all.
+The backend is read through the contract (:mod:`dsport.core.backend`): its
+``ENV`` is applied by re-executing the worker once with the variables set;
+with ``QUICK_TAGS`` only the quick cases carrying one of those tags run and
+every other one is reported ``skip`` with that reason (``--full`` or naming
+cases runs them all); a backend that is unavailable here but defines
+``contract_ops`` runs those adapters against their contract models, and a
+passing case is reported ``contract``, never ``pass``.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -26,16 +24,22 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from types import ModuleType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+from dsport.core.backend import CONTRACT
+
+if TYPE_CHECKING:
+    from dsport.core.backend import BackendModule
 
 log = logging.getLogger(__name__)
 ENV_MARK = "DSPORT_CONFORMANCE_ENV_APPLIED"
 
 
-def load(job: dict[str, Any]) -> ModuleType:
+def load(job: dict[str, Any]) -> BackendModule:
     if job.get("backend_module"):
-        return importlib.import_module(job["backend_module"])
+        from dsport.core.backend import import_backend
+
+        return import_backend(job["backend_module"])
     from dsport.core.registry import load_backend
 
     return load_backend(job["backend"])
@@ -120,9 +124,12 @@ def _unlink(path: str) -> None:
         pass
 
 
-def run_case(mod: ModuleType, ref_ops: dict[str, Callable[..., Any]], op: str, case_id: str,
-             is_reference: bool = False, ref_cache: str | None = None, case_set: str | None = None) -> dict[str, Any]:
-    """Run and judge one case in this process; returns a result row (no reproduce/machine fields)."""
+def run_case(mod: BackendModule, ref_ops: dict[str, Callable[..., Any]], op: str, case_id: str,
+             is_reference: bool = False, ref_cache: str | None = None, case_set: str | None = None,
+             contract: bool = False) -> dict[str, Any]:
+    """Run and judge one case in this process; returns a result row (no reproduce/machine fields).
+    With ``contract`` the backend's ``contract_ops`` run instead of ``OPS`` and a pass is ``contract``."""
+
     from dsport.conformance.metrics import judge
     from dsport.core.capabilities import query_of
     from dsport.core.spec import specs
@@ -142,17 +149,16 @@ def run_case(mod: ModuleType, ref_ops: dict[str, Callable[..., Any]], op: str, c
         return {**row, "verdict": v, "reason": reason, "metrics": extra.get("metrics", {}),
                 "tolerance": extra.get("tolerance", {}), "seconds": extra.get("seconds")}
 
-    impl = getattr(mod, "OPS", {}).get(op)
+    ops = contract_table(mod) if contract else mod.ops
+    impl = ops.get(op)
     if impl is None:
-        return verdict("unsupported", "not implemented by this backend")
-    quick_tags = set(getattr(mod, "QUICK_TAGS", ()) or ())
+        return verdict("unsupported", "not implemented by this backend" + (" (no contract model)" if contract else ""))
+    quick_tags = mod.quick_tags
     if case_set == "quick" and quick_tags and not quick_tags & case.tags:
         return verdict("skip", f"outside this backend's quick set here (cases tagged {sorted(quick_tags)}); --full runs it")
-    cap = getattr(mod, "CAPABILITIES", {}).get(op)
-    if cap is not None:
-        reasons = cap.reasons(q)
-        if reasons:
-            return verdict("unsupported", "; ".join(reasons))
+    reasons = mod.refusal(op, q, ops)
+    if reasons:
+        return verdict("unsupported", "; ".join(reasons))
     if op not in ref_ops:
         return verdict("skip", f"no reference implementation of {op} yet: nothing to judge against")
     try:
@@ -169,10 +175,24 @@ def run_case(mod: ModuleType, ref_ops: dict[str, Callable[..., Any]], op: str, c
         return verdict("crash", f"raised {type(e).__name__}: {e}", metrics={"traceback": tb}, seconds=time.perf_counter() - t0)
     seconds = time.perf_counter() - t0
     j = judge(spec, bound, dims, outs, refs, check_dtypes=not is_reference)
-    return verdict("pass" if j.ok else "fail", j.reason, metrics=j.metrics, tolerance=j.tolerance, seconds=seconds)
+    passed = CONTRACT if contract else "pass"
+    return verdict(passed if j.ok else "fail", j.reason, metrics=j.metrics, tolerance=j.tolerance, seconds=seconds)
 
 
-def build_rows(mod: ModuleType, backend: str, target: str, out_dir: str) -> list[dict[str, Any]]:
+_CONTRACT_TABLES: dict[int, dict[str, Callable[..., Any]]] = {}
+
+
+def contract_table(mod: BackendModule) -> dict[str, Callable[..., Any]]:
+    """The backend's contract-model op table, built once per process."""
+    if mod.contract_ops is None:
+        return {}
+    key = id(mod.module)
+    if key not in _CONTRACT_TABLES:
+        _CONTRACT_TABLES[key] = dict(mod.contract_ops())
+    return _CONTRACT_TABLES[key]
+
+
+def build_rows(mod: BackendModule, backend: str, target: str, out_dir: str) -> list[dict[str, Any]]:
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.perf_counter()
     builds = mod.build(target, out_dir)
@@ -214,19 +234,21 @@ def main(argv: list[str] | None = None) -> int:
         _emit(proto, event="ready", available=False, broken=not missing, name=job.get("backend"),
               reason=f"import failed: {type(e).__name__}: {e}")
         return 0
-    env = {k: str(v) for k, v in (getattr(mod, "ENV", None) or {}).items()}
+    env = dict(mod.env)
     if env and any(os.environ.get(k) != v for k, v in env.items()) and not os.environ.get(ENV_MARK):
         proto.flush()
         os.dup2(proto.fileno(), 1)
         os.execve(sys.executable, [sys.executable, "-m", "dsport.conformance.worker", *argv], {**os.environ, **env, ENV_MARK: "1"})
-    name = getattr(mod, "NAME", job.get("backend"))
-    try:
-        ok, reason = mod.available()
-    except Exception as e:
-        ok, reason = False, f"available() raised {type(e).__name__}: {e}"
-    _emit(proto, event="ready", available=bool(ok), name=name, reason=reason, ops=sorted(getattr(mod, "OPS", {})),
-          targets=list(getattr(mod, "TARGETS", ()) or ()), env=env)
-    if not ok:
+    name = mod.name
+    ok, reason = mod.available()
+    # unavailable here, but its adapters can be checked against contract models (never for builds)
+    contract = not ok and mod.contract_ops is not None and not job.get("build")
+    if contract:
+        reason = f"{reason}; adapters run against contract models (verdict 'contract')"
+    ops = contract_table(mod) if contract else mod.ops
+    _emit(proto, event="ready", available=ok or contract, name=name, reason=reason, ops=sorted(ops),
+          targets=list(mod.targets), env=env, mode=CONTRACT if contract else "run")
+    if not (ok or contract):
         return 0
     if job.get("build"):
         for target in job["build"]["targets"]:
@@ -241,11 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     from dsport.backends import reference
 
     ref_ops = dict(reference.OPS)
-    is_reference = mod is reference or name == "reference"
+    is_reference = mod.module is reference or name == "reference"
     for op, case_id in job["items"]:
         _emit(proto, event="start", op=op, case=case_id)
         try:
-            row = run_case(mod, ref_ops, op, case_id, is_reference, job.get("ref_cache"), job.get("case_set"))
+            row = run_case(mod, ref_ops, op, case_id, is_reference, job.get("ref_cache"), job.get("case_set"), contract)
         except Exception as e:  # a harness-side failure on one case must not end the run
             row = {"op": op, "case": case_id, "verdict": "crash", "reason": f"harness error {type(e).__name__}: {e}",
                    "metrics": {"traceback": traceback.format_exc(limit=-4)}}

@@ -1,6 +1,7 @@
 """``dsport backends``: every known backend (built-in and plugin), whether it
 runs here, and why. ``--explain`` resolves a config and prints, per op, what
-serves it and why each other candidate was rejected."""
+serves it and why each other candidate was rejected. ``--contract`` prints
+the backend contract (every hook a backend module may define) as Markdown."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +18,7 @@ from dsport.core.registry import discover, load, plan
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--explain", action="store_true", help="per op: which backend serves it and why the others were rejected")
+    p.add_argument("--contract", action="store_true", help="print the backend contract (every hook, its default, its meaning) as Markdown")
     add_config_arguments(p)
 
 
@@ -61,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
     # A pipe or a test has no terminal width; wide enough that reasons stay on one line.
     console = Console() if sys.stdout.isatty() else Console(width=240)
     try:
+        if args.contract:
+            from dsport.core.backend import contract_markdown
+
+            print(contract_markdown())
+            return 0
         if args.explain:
             return explain(console, args)
         list_backends(console)

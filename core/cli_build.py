@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     mod = load_backend(args.backend)
-    targets = tuple(getattr(mod, "TARGETS", ()))
-    if not hasattr(mod, "build") or not targets:
+    targets = mod.targets
+    if not mod.can_build:
         raise ConfigError(f"backend: '{args.backend}' has no ahead-of-time build (no TARGETS/build())")
     if args.target not in targets:
         raise ConfigError(f"target: '{args.target}' is not a target of backend '{args.backend}'; valid: {list(targets)}")

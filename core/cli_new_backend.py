@@ -127,66 +127,27 @@ def render(name: str) -> dict[str, str]:
             }
             '''),
         "tests/test_conformance.py": textwrap.dedent(f'''\
-            """'{name}' against the float reference on every op's quick cases.
-
-            A plain comparison: exact ops bit for bit, the rest with allclose at a
-            tolerance set by the output dtype. Ops absent from '{name}' or from the
-            reference are skipped with the reason."""
+            """'{name}' against the float reference on every op's quick cases,
+            judged by dsport's conformance harness (the same metrics and
+            tolerance table as `dsport conformance`). Ops absent from '{name}',
+            or outside its declared capabilities, are skipped with the reason."""
             import pytest
-            import torch
 
-            import dsport
+            from dsport.backends import reference
+            from dsport.conformance.worker import run_case
+            from dsport.core.backend import import_backend
             from dsport.core.spec import specs
 
-            NAME = "{name}"
-            # Only this backend: no chain, so an op it lacks is absent, not borrowed.
-            TABLE = dsport.resolve({{"backend": NAME, "fallback": "fallback", "fallback_chain": []}})
-            REF = dsport.resolve("reference")
+            BACKEND = import_backend("{pkg}")
             CASES = [(op, c) for op, s in specs().items() for c in s.cases() if "quick" in c.tags]
-            # Index selections with ties have more than one right answer; a plain
-            # comparison cannot judge them.
-            SELECTION = ("topk", "routing")
-            TOL = {{torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 1e-2}}
-
-
-            def _same(got, want, exact):
-                if got.shape != want.shape:
-                    return f"shape {{tuple(got.shape)}} != {{tuple(want.shape)}}"
-                if got.dtype.itemsize == 1 and not got.dtype.is_floating_point or got.dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz):
-                    ok = torch.equal(got.view(torch.uint8), want.view(torch.uint8)) if got.dtype == want.dtype else False
-                    return None if ok else f"bits differ ({{got.dtype}} vs {{want.dtype}})"
-                if not got.dtype.is_floating_point:
-                    return None if torch.equal(got, want.to(got.dtype)) else "integers differ"
-                g, w = got.double(), want.double()
-                # NaN and inf are part of the contract: they must appear where the reference has them.
-                if not torch.equal(g.isnan(), w.isnan()):
-                    return f"NaN at different places ({{int(g.isnan().sum())}} vs {{int(w.isnan().sum())}})"
-                if not torch.equal(torch.where(g.isinf(), g, 0.0), torch.where(w.isinf(), w, 0.0)):
-                    return "inf at different places or with different signs"
-                g, w = g.nan_to_num(0.0, 0.0, 0.0), w.nan_to_num(0.0, 0.0, 0.0)
-                if exact:
-                    return None if torch.equal(g, w) else f"max abs diff {{(g - w).abs().max().item()}} (exact op)"
-                tol = TOL.get(got.dtype, 1e-4)
-                return None if torch.allclose(g, w, rtol=tol, atol=tol) else f"max abs diff {{(g - w).abs().max().item()}} > {{tol}}"
 
 
             @pytest.mark.parametrize("op, case", CASES, ids=[f"{{op}}/{{c.id}}" for op, c in CASES])
             def test_matches_reference(op, case):
-                if specs()[op].metric in SELECTION:
-                    pytest.skip(f"{{op}} selects indices (metric {{specs()[op].metric}}): ties make several answers right; "
-                                "judge it with dsport's conformance harness")
-                if op not in TABLE.ops:
-                    pytest.skip(f"{{op}} is not in the op table of {{NAME}}")
-                if op not in REF.ops:
-                    pytest.skip(f"the reference has no {{op}} yet")
-                got = getattr(TABLE, op)(**case.inputs())
-                want = getattr(REF, op)(**case.inputs())
-                got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
-                assert len(got) == len(want), f"{{op}}: {{len(got)}} outputs, reference has {{len(want)}}"
-                exact = specs()[op].metric == "exact"
-                for i, (g, w) in enumerate(zip(got, want)):
-                    problem = _same(g, w, exact)
-                    assert problem is None, f"{{op}}/{{case.id}} output {{i}}: {{problem}}"
+                row = run_case(BACKEND, dict(reference.OPS), op, case.id, case_set="quick")
+                if row["verdict"] in ("skip", "unsupported"):
+                    pytest.skip(f"{{row['verdict']}}: {{row['reason']}}")
+                assert row["verdict"] == "pass", f"{{op}}/{{case.id}}: {{row['verdict']}}: {{row['reason']}}"
             '''),
         "README.md": textwrap.dedent(f"""\
             # dsport-{name}

@@ -11,8 +11,10 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dsport.core.backend import BackendModule
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +59,13 @@ def _device(arg: str | None) -> str:
     return "npu" if npu is not None and npu.is_available() else "cpu"
 
 
-def _backends(args: argparse.Namespace) -> tuple[dict[str, ModuleType], list[str]]:
+def _backends(args: argparse.Namespace) -> tuple[dict[str, BackendModule], list[str]]:
     from dsport.core import registry
+    from dsport.core.errors import BackendUnavailable
     from dsport.core.registry import load_backend
 
     notes: list[str] = []
-    mods: dict[str, ModuleType] = {}
+    mods: dict[str, BackendModule] = {}
     # entry-point plugins too, where the registry can discover them
     known = list(registry.discover()) if hasattr(registry, "discover") else list(registry.BUILTIN_BACKENDS)
     names = [b.strip() for chunk in args.backend for b in chunk.split(",") if b.strip()] if args.backend else \
@@ -70,7 +73,7 @@ def _backends(args: argparse.Namespace) -> tuple[dict[str, ModuleType], list[str
     for name in names:
         try:
             mod = load_backend(name)
-        except ImportError as e:
+        except BackendUnavailable as e:
             if args.backend:
                 raise
             notes.append(f"{name}: skip (not importable here: {e})")

@@ -1,10 +1,9 @@
 """Backends and the resolved OpTable.
 
-A backend is a module with ``NAME``, ``OPS`` (op name -> callable),
-``available() -> (ok, reason)`` and optionally ``CAPABILITIES`` (op ->
-Capability), ``DESCRIPTION`` and ``PRECISION``. Built-in backends live in
-``dsport.backends``; third-party ones register a module path under the
-entry-point group ``dsport.backends``.
+A backend is a module meeting the contract of :mod:`dsport.core.backend`
+(``OPS``, ``available()`` and optional hooks with defaults). Built-in
+backends live in ``dsport.backends``; third-party ones register a module path
+under the entry-point group ``dsport.backends``.
 
 Resolution happens once, when the OpTable is built: for every op the
 candidates (per-op override, requested backend, fallback chain) are judged in
@@ -21,9 +20,9 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+from dsport.core.backend import BackendContractError, BackendModule, import_backend
 from dsport.core.config import Config, _unknown, from_mapping, load_config
 from dsport.core.errors import BackendUnavailable, ConfigError, ResolveError
 from dsport.core.spec import specs
@@ -72,7 +71,7 @@ class Backend:
     """A loaded (or failed) backend: availability with its reason, never an exception."""
 
     source: BackendSource
-    module: ModuleType | None
+    module: BackendModule | None
     ok: bool
     reason: str
 
@@ -82,44 +81,30 @@ class Backend:
 
     @property
     def ops(self) -> Mapping[str, Callable[..., Any]]:
-        return getattr(self.module, "OPS", {}) if self.module is not None else {}
-
-    def capability(self, op: str) -> Any:
-        caps = getattr(self.module, "CAPABILITIES", None) or {}
-        return caps.get(op)
-
-
-def _import(source: BackendSource) -> ModuleType:
-    mod = importlib.import_module(source.module.partition(":")[0])
-    attr = source.module.partition(":")[2]
-    return getattr(mod, attr) if attr else mod
+        return self.module.ops if self.module is not None else {}
 
 
 def load(name: str, sources: Mapping[str, BackendSource] | None = None) -> Backend:
     """Import backend ``name`` and ask whether it runs here. A broken backend
-    (import error, missing interface, raising ``available()``) comes back
-    unavailable with the error as its reason; it never takes others down."""
+    (import error, a hook breaking the contract, raising ``available()``) comes
+    back unavailable with the error as its reason; it never takes others down."""
     sources = discover() if sources is None else sources
     if name not in sources:
         raise _unknown("backend", name, list(sources))
     src = sources[name]
     try:
-        mod = _import(src)
+        mod = import_backend(src.module, name)
+    except BackendContractError as e:
+        return Backend(src, None, False, f"not a backend module: {e}")
     except Exception as e:  # noqa: BLE001 - any import failure is a reason, not a crash
         return Backend(src, None, False, f"import failed: {type(e).__name__}: {e}")
-    missing = [a for a in ("OPS", "available") if not hasattr(mod, a)]
-    if missing:
-        return Backend(src, None, False, f"not a backend module: {src.module} lacks {', '.join(missing)}")
-    try:
-        ok, reason = mod.available()
-    except Exception as e:  # noqa: BLE001
-        return Backend(src, mod, False, f"available() raised {type(e).__name__}: {e}")
-    return Backend(src, mod, bool(ok), str(reason))
+    ok, reason = mod.available()
+    return Backend(src, mod, ok, reason)
 
 
-def load_backend(name: str) -> ModuleType:
-    """The module of backend ``name``; ConfigError if the name is unknown,
-    BackendUnavailable (with the reason) if it cannot be imported."""
+def load_backend(name: str) -> BackendModule:
+    """Backend ``name`` read through the contract; ConfigError if the name is
+    unknown, BackendUnavailable (with the reason) if it cannot be imported."""
     b = load(name)
     if b.module is None:
         raise BackendUnavailable(f"backend '{name}': {b.reason}")
@@ -169,12 +154,9 @@ class Plan:
 
 def judge(backend: Backend, op: str, query: Mapping[str, Any]) -> tuple[str, ...]:
     """Why ``backend`` cannot serve ``op`` under ``query``; empty if it can."""
-    if not backend.ok:
+    if not backend.ok or backend.module is None:
         return (f"unavailable: {backend.reason}",)
-    if op not in backend.ops:
-        return (f"does not implement {op}",)
-    cap = backend.capability(op)
-    return tuple(cap.reasons(query)) if cap is not None else ()
+    return backend.module.refusal(op, query)
 
 
 def plan(config: Config) -> Plan:

@@ -10,11 +10,11 @@ import logging
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 import torch
 
+from dsport.core.backend import BackendModule
 from dsport.core.capabilities import query_of
 from dsport.core.profile import gate
 from dsport.core.profile.hardware import Roofline
@@ -28,10 +28,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Plan:
-    backends: dict[str, ModuleType]
+    backends: dict[str, BackendModule]
     cases: list[ProfileCase]
     roof: Roofline
-    reference: ModuleType
+    reference: BackendModule
     device: str = "cpu"
     warmup: int = 1
     repeats: int = 5
@@ -84,9 +84,9 @@ def run(plan: Plan, on_row: Callable[[dict[str, Any]], None] = lambda r: None) -
         checked_at = "the profiled shape" if pc.checked_at_profiled_shape else describe_shapes(check_args)
         refs: tuple | None = None
         ref_error = ""
-        if pc.op in plan.reference.OPS:
+        if pc.op in plan.reference.ops:
             try:
-                refs = gate.as_tuple(plan.reference.OPS[pc.op](**pc.check.inputs()))
+                refs = gate.as_tuple(plan.reference.ops[pc.op](**pc.check.inputs()))
             except Exception as e:  # the oracle failing leaves the case unjudgeable, not failed
                 ref_error = f"reference raised {type(e).__name__}: {e}"
         else:
@@ -96,9 +96,8 @@ def run(plan: Plan, on_row: Callable[[dict[str, Any]], None] = lambda r: None) -
         timed_args: dict[str, Any] | None = None
         for name, mod in plan.backends.items():
             acc = {"verdict": "skip", "reason": "", "metrics": {}, "checked_at": checked_at, "judge": gate.SOURCE}
-            impl = getattr(mod, "OPS", {}).get(pc.op)
-            cap = getattr(mod, "CAPABILITIES", {}).get(pc.op)
-            refused = cap.reasons(query) if impl is not None and cap is not None else []
+            impl = mod.ops.get(pc.op)
+            refused = mod.refusal(pc.op, query)
             if impl is None:
                 acc.update(verdict="unsupported", reason=f"{name} does not implement {pc.op}")
             elif refused:
@@ -108,7 +107,7 @@ def run(plan: Plan, on_row: Callable[[dict[str, Any]], None] = lambda r: None) -
             else:
                 try:
                     ok, reason, metrics = gate.check(spec, _to(pc.check.inputs(), plan.device), impl, refs,
-                                                     is_reference=mod is plan.reference)
+                                                     is_reference=mod.module is plan.reference.module)
                     acc.update(verdict="pass" if ok else "fail", reason=reason, metrics=metrics)
                 except Exception as e:
                     acc.update(verdict="crash", reason=f"raised {type(e).__name__}: {e}",
@@ -123,7 +122,7 @@ def run(plan: Plan, on_row: Callable[[dict[str, Any]], None] = lambda r: None) -
                 try:
                     # the first call at the profiled shape doubles as a warm-up and is checked for structure:
                     # output shapes and dtypes per the spec, and no NaN from finite inputs
-                    wrong = _structure(spec, bound, gate.as_tuple(impl(**timed_args)), is_reference=mod is plan.reference)
+                    wrong = _structure(spec, bound, gate.as_tuple(impl(**timed_args)), is_reference=mod.module is plan.reference.module)
                     if wrong:
                         acc.update(verdict="fail", reason=f"at the profiled shape: {wrong}")
                         row.update(shapes=None, flops=None, bytes=None)

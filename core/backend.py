@@ -1,0 +1,206 @@
+"""The backend contract: every hook a backend module may define, its default
+and its meaning, and the one loader that reads them.
+
+A backend is a plain Python module (built in under ``dsport.backends``, or a
+plugin registered under the entry-point group ``dsport.backends``). Only
+``OPS`` and ``available`` are required; every other hook has a default.
+Everything that consumes a backend — the registry, the conformance worker,
+the pytest plugin, the profiler, ``dsport build``, the model conformance —
+goes through :func:`from_module`, which checks the hooks' types once and
+hands back a :class:`BackendModule`. Nothing else reads a backend module's
+attributes.
+
+``HOOKS`` below is the written contract: the README's "Writing a backend"
+section is printed from it (``dsport backends --contract``), and a test keeps
+the two equal.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from dsport.core.capabilities import Capability
+from dsport.core.errors import DsportError
+
+#: the verdict a passing case gets when it ran an adapter against contract models, not the vendor library
+CONTRACT = "contract"
+
+
+class BackendContractError(DsportError, TypeError):
+    """A backend module breaks the contract: a hook is missing or has the wrong type."""
+
+    def __init__(self, module: str, hook: str, expected: str, got: Any):
+        self.module, self.hook = module, hook
+        super().__init__(f"backend module {module}: hook '{hook}': expected {expected}, got {got}")
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One attribute a backend module may define."""
+
+    name: str
+    kind: str          # the type, as written in the contract page
+    default: str       # what an absent hook means
+    doc: str
+    required: bool = False
+
+
+HOOKS: tuple[Hook, ...] = (
+    Hook("OPS", "dict[str, Callable]", "(required)", required=True,
+         doc="The op table: op name (a key of `dsport.core.spec.specs()`) -> the implementation, called with the "
+             "spec's arguments by keyword and returning the spec's outputs (a tensor or a tuple in spec order). "
+             "An op a backend does not serve is simply absent; name it in `NOT_SERVED` to say why."),
+    Hook("available", "() -> tuple[bool, str]", "(required)", required=True,
+         doc="Whether the backend runs on this machine, and why (not). Must not raise; it is called before any op. "
+             "A backend that needs a device, a vendor library or a toolchain says exactly which is missing."),
+    Hook("NAME", "str", "the registry name",
+         doc="The name reports and errors use."),
+    Hook("DESCRIPTION", "str", "''", doc="One line for `dsport backends`."),
+    Hook("PRECISION", "str", "''",
+         doc="How the backend computes: accumulation dtypes, FP8 formats, rounding. Shown by `dsport backends`."),
+    Hook("CAPABILITIES", "dict[str, Capability]", "{} (no limits)",
+         doc="Per-op limits (`dsport.core.capabilities.Capability`: dtypes, FP8 and scale formats, head counts, top-k, "
+             "page sizes, devices, archs). The resolver and conformance call a case outside them `unsupported` "
+             "instead of running it; declare every limit a kernel has, never let it fail at run time instead."),
+    Hook("NOT_SERVED", "dict[str, str]", "{}",
+         doc="Ops of the spec the backend deliberately leaves to the fallback chain, with the reason. "
+             "Nothing falls back silently inside a backend: a resolver must ask for `fallback`."),
+    Hook("ENV", "dict[str, str]", "{}",
+         doc="Environment variables that must be set before the backend is imported (Triton on CPU: "
+             "`TRITON_INTERPRET=1`). Conformance workers re-execute themselves with them set."),
+    Hook("QUICK_TAGS", "tuple[str, ...]", "() (the whole quick set)",
+         doc="For a backend that is slow here (an interpreter, a compile per shape): in the quick set only cases "
+             "carrying one of these tags run; the others are reported `skip` with that reason, never dropped."),
+    Hook("TARGETS", "tuple[str, ...]", "() (no ahead-of-time build)",
+         doc="Targets `build` compiles for with no device present (`sm_90a`, `gfx950`, `gfx942`)."),
+    Hook("build", "(target: str, out_dir: PathLike) -> list[KernelBuild]", "None",
+         doc="Compile every kernel for `target` and return one `dsport.core.build.KernelBuild` per kernel "
+             "(registers, spills, shared memory, matrix instructions, findings). Reported `built`, never `pass`."),
+    Hook("contract_ops", "() -> dict[str, Callable]", "None",
+         doc="For adapters over vendor libraries (FlashMLA, DeepGEMM, aiter, torch_npu): the same op table with "
+             "every vendor call served by its *contract model* — torch code reproducing the library's documented "
+             "behaviour, its source cited. Where the backend is unavailable, conformance runs these ops instead and "
+             "a passing case is reported `contract`: the layout and convention mapping is proven, the vendor "
+             "kernel is not."),
+)
+_HOOK = {h.name: h for h in HOOKS}
+
+
+@dataclass(frozen=True)
+class BackendModule:
+    """A backend module read once through the contract; every hook resolved to its value or default."""
+
+    name: str
+    module: ModuleType
+    ops: Mapping[str, Callable[..., Any]]
+    capabilities: Mapping[str, Capability] = field(default_factory=dict)
+    description: str = ""
+    precision: str = ""
+    not_served: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    quick_tags: frozenset[str] = frozenset()
+    targets: tuple[str, ...] = ()
+    build: Callable[..., list[Any]] | None = None
+    contract_ops: Callable[[], Mapping[str, Callable[..., Any]]] | None = None
+
+    def available(self) -> tuple[bool, str]:
+        """``available()`` of the module; an exception becomes the reason, never escapes."""
+        try:
+            ok, reason = self.module.available()
+        except Exception as e:  # noqa: BLE001 - a raising probe is a reason, not a crash
+            return False, f"available() raised {type(e).__name__}: {e}"
+        return bool(ok), str(reason)
+
+    def refusal(self, op: str, query: Mapping[str, Any], ops: Mapping[str, Callable[..., Any]] | None = None) -> tuple[str, ...]:
+        """Why this backend cannot serve ``op`` for ``query`` (see
+        :func:`dsport.core.capabilities.query_of`); empty when it can. The one
+        capability judgement: the resolver, conformance and the profiler all ask it."""
+        if op not in (self.ops if ops is None else ops):
+            return (f"does not implement {op}",)
+        cap = self.capabilities.get(op)
+        return tuple(cap.reasons(query)) if cap is not None else ()
+
+    @property
+    def can_build(self) -> bool:
+        return self.build is not None and bool(self.targets)
+
+
+def _get(mod: ModuleType, label: str, hook: str, types: type | tuple[type, ...] | None, default: Any) -> Any:
+    """The value of ``hook`` (``types=None``: any callable), ``default`` when absent."""
+    if not hasattr(mod, hook):
+        if _HOOK[hook].required:
+            raise BackendContractError(label, hook, f"{_HOOK[hook].kind} (required)", "nothing: not defined" + _near(mod, hook))
+        return default
+    value = getattr(mod, hook)
+    if not (callable(value) if types is None else isinstance(value, types)):
+        raise BackendContractError(label, hook, _HOOK[hook].kind, type(value).__name__)
+    return value
+
+
+def _near(mod: ModuleType, hook: str) -> str:
+    """A hint for a misspelled hook (``OP``, ``Ops``, ``avaliable``)."""
+    import difflib
+
+    public = [a for a in vars(mod) if not a.startswith("_")]
+    close = [a for a in public if a.lower() == hook.lower()] or difflib.get_close_matches(hook, public, n=1, cutoff=0.6)
+    return f" (found '{close[0]}': a misspelling?)" if close else ""
+
+
+def from_module(mod: ModuleType, name: str | None = None) -> BackendModule:
+    """Read ``mod`` through the contract. Raises :class:`BackendContractError`
+    naming the hook for a missing required hook or a hook of the wrong type."""
+    from dsport.core.spec import specs
+
+    label = getattr(mod, "__name__", repr(mod))
+    ops = _get(mod, label, "OPS", Mapping, None)
+    _get(mod, label, "available", None, None)
+    bad = [k for k, v in ops.items() if not callable(v)]
+    if bad:
+        raise BackendContractError(label, "OPS", "a callable per op", f"non-callable entries for {bad}")
+    caps = dict(_get(mod, label, "CAPABILITIES", Mapping, {}) or {})
+    wrong = [k for k, v in caps.items() if not isinstance(v, Capability)]
+    if wrong:
+        raise BackendContractError(label, "CAPABILITIES", "a Capability per op", f"other objects for {wrong}")
+    table = specs()
+    unknown = sorted((set(ops) | set(caps)) - set(table))
+    if unknown:
+        import difflib
+
+        hints = [f"{u} (did you mean {c[0]}?)" if (c := difflib.get_close_matches(u, table, n=1)) else u for u in unknown]
+        raise BackendContractError(label, "OPS", "op names the spec knows", f"unknown op(s) {hints}")
+    build = _get(mod, label, "build", None, None)
+    contract_ops = _get(mod, label, "contract_ops", None, None)
+    return BackendModule(
+        name=str(_get(mod, label, "NAME", str, name or label.rsplit(".", 1)[-1])),
+        module=mod,
+        ops=dict(ops),
+        capabilities=caps,
+        description=_get(mod, label, "DESCRIPTION", str, ""),
+        precision=_get(mod, label, "PRECISION", str, ""),
+        not_served=dict(_get(mod, label, "NOT_SERVED", Mapping, {}) or {}),
+        env={str(k): str(v) for k, v in (_get(mod, label, "ENV", Mapping, {}) or {}).items()},
+        quick_tags=frozenset(_get(mod, label, "QUICK_TAGS", (tuple, list, set, frozenset), ()) or ()),
+        targets=tuple(_get(mod, label, "TARGETS", (tuple, list), ()) or ()),
+        build=build,
+        contract_ops=contract_ops,
+    )
+
+
+def import_backend(dotted: str, name: str | None = None) -> BackendModule:
+    """Import ``package.module`` (or ``package.module:attribute``) and read it
+    through the contract. Import errors propagate: the caller decides whether a
+    missing backend is a skip (not named by the user) or an error (named)."""
+    path, _, attr = dotted.partition(":")
+    mod = importlib.import_module(path)
+    return from_module(getattr(mod, attr) if attr else mod, name)
+
+
+def contract_markdown() -> str:
+    """The README's "Writing a backend" hook table, from ``HOOKS``."""
+    lines = ["| hook | type | if absent | meaning |", "|---|---|---|---|"]
+    for h in HOOKS:
+        lines.append(f"| `{h.name}` | `{h.kind}` | {h.default} | {h.doc} |")
+    return "\n".join(lines)
