@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import logging
 import shlex
@@ -61,6 +60,7 @@ def _device(arg: str | None) -> str:
 
 def _backends(args: argparse.Namespace) -> tuple[dict[str, BackendModule], list[str]]:
     from dsport.core import registry
+    from dsport.core.backend import import_backend
     from dsport.core.errors import BackendUnavailable
     from dsport.core.registry import load_backend
 
@@ -81,8 +81,6 @@ def _backends(args: argparse.Namespace) -> tuple[dict[str, BackendModule], list[
         ok, reason = mod.available()
         if not ok:
             if args.backend:
-                from dsport.core.errors import BackendUnavailable
-
                 raise BackendUnavailable(f"backend '{name}' is unavailable here: {reason}")
             notes.append(f"{name}: skip ({reason})")
             continue
@@ -93,7 +91,7 @@ def _backends(args: argparse.Namespace) -> tuple[dict[str, BackendModule], list[
             from dsport.core.errors import ConfigError
 
             raise ConfigError(f"--backend-module: expected NAME=MODULE, got {spec!r}")
-        mods[name] = importlib.import_module(module)
+        mods[name] = import_backend(module, name)
     return mods, notes
 
 
