@@ -46,6 +46,8 @@ TARGETS: dict[str, dict[str, Any]] = {
     "gfx942": {"dialect": "tilelang.rocm.language", "target": {"kind": "hip", "mcpu": "gfx942"}},
     "gfx950": {"dialect": "tilelang.rocm.language", "target": {"kind": "hip", "mcpu": "gfx950"}},
 }
+BUILD_TARGETS: tuple[str, ...] = tuple(name for name, t in TARGETS.items() if name != "c")
+"""The device targets kernels are built for ahead of time (``c`` runs here instead)."""
 
 
 @dataclass(frozen=True)

@@ -31,14 +31,14 @@ from dsport.backends.tilelang import hip
 from dsport.core.build import KernelBuild, ToolchainMissing
 from dsport.core.fp8 import format_for_arch
 from dsport.tilelang_kernels import KERNELS
+from dsport.tilelang_kernels.target import BUILD_TARGETS as TARGETS
 from dsport.tilelang_kernels.target import PROFILES
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("sm_90a", "gfx942", "gfx950")
 # Kernels whose hot loop is a tensor-core GEMM: a missing matrix instruction is a finding.
 MATRIX_KERNELS = {"fp8_gemm", "indexer_logits", "sparse_mla_prefill"}
-MATRIX_INSTR = {"sm_90a": "wgmma", "gfx942": "mfma", "gfx950": "mfma"}
+MATRIX_INSTR = {t: "wgmma" if t.startswith("sm_") else "mfma" for t in TARGETS}
 
 
 def _tilelang_paths() -> tuple[Path, Path]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import torch
 
 from dsport.core.capabilities import Capability
+from dsport.tilelang_kernels.target import BUILD_TARGETS
 
 FP8 = ("e4m3fn", "e4m3fnuz")
 CPU = ("cpu",)  # executed through TileLang's c target; GPU targets are built, not run
-ARCHS = ("sm_90a", "gfx942", "gfx950")
+ARCHS = BUILD_TARGETS
 
 CAPABILITIES: dict[str, Capability] = {
     "act_quant": Capability(dtypes=(torch.bfloat16, torch.float32), fp8_formats=FP8, scale_formats=("fp32", "ue8m0"),

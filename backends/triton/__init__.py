@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dsport.backends.triton.aot import TARGETS
 from dsport.core.build import KernelBuild
 from dsport.core.fp8 import format_for_arch
 
@@ -23,31 +24,30 @@ NAME = "triton"
 DESCRIPTION = "Triton kernels: one source for NVIDIA sm_90a and AMD gfx950/gfx942; CPU via the Triton interpreter"
 PRECISION = ("fp32 accumulation and softmax; bf16/fp16/fp32 float inputs; FP8 (e4m3fn or e4m3fnuz) with fp32 or "
              "ue8m0 scales; outputs rounded to nearest-even in the spec's dtype")
-TARGETS: tuple[str, ...] = ("sm_90a", "gfx950", "gfx942")
 ENV: dict[str, str] = {"TRITON_INTERPRET": "1"}
-FP8_FORMAT_BY_TARGET: dict[str, str] = {t: format_for_arch(t).name for t in TARGETS}
 
 try:
     import triton as _triton
 
     from dsport.backends.triton import ops as _ops
+    from dsport.backends.triton.numerics import INTERPRETED as _INTERPRETED
     _IMPORT_ERROR: str | None = None
 except ImportError as e:  # reported by available(), never raised at import
     _triton = None
     _ops = None
+    _INTERPRETED = False
     _IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
+FP8_FORMAT_BY_TARGET: dict[str, str] = {t: format_for_arch(t).name for t in TARGETS}
 OPS = dict(_ops.OPS) if _ops is not None else {}
-CAPABILITIES = _ops.capabilities(interpreted=os.environ.get("TRITON_INTERPRET") == "1") if _ops is not None else {}
+CAPABILITIES = _ops.capabilities(interpreted=_INTERPRETED) if _ops is not None else {}
 NOT_SERVED: dict[str, str] = _ops.not_served() if _ops is not None else {}
 
 
 def available() -> tuple[bool, str]:
     if _IMPORT_ERROR is not None:
         return False, f"triton is not importable: {_IMPORT_ERROR}"
-    from dsport.backends.triton.aot import interpreted
-
-    if interpreted():
+    if _INTERPRETED:
         return True, f"triton {_triton.__version__} through its CPU interpreter (TRITON_INTERPRET=1)"
     import torch
 

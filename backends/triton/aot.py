@@ -38,7 +38,7 @@ from dsport.core.fp8 import format_for_arch
 
 log = logging.getLogger(__name__)
 
-TARGETS: tuple[str, ...] = ("sm_90a", "gfx950", "gfx942")
+TARGETS: tuple[str, ...] = ("sm_90a", "gfx950", "gfx942")  # the backend's TARGETS hook re-exports this
 MATRIX_INSTR = {"cuda": "wgmma", "hip": "mfma"}
 TL_FP8 = {torch.float8_e4m3fn: "fp8e4nv", torch.float8_e4m3fnuz: "fp8e4b8"}
 
@@ -175,19 +175,13 @@ def build_one(spec: AotSpec, target: str, out_dir: Path, backend: str = "triton"
     return rec
 
 
-def interpreted() -> bool:
-    """True when this process imported the kernels under TRITON_INTERPRET=1:
-    they are then interpreter objects that cannot be compiled."""
-    from dsport.backends.triton.quant import act_quant_kernel
-
-    return not hasattr(act_quant_kernel, "arg_names") or type(act_quant_kernel).__name__ == "InterpretedFunction"
-
-
 def build(target: str, out_dir: str | os.PathLike, specs: list[AotSpec] | None = None) -> list[KernelBuild]:
     gpu_target(target)  # validate the name first
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if interpreted():
+    from dsport.backends.triton.numerics import INTERPRETED
+
+    if INTERPRETED:
         return _build_in_subprocess(target, out)
     from dsport.backends.triton.shapes import deepseek_specs
 

@@ -17,8 +17,6 @@ import triton.language as tl
 from dsport.backends.triton.numerics import INTERPRETED, cast_out, mma
 from dsport.core.fp8 import fp8_format
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 CACHE_BYTES = 656  # per token: 512 fp8 latent, 4 fp32 tile scales (at 512), 64 bf16 rope values (at 528)
 # 64 heads x BK gathered rows, 8 warps, no software pipelining: shared memory
 # fits every target (sm_90a 227 KiB, gfx950 160 KiB, gfx942 64 KiB). BK is 32

@@ -48,8 +48,16 @@ def round_fp8(v, MIN_NORMAL: tl.constexpr):
     return tl.where(a < MIN_NORMAL, sub, normal)
 
 
-INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
-"""Whether this process runs kernels in the interpreter (fixed at triton import)."""
+@triton.jit
+def _probe():
+    pass
+
+
+INTERPRETED: bool = type(_probe).__name__ == "InterpretedFunction"
+"""Whether this process's kernels run in the interpreter: decided when they are
+decorated (TRITON_INTERPRET=1 set before triton was imported), so it is read
+off a decorated function, not the environment. The one answer every module of
+this backend uses; interpreter kernels cannot be compiled ahead of time."""
 
 
 @triton.jit
