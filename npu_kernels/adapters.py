@@ -1,0 +1,153 @@
+"""dsport ops over torch_npu's fused kernels.
+
+``make_ops(lib)`` builds the op table over ``lib``: the ``torch_npu`` module
+on Ascend, or :mod:`dsport.npu_kernels.contract_models` (the same names and
+signatures, in torch) anywhere else. The adapters do the layout translation
+of :mod:`dsport.npu_kernels.layouts` and nothing numeric of their own beyond
+what the NPU op does not cover (masking rows with nothing to attend, which
+the READMEs leave unspecified).
+
+Every vendor call is written with keywords after the schema's ``*``, exactly
+as ``npu_native_functions_by_codegen.yaml`` of torch-npu 2.13.0 registers it
+(its docstrings are stale: they still show ``sparse_block_size`` positional).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from dsport.core.fp8 import FP8_FORMATS
+from dsport.npu_kernels import layouts as L
+from dsport.npu_kernels.contract_models import SPARSE_COUNTS
+
+D_NOPE, D_ROPE = L.LATENT, L.ROPE
+INDEXER_BLOCK = 128  # key block for the per-row paged indexer call: a multiple of 16 <= 1024, as the README requires
+
+
+def _refuse(op: str, why: str) -> None:
+    """A documented limit the capability table cannot express (head dims): the case is ``unsupported``."""
+    raise NotImplementedError(f"{op} on Ascend: {why}")
+
+
+def _attention_dims(op: str, q: torch.Tensor, d_v: int) -> None:
+    if q.shape[-1] != D_NOPE + D_ROPE or d_v != D_NOPE:
+        _refuse(op, f"npu_sparse_flash_attention takes D = 512 with rope 64 (d_qk 576, d_v 512); got d_qk {q.shape[-1]}, d_v {d_v}")
+
+
+def _finish(out: torch.Tensor, m: torch.Tensor, s: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out [T1, N1, 512], lse [T1, N1], max [T1, N1]) with dsport's rule for a row with no valid
+    index (out 0, lse -inf, max -inf), which the NPU documents nothing about."""
+    empty = (valid == 0)[:, None]
+    lse = L.stats_to_lse(m, s)
+    mx = m.float().permute(1, 0, 2).reshape(lse.shape)
+    out = torch.where(empty[..., None], torch.zeros((), dtype=out.dtype, device=out.device), out)
+    ninf = torch.full((), float("-inf"), device=out.device)
+    return out, torch.where(empty, ninf, lse), torch.where(empty, ninf, mx)
+
+
+def make_ops(lib: Any) -> dict[str, Callable[..., Any]]:
+    """The op table over ``lib`` (torch_npu, or the contract models)."""
+
+    def sparse_mla_prefill(q, kv, indices, sm_scale, d_v=512):
+        _attention_dims("sparse_mla_prefill", q, d_v)
+        t, h, _ = q.shape
+        s = kv.shape[0]
+        if t == 0:  # the kernel takes no empty tensor; there is nothing to compute
+            return q.new_zeros(0, h, d_v), torch.zeros(0, h, device=q.device), torch.zeros(0, h, device=q.device)
+        rows, valid = L.valid_first(indices[:, 0], limit=s)
+        nope, rope = L.split_float_cache(kv[:, 0].to(q.dtype))
+        out, m, ssum = lib.npu_sparse_flash_attention(
+            q[..., :D_NOPE].contiguous(), nope[:, None], nope[:, None], rows[:, None].contiguous(), float(sm_scale),
+            actual_seq_lengths_query=L.lengths_to_prefix_sums(torch.tensor([t], device=q.device)),
+            actual_seq_lengths_kv=L.lengths_to_prefix_sums(torch.tensor([s], device=q.device)),
+            query_rope=q[..., D_NOPE:].contiguous(), key_rope=rope[:, None],
+            sparse_block_size=1, layout_query="TND", layout_kv="TND",
+            sparse_mode=L.NO_MASK,  # dsport's causality lives in the indices
+            attention_mode=2, return_softmax_lse=True)
+        return _finish(out, m, ssum, valid)
+
+    def sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v=512, fmt="e4m3fn"):
+        _attention_dims("sparse_mla_decode", q, d_v)
+        b, sq, h, _ = q.shape
+        nb, bs = kv_cache.shape[:2]
+        if b * sq == 0:
+            return q.new_zeros(b, sq, h, d_v), torch.zeros(b, h, sq, device=q.device)
+        if kv_cache.dtype == torch.uint8:
+            nope, rope = L.split_mla_cache(kv_cache, fmt)
+        else:
+            nope, rope = L.split_float_cache(kv_cache.to(q.dtype))
+        nope, rope = nope.to(q.dtype), rope.to(q.dtype)
+        # dsport indices are physical slots (block * BS + offset). An identity block table makes the NPU's
+        # logical positions equal to them, for every batch: the pool is one sequence of NB * BS tokens.
+        table = torch.arange(nb, dtype=torch.int32, device=q.device).expand(b, nb).contiguous()
+        rows, valid = L.valid_first(indices.reshape(b * sq, -1), limit=nb * bs)
+        out, m, ssum = lib.npu_sparse_flash_attention(
+            q[..., :D_NOPE].reshape(b * sq, h, D_NOPE).contiguous(), nope, nope, rows[:, None].contiguous(), float(sm_scale),
+            block_table=table,
+            actual_seq_lengths_query=L.lengths_to_prefix_sums(torch.full((b,), sq, device=q.device)),
+            actual_seq_lengths_kv=torch.full((b,), nb * bs, dtype=torch.int32, device=q.device),  # PA_BSND: lengths, not prefix sums
+            query_rope=q[..., D_NOPE:].reshape(b * sq, h, D_ROPE).contiguous(), key_rope=rope,
+            sparse_block_size=1, layout_query="TND", layout_kv="PA_BSND", sparse_mode=L.NO_MASK,
+            attention_mode=2, return_softmax_lse=True)
+        out, lse, _ = _finish(out, m, ssum, valid)
+        return out.reshape(b, sq, h, d_v), lse.reshape(b, sq, h).permute(0, 2, 1).contiguous()
+
+    def rms_norm(x, w, eps=1e-6, residual=None):
+        if x.numel() == 0:
+            return (x.clone(), x.clone()) if residual is not None else x.clone()
+        gamma = w.to(x.dtype)  # the op takes gamma in x's dtype
+        if residual is None:
+            y, _ = lib.npu_rms_norm(x.contiguous(), gamma, epsilon=float(eps))
+            return y
+        y, _, h = lib.npu_add_rms_norm(x.contiguous(), residual.to(x.dtype).contiguous(), gamma, epsilon=float(eps))
+        return y, h
+
+    return {"sparse_mla_prefill": sparse_mla_prefill, "sparse_mla_decode": sparse_mla_decode, "rms_norm": rms_norm}
+
+
+def lightning_indexer_topk(lib: Any, q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, ks: torch.Tensor,
+                           ke: torch.Tensor, topk: int, k_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """dsport's ``indexer_logits`` followed by ``topk_select`` as ONE ``npu_lightning_indexer`` call:
+    int32 [T, topk], -1 padded (a set, as topk_select's).
+
+    Not an entry of the op table: the NPU op fuses the two stages and never
+    returns fp32 logits (its values are bf16/fp16 and training-only), so
+    neither spec op maps onto it alone. FP8 q/k are widened to bf16 first,
+    exactly (an e4m3 value fits bf16, and a power-of-two k_scale folded into k
+    only moves exponents); the NPU's own FP8 indexer (``npu_quant_lightning_indexer``,
+    Ascend 950; int8 on A3) takes per-token-head scales instead and is not used.
+    Windows: whole rows and right-down-causal rows go as one batch
+    (sparse_mode 0 / 3); other windows with ks = 0 as one batch per query
+    over a shared paged key pool; ks > 0 is refused."""
+    op = "lightning_indexer_topk"
+    t, h, d = q.shape
+    s = k.shape[0]
+    if ks.numel() and bool((ks != 0).any()):
+        _refuse(op, "a window start ks > 0 has no counterpart (sparse_mode 0/3 always start at key 0)")
+    if topk not in SPARSE_COUNTS:
+        _refuse(op, f"sparse_count {topk} is not in [1, 2048] or {{3072, ..., 8192}}")
+    if t == 0:
+        return torch.empty(0, topk, dtype=torch.int32, device=q.device)
+    fp8 = q.dtype in (f.dtype for f in FP8_FORMATS.values())
+    kk = k.float() * k_scale.float()[:, None] if fp8 else k.float()
+    qb, kb = q.to(torch.bfloat16).contiguous(), kk.to(torch.bfloat16)
+    mode = L.as_sparse_mode(ks, ke, s)
+    if mode is not None:
+        idx, _ = lib.npu_lightning_indexer(
+            qb, kb[:, None].contiguous(), weights.float().contiguous(),
+            actual_seq_lengths_query=L.lengths_to_prefix_sums(torch.tensor([t], device=q.device)),
+            actual_seq_lengths_key=L.lengths_to_prefix_sums(torch.tensor([s], device=q.device)),
+            layout_query="TND", layout_key="TND", sparse_count=topk, sparse_mode=mode)
+    else:
+        nblk = max(1, -(-s // INDEXER_BLOCK))
+        pool = torch.zeros(nblk * INDEXER_BLOCK, d, dtype=torch.bfloat16, device=q.device)
+        pool[:s] = kb
+        idx, _ = lib.npu_lightning_indexer(
+            qb, pool.view(nblk, INDEXER_BLOCK, 1, d), weights.float().contiguous(),
+            actual_seq_lengths_query=L.lengths_to_prefix_sums(torch.ones(t, dtype=torch.int32, device=q.device)),
+            actual_seq_lengths_key=ke.to(torch.int32).contiguous(),  # PA_BSND: one length per batch (= query)
+            block_table=torch.arange(nblk, dtype=torch.int32, device=q.device).expand(t, nblk).contiguous(),
+            layout_query="TND", layout_key="PA_BSND", sparse_count=topk, sparse_mode=L.NO_MASK)
+    return L.from_valid_first(idx[:, 0])

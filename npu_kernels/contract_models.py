@@ -1,0 +1,218 @@
+"""Contract models of the torch_npu ops dsport's Ascend adapters call.
+
+Each function has the name, argument names, kinds and defaults of the op's
+registered schema in torch-npu 2.13.0 (``torch_npu/csrc/aten/
+npu_native_functions_by_codegen.yaml`` inside the wheel; checked by
+``tests/test_npu_schema.py``) and reproduces the op's documented behaviour in
+plain torch, so the adapters run on a CPU. They are models, not the kernels:
+a case that passes through them is reported ``contract``.
+
+Documented constraints are enforced (a call the NPU would reject raises);
+behaviour the documents leave open is *poisoned* (NaN) so that an adapter
+relying on it fails instead of passing by luck. Sources, per op:
+
+* ``npu_sparse_flash_attention``: vllm-ascend ``csrc/attention/
+  sparse_flash_attention/README.md`` (shapes, D = 512 / Dr = 64, N1 in
+  {1..128 powers of 2}, block_size a multiple of 16 <= 1024, valid indices
+  first, softmax_max / softmax_sum of shape (N2, T1, N1/N2)); its kernel's end
+  of row at the first -1 (``op_kernel/arch22/sparse_flash_attention_kernel_mla.h``:
+  ``if (sparseIndices == -1 || curTopKIdx == validCount)``); its use with
+  ``layout_kv="PA_BSND", attention_mode=2`` in ``vllm_ascend/device/device_op.py``
+  and ``lse = softmax_max + log(softmax_sum)`` in ``attention/context_parallel/sfa_cp.py``.
+* ``npu_lightning_indexer``: vllm-ascend ``csrc/attention/lightning_indexer/README.md``
+  (score = sum_h w[h] * ReLU(q[h] . k), top-k per token, N2 = 1, D = 128,
+  N1 <= 64 on A3, sparse_count in [1, 2048] or {3072, ..., 8192},
+  sparse_mode 0 / 3, values only with ``return_value``).
+* ``npu_rms_norm`` / ``npu_add_rms_norm``: torch_npu ``_op_plugin_docs.py``
+  (y = x * rsqrt(mean(x^2) + eps) * gamma; second output the reverse rms;
+  add variant returns (y, rstd, x1 + x2)).
+"""
+from __future__ import annotations
+
+import torch
+
+from dsport.npu_kernels.layouts import RIGHT_DOWN_CAUSAL, NO_MASK, SENTINEL
+
+INT64_MAX = 9223372036854775807
+HALF = (torch.bfloat16, torch.float16)
+SPARSE_COUNTS = frozenset(range(1, 2049)) | {3072, 4096, 5120, 6144, 7168, 8192}
+
+
+class NpuContractError(ValueError):
+    """A call the documented NPU op rejects."""
+
+    def __init__(self, op: str, what: str):
+        super().__init__(f"{op}: {what}")
+
+
+def _need(ok: bool, op: str, what: str) -> None:
+    if not ok:
+        raise NpuContractError(op, what)
+
+
+def _dense(op: str, **tensors: torch.Tensor | None) -> None:
+    """The READMEs: "不支持空tensor和非连续" (no empty, no non-contiguous tensors)."""
+    for name, t in tensors.items():
+        if t is not None:
+            _need(t.numel() > 0, op, f"{name} is empty (the kernel does not take empty tensors)")
+            _need(t.is_contiguous(), op, f"{name} is not contiguous")
+
+
+def _batches(lengths: torch.Tensor | None, total: int, prefix_sums: bool) -> list[tuple[int, int]]:
+    """(start, length) per batch of a TND (prefix sums) or BSND/PA (lengths) actual_seq_lengths."""
+    if lengths is None:
+        return [(0, total)]
+    vals = [int(v) for v in lengths.tolist()]
+    if not prefix_sums:
+        return [(0, v) for v in vals]
+    starts = [0] + vals[:-1]
+    return [(s, e - s) for s, e in zip(starts, vals)]
+
+
+def _row_entries(row: torch.Tensor) -> torch.Tensor:
+    """The entries the kernel reads: those before the first -1 (its row ends there)."""
+    stop = (row == SENTINEL).nonzero()
+    return row[: int(stop[0]) if stop.numel() else row.numel()].long()
+
+
+def npu_sparse_flash_attention(query, key, value, sparse_indices, scale_value, *, block_table=None,
+                               actual_seq_lengths_query=None, actual_seq_lengths_kv=None, query_rope=None, key_rope=None,
+                               sparse_block_size=1, layout_query="BSND", layout_kv="BSND", sparse_mode=3,
+                               pre_tokens=INT64_MAX, next_tokens=INT64_MAX, attention_mode=0, return_softmax_lse=False,
+                               sinks=None):
+    """MLA-absorb sparse attention over the selected tokens; returns (out, softmax_max, softmax_sum)."""
+    op = "npu_sparse_flash_attention"
+    _dense(op, query=query, key=key, value=value, sparse_indices=sparse_indices, query_rope=query_rope, key_rope=key_rope,
+           block_table=block_table)
+    _need(query.dtype in HALF and key.dtype == query.dtype and value.dtype == query.dtype, op,
+          f"query/key/value must share one dtype of {HALF}, got {query.dtype}/{key.dtype}/{value.dtype}")
+    _need(attention_mode == 2, op, f"attention_mode only supports 2 (MLA-absorb), got {attention_mode}")
+    _need(query_rope is not None and key_rope is not None, op, "query_rope and key_rope are required (rope may not be empty)")
+    _need(query.shape[-1] == 512 and key.shape[-1] == 512 and query_rope.shape[-1] == 64 and key_rope.shape[-1] == 64, op,
+          "D must be 512 and Dr 64")
+    _need(sparse_block_size == 1, op, "this model covers token-wise sparsity (sparse_block_size=1) only")
+    _need(sparse_mode in (NO_MASK, RIGHT_DOWN_CAUSAL), op, f"sparse_mode must be 0 or 3, got {sparse_mode}")
+    _need(pre_tokens == INT64_MAX and next_tokens == INT64_MAX, op, "pre_tokens/next_tokens only support 2^63-1")
+    _need(sinks is None, op, "sinks are not modelled")
+    _need(layout_query == "TND", op, f"this model covers layout_query='TND', got {layout_query!r}")
+    _need(layout_kv in ("TND", "PA_BSND"), op, f"this model covers layout_kv 'TND' or 'PA_BSND', got {layout_kv!r}")
+    _need(actual_seq_lengths_query is not None, op, "actual_seq_lengths_query is required with TND")
+    t1, n1, _ = query.shape
+    _need(n1 in (1, 2, 4, 8, 16, 32, 64, 128), op, f"N1 must be a power of 2 <= 128, got {n1}")
+    paged = layout_kv == "PA_BSND"
+    if paged:
+        _need(block_table is not None and actual_seq_lengths_kv is not None, op, "PA_BSND needs block_table and actual_seq_lengths_kv")
+        bs = key.shape[1]
+        _need(bs % 16 == 0 and bs <= 1024, op, f"block_size must be a multiple of 16 <= 1024, got {bs}")
+        n2 = key.shape[2]
+    else:
+        n2 = key.shape[1]
+    _need(n2 == 1 and sparse_indices.shape[-2] == 1, op, "MLA-absorb has one shared KV head (N2 = 1)")
+    q_batches = _batches(actual_seq_lengths_query, t1, prefix_sums=True)
+    kv_batches = _batches(actual_seq_lengths_kv, key.shape[0], prefix_sums=not paged)
+    _need(len(kv_batches) == len(q_batches), op, "actual_seq_lengths_query and _kv disagree on B")
+
+    out = torch.zeros(t1, n1, 512, dtype=torch.float32)
+    m = torch.full((1, t1, n1), float("nan"))
+    s = torch.full((1, t1, n1), float("nan"))
+    for b, ((q0, ql), (k0, kl)) in enumerate(zip(q_batches, kv_batches)):
+        for i in range(ql):
+            t = q0 + i
+            pos = _row_entries(sparse_indices[t, 0])
+            visible = (pos >= 0) & (pos < kl)
+            if sparse_mode == RIGHT_DOWN_CAUSAL:
+                visible &= pos <= i + kl - ql
+            pos = pos[visible]
+            if pos.numel() == 0:  # undocumented: poisoned, an adapter must not read it
+                out[t] = float("nan")
+                continue
+            if paged:
+                blocks = block_table[b, pos // bs].long()
+                kn, kr = key[blocks, pos % bs, 0].float(), key_rope[blocks, pos % bs, 0].float()
+                v = value[blocks, pos % bs, 0].float()
+            else:
+                kn, kr, v = key[k0 + pos, 0].float(), key_rope[k0 + pos, 0].float(), value[k0 + pos, 0].float()
+            logits = (query[t].float() @ kn.T + query_rope[t].float() @ kr.T) * scale_value  # [N1, n]
+            mx = logits.amax(-1)
+            p = torch.exp(logits - mx[:, None])
+            out[t] = (p @ v) / p.sum(-1, keepdim=True)
+            m[0, t], s[0, t] = mx, p.sum(-1)
+    if not return_softmax_lse:
+        m, s = torch.empty(0), torch.empty(0)
+    return out.to(query.dtype), m, s
+
+
+def npu_lightning_indexer(query, key, weights, *, actual_seq_lengths_query=None, actual_seq_lengths_key=None,
+                          block_table=None, layout_query="BSND", layout_key="BSND", sparse_count=2048, sparse_mode=3,
+                          pre_tokens=INT64_MAX, next_tokens=INT64_MAX, return_value=False):
+    """Top-sparse_count key positions per query token by sum_h w[h] * relu(q[h] . k); returns
+    (sparse_indices [T1, 1, sparse_count] int32, -1 after the valid ones; sparse_values or empty)."""
+    op = "npu_lightning_indexer"
+    _dense(op, query=query, key=key, weights=weights, block_table=block_table)
+    _need(query.dtype in HALF and key.dtype == query.dtype, op, f"query/key must share one dtype of {HALF}")
+    _need(weights.dtype == query.dtype or weights.dtype == torch.float32, op, "weights must be query's dtype or float32")
+    _need(layout_query == "TND" and layout_key in ("TND", "PA_BSND"), op,
+          f"this model covers layout_query='TND' with layout_key 'TND' or 'PA_BSND', got {layout_query!r}/{layout_key!r}")
+    _need(sparse_count in SPARSE_COUNTS, op, f"sparse_count {sparse_count} not in [1, 2048] or {{3072, ..., 8192}}")
+    _need(sparse_mode in (NO_MASK, RIGHT_DOWN_CAUSAL), op, f"sparse_mode must be 0 or 3, got {sparse_mode}")
+    _need(pre_tokens == INT64_MAX and next_tokens == INT64_MAX, op, "pre_tokens/next_tokens only support 2^63-1")
+    _need(actual_seq_lengths_query is not None, op, "actual_seq_lengths_query is required with TND")
+    t1, n1, d = query.shape
+    _need(d == 128 and n1 <= 64, op, f"head dim must be 128 and N1 <= 64 (A3), got D={d}, N1={n1}")
+    paged = layout_key == "PA_BSND"
+    if paged:
+        _need(block_table is not None and actual_seq_lengths_key is not None, op, "PA_BSND needs block_table and actual_seq_lengths_key")
+        bs = key.shape[1]
+        _need(bs % 16 == 0 and bs <= 1024, op, f"block_size must be a multiple of 16 <= 1024, got {bs}")
+        _need(key.shape[2] == 1, op, "N2 must be 1")
+    else:
+        _need(key.shape[1] == 1, op, "N2 must be 1")
+    _need(not return_value or not paged, op, "return_value is not supported with PA_BSND")
+    q_batches = _batches(actual_seq_lengths_query, t1, prefix_sums=True)
+    k_batches = _batches(actual_seq_lengths_key, key.shape[0], prefix_sums=not paged)
+    _need(len(k_batches) == len(q_batches), op, "actual_seq_lengths_query and _key disagree on B")
+
+    idx = torch.full((t1, 1, sparse_count), SENTINEL, dtype=torch.int32)
+    val = torch.full((t1, 1, sparse_count), float("nan"))
+    for b, ((q0, ql), (k0, kl)) in enumerate(zip(q_batches, k_batches)):
+        if paged:
+            pos = torch.arange(kl)
+            keys = key[block_table[b, pos // bs].long(), pos % bs, 0].float()
+        else:
+            keys = key[k0:k0 + kl, 0].float()
+        for i in range(ql):
+            t = q0 + i
+            n = kl if sparse_mode == NO_MASK else max(0, min(kl, i + kl - ql + 1))
+            score = (torch.relu(query[t].float() @ keys[:n].T) * weights[t].float()[:, None]).sum(0)
+            k = min(sparse_count, n)
+            top = torch.topk(score, k) if k else None
+            if k:
+                idx[t, 0, :k] = top.indices.int()
+                val[t, 0, :k] = top.values
+    values = val.to(query.dtype) if return_value else torch.empty(0)
+    return idx, values
+
+
+def npu_rms_norm(self, gamma, epsilon=1e-06):
+    """(y = x * rstd * gamma in x's dtype, rstd fp32 over gamma's dims)."""
+    op = "npu_rms_norm"
+    _need(self.dtype in (*HALF, torch.float32) and gamma.dtype == self.dtype, op,
+          f"self and gamma share one dtype of float16/bfloat16/float32, got {self.dtype}/{gamma.dtype}")
+    dims = tuple(range(-gamma.dim(), 0))
+    x = self.float()
+    rstd = torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + epsilon)
+    return (x * rstd * gamma.float()).to(self.dtype), rstd
+
+
+def npu_add_rms_norm(x1, x2, gamma, epsilon=1e-06):
+    """(rms_norm(x1 + x2), rstd, x1 + x2); the sum is kept in fp32 for the norm and returned in x1's dtype."""
+    op = "npu_add_rms_norm"
+    _need(x1.dtype == x2.dtype == gamma.dtype, op, f"x1, x2 and gamma share one dtype, got {x1.dtype}/{x2.dtype}/{gamma.dtype}")
+    h = x1.float() + x2.float()
+    dims = tuple(range(-gamma.dim(), 0))
+    rstd = torch.rsqrt(h.pow(2).mean(dims, keepdim=True) + epsilon)
+    return (h * rstd * gamma.float()).to(x1.dtype), rstd, h.to(x1.dtype)
+
+
+#: every modelled op, by its torch_npu name
+MODELS = {f.__name__: f for f in (npu_sparse_flash_attention, npu_lightning_indexer, npu_rms_norm, npu_add_rms_norm)}
