@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from dsport.core.fp8 import FP8_FORMATS
+from dsport.npu_kernels import layouts
 from dsport.npu_kernels import layouts as L
 from dsport.npu_kernels.contract_models import SPARSE_COUNTS
 
@@ -36,7 +37,8 @@ def _attention_dims(op: str, q: torch.Tensor, d_v: int) -> None:
         _refuse(op, f"npu_sparse_flash_attention takes D = 512 with rope 64 (d_qk 576, d_v 512); got d_qk {q.shape[-1]}, d_v {d_v}")
 
 
-def _finish(out: torch.Tensor, m: torch.Tensor, s: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _finish(L: Any, out: torch.Tensor, m: torch.Tensor, s: torch.Tensor,
+            valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out [T1, N1, 512], lse [T1, N1], max [T1, N1]) with dsport's rule for a row with no valid
     index (out 0, lse -inf, max -inf), which the NPU documents nothing about."""
     empty = (valid == 0)[:, None]
@@ -47,8 +49,9 @@ def _finish(out: torch.Tensor, m: torch.Tensor, s: torch.Tensor, valid: torch.Te
     return out, torch.where(empty, ninf, lse), torch.where(empty, ninf, mx)
 
 
-def make_ops(lib: Any) -> dict[str, Callable[..., Any]]:
-    """The op table over ``lib`` (torch_npu, or the contract models)."""
+def make_ops(lib: Any, L: Any = layouts) -> dict[str, Callable[..., Any]]:
+    """The op table over ``lib`` (torch_npu, or the contract models). ``L`` is the layout
+    translation (:mod:`dsport.npu_kernels.layouts`); tests plant bugs by passing another."""
 
     def sparse_mla_prefill(q, kv, indices, sm_scale, d_v=512):
         _attention_dims("sparse_mla_prefill", q, d_v)
@@ -66,7 +69,7 @@ def make_ops(lib: Any) -> dict[str, Callable[..., Any]]:
             sparse_block_size=1, layout_query="TND", layout_kv="TND",
             sparse_mode=L.NO_MASK,  # dsport's causality lives in the indices
             attention_mode=2, return_softmax_lse=True)
-        return _finish(out, m, ssum, valid)
+        return _finish(L, out, m, ssum, valid)
 
     def sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v=512, fmt="e4m3fn"):
         _attention_dims("sparse_mla_decode", q, d_v)
@@ -91,7 +94,7 @@ def make_ops(lib: Any) -> dict[str, Callable[..., Any]]:
             query_rope=q[..., D_NOPE:].reshape(b * sq, h, D_ROPE).contiguous(), key_rope=rope,
             sparse_block_size=1, layout_query="TND", layout_kv="PA_BSND", sparse_mode=L.NO_MASK,
             attention_mode=2, return_softmax_lse=True)
-        out, lse, _ = _finish(out, m, ssum, valid)
+        out, lse, _ = _finish(L, out, m, ssum, valid)
         return out.reshape(b, sq, h, d_v), lse.reshape(b, sq, h).permute(0, 2, 1).contiguous()
 
     def rms_norm(x, w, eps=1e-6, residual=None):
@@ -124,6 +127,8 @@ def lightning_indexer_topk(lib: Any, q: torch.Tensor, k: torch.Tensor, weights: 
     op = "lightning_indexer_topk"
     t, h, d = q.shape
     s = k.shape[0]
+    if d != 128 or h > 64:
+        _refuse(op, f"npu_lightning_indexer takes head dim 128 and at most 64 query heads (A3), got D={d}, H={h}")
     if ks.numel() and bool((ks != 0).any()):
         _refuse(op, "a window start ks > 0 has no counterpart (sparse_mode 0/3 always start at key 0)")
     if topk not in SPARSE_COUNTS:
