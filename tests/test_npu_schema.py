@@ -15,8 +15,8 @@ import sys
 import pytest
 import torch
 
-from dsport.core.spec import specs
-from dsport.npu_kernels import adapters, contract_models as M
+from dsport.npu_kernels import contract_models as M
+from dsport.npu_kernels.ascend_checks import main as checks_main, recorded_calls
 from dsport.npu_kernels import schema as S
 
 CACHE = pathlib.Path(os.environ.get("DSPORT_WHEEL_CACHE", pathlib.Path.home() / ".cache" / "dsport" / "wheels"))
@@ -39,22 +39,6 @@ def schemas():
     return S.schemas_from_wheel(wheel)
 
 
-def _recorded_calls():
-    """Run every adapter path once over recording contract models."""
-    rec = S.Recorder(M.MODELS)
-    ops = adapters.make_ops(rec)
-    for op, case in [("sparse_mla_prefill", "small"), ("sparse_mla_decode", "fp8-page64"),
-                     ("sparse_mla_decode", "float-576"), ("rms_norm", "tiny"), ("rms_norm", "residual")]:
-        c = next(c for c in specs()[op].cases() if c.id == case)
-        ops[op](**c.inputs())
-    g = torch.Generator().manual_seed(0)
-    q, k, w = torch.randn(6, 4, 128, generator=g).bfloat16(), torch.randn(40, 128, generator=g).bfloat16(), torch.randn(6, 4)
-    zeros = torch.zeros(6, dtype=torch.int32)
-    adapters.lightning_indexer_topk(rec, q, k, w, zeros, torch.full((6,), 40, dtype=torch.int32), 8)   # one batch, TND
-    adapters.lightning_indexer_topk(rec, q, k, w, zeros, torch.tensor([3, 9, 40, 0, 17, 5], dtype=torch.int32), 8)  # PA_BSND
-    return rec.calls
-
-
 def test_the_wheel_ships_the_schemas_of_every_modelled_op(schemas):
     assert len(schemas) > 1000  # the whole op plugin, not a fragment
     for name in M.MODELS:
@@ -67,7 +51,7 @@ def test_contract_model_signature_is_the_schema(schemas, name):
 
 
 def test_every_adapter_call_matches_its_schema(schemas):
-    calls = _recorded_calls()
+    calls = recorded_calls()
     assert {c[0] for c in calls} == set(M.MODELS)  # every modelled op is exercised
     layouts = {(c[0], c[2].get("layout_query"), c[2].get("layout_kv", c[2].get("layout_key"))) for c in calls}
     assert ("npu_sparse_flash_attention", "TND", "PA_BSND") in layouts and ("npu_lightning_indexer", "TND", "PA_BSND") in layouts
@@ -96,3 +80,10 @@ def test_a_model_departing_from_the_schema_is_named(schemas):
     def npu_add_rms_norm(x1, x2, gamma, epsilon=1e-05):
         raise AssertionError
     assert S.check_signature(schemas["npu_add_rms_norm"], npu_add_rms_norm) == ["'epsilon' default 1e-05, schema 1e-06"]
+
+
+def test_the_ascend_check_command_reads_a_wheel(schemas, capsys, tmp_path):
+    out = tmp_path / "schemas.json"
+    assert checks_main(["schemas", "--wheel", str(CACHE / S.WHEEL), "--json", str(out)]) == 0
+    assert '"ok": true' in out.read_text() and '"problems": {}' in out.read_text()
+    assert checks_main(["schemas", "--wheel", str(tmp_path / "missing.whl")]) == 2

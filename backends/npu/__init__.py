@@ -15,6 +15,7 @@ this process import it.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 
 from dsport.core.capabilities import Capability
+from dsport.core.errors import BackendUnavailable
 from dsport.npu_kernels import adapters
 
 NAME = "npu"
@@ -107,11 +109,30 @@ class _TorchNpu:
     def __getattr__(self, name: str) -> Any:
         ok, why = available()
         if not ok:
-            raise RuntimeError(f"npu backend: {why}")
+            raise BackendUnavailable(f"npu backend: {why}")
         return getattr(importlib.import_module("torch_npu"), name)
 
 
-OPS = adapters.make_ops(_TorchNpu())
+def _on_npu(fn: Any) -> Any:
+    """Inputs on another device (conformance builds its cases on the CPU) go to the NPU and the
+    outputs come back; tensors already on the NPU pass through untouched."""
+    def run(*args: Any, **kwargs: Any) -> Any:
+        ok, why = available()
+        if not ok:
+            raise BackendUnavailable(f"npu backend, {fn.__name__}: {why}")
+        home = next((v.device for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
+        if home is None or home.type == "npu":
+            return fn(*args, **kwargs)
+        def there(v: Any) -> Any:
+            return v.to("npu") if isinstance(v, torch.Tensor) else v
+        def back(v: Any) -> Any:
+            return v.to(home) if isinstance(v, torch.Tensor) else v
+        out = fn(*map(there, args), **{k: there(v) for k, v in kwargs.items()})
+        return tuple(map(back, out)) if isinstance(out, tuple) else back(out)
+    return functools.wraps(fn)(run)
+
+
+OPS = {op: _on_npu(fn) for op, fn in adapters.make_ops(_TorchNpu()).items()}
 
 
 def contract_ops() -> dict:
