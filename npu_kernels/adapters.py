@@ -107,7 +107,39 @@ def make_ops(lib: Any, L: Any = layouts) -> dict[str, Callable[..., Any]]:
         y, _, h = lib.npu_add_rms_norm(x.contiguous(), residual.to(x.dtype).contiguous(), gamma, epsilon=float(eps))
         return y, h
 
-    return {"sparse_mla_prefill": sparse_mla_prefill, "sparse_mla_decode": sparse_mla_decode, "rms_norm": rms_norm}
+    def rope(x, positions, freqs, interleaved):
+        if x.numel() == 0:
+            return x.clone()
+        if x.shape[-1] >= 896 or (interleaved and x.shape[1] >= 1000) or x.shape[1] >= 1000:
+            _refuse("rope", f"npu_rotary_mul takes D < 896 and fewer than 1000 heads, got D={x.shape[-1]}, H={x.shape[1]}")
+        # cos / sin of the full head dim, laid out as the pairing wants, in x's dtype (the tables the
+        # op is fed in practice); the angle t * f is formed in fp32 as DeepSeek's precompute_freqs_cis does
+        angle = positions.float()[:, None] * freqs.float()[None, :]
+        if interleaved:
+            cos, sin = angle.cos().repeat_interleave(2, -1), angle.sin().repeat_interleave(2, -1)
+        else:
+            cos, sin = angle.cos().repeat(1, 2), angle.sin().repeat(1, 2)
+        r1, r2 = (c.to(x.dtype)[None, :, None, :].contiguous() for c in (cos, sin))  # 1S1D for BSND input
+        y = lib.npu_rotary_mul(x.contiguous()[None], r1, r2, rotary_mode="interleave" if interleaved else "half")
+        return y[0]
+
+    def moe_gate(x, weight, bias=None, n_group=8, topk_group=4, topk=8, route_scale=2.5, score_func="sigmoid"):
+        t, e = x.shape[0], weight.shape[0]
+        per = e // n_group
+        if e > 2048 or per <= 2 or -(-per // 32) * 32 * n_group > 2048:
+            _refuse("moe_gate", f"npu_moe_gating_top_k takes E <= 2048 with more than 2 experts per group and "
+                                f"align32(E / groups) * groups <= 2048, got E={e}, n_group={n_group}")
+        if t == 0:
+            return torch.zeros(0, topk, device=x.device), torch.zeros(0, topk, dtype=torch.int32, device=x.device)
+        logits = x.float() @ weight.float().T  # the gate GEMM stays a plain matmul; the op takes scores
+        w, ids, _ = lib.npu_moe_gating_top_k(
+            logits, topk, bias=None if bias is None else bias.float(), k_group=topk_group, group_count=n_group,
+            group_select_mode=0 if bias is None else 1,  # DeepSeek: the group max without bias, top-2 sum with it
+            renorm=0, norm_type=1 if score_func == "sigmoid" else 0, routed_scaling_factor=float(route_scale))
+        return w.float(), ids.to(torch.int32)
+
+    return {"sparse_mla_prefill": sparse_mla_prefill, "sparse_mla_decode": sparse_mla_decode, "rms_norm": rms_norm,
+            "rope": rope, "moe_gate": moe_gate}
 
 
 def lightning_indexer_topk(lib: Any, q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, ks: torch.Tensor,

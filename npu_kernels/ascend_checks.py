@@ -29,7 +29,8 @@ from dsport.npu_kernels import adapters, contract_models as M, layouts
 from dsport.npu_kernels import schema as S
 
 ADAPTER_CASES = (("sparse_mla_prefill", "small"), ("sparse_mla_decode", "fp8-page64"), ("sparse_mla_decode", "float-576"),
-                 ("rms_norm", "tiny"), ("rms_norm", "residual"))
+                 ("rms_norm", "tiny"), ("rms_norm", "residual"), ("rope", "mla-q-pe"), ("rope", "indexer-q"),
+                 ("moe_gate", "ds-routing"), ("moe_gate", "no-bias"))
 
 
 def recorded_calls() -> list[tuple[str, tuple, dict]]:

@@ -26,6 +26,17 @@ relying on it fails instead of passing by luck. Sources, per op:
 * ``npu_rms_norm`` / ``npu_add_rms_norm``: torch_npu ``_op_plugin_docs.py``
   (y = x * rsqrt(mean(x^2) + eps) * gamma; second output the reverse rms;
   add variant returns (y, rstd, x1 + x2)).
+* ``npu_rotary_mul``: torch_npu ``_op_plugin_docs.py`` (half: out = r1 * x +
+  r2 * cat(-x2, x1); interleave: the same with pairs (x[2i], x[2i+1]); 4-D
+  input, D even and < 896, r1 / r2 broadcast as 1S1D for BSND input).
+* ``npu_moe_gating_top_k``: torch_npu ``_op_plugin_docs.py`` (norm_type 1
+  sigmoid / 0 softmax; group score the group max (group_select_mode 0) or its
+  top-2 sum (1); k_group best of group_count groups; E / group_count > 2;
+  renorm only 0) and vllm-ascend: its router sends sigmoid routing with
+  renormalisation to this op and never sigmoid without it
+  (``ops/fused_moe/router/router_factory.py``), and renormalises softmax
+  weights itself afterwards (``device/device_op.py``): sigmoid weights come
+  out renormalised, softmax weights do not; both times routed_scaling_factor.
 """
 from __future__ import annotations
 
@@ -214,5 +225,62 @@ def npu_add_rms_norm(x1, x2, gamma, epsilon=1e-06):
     return (h * rstd * gamma.float()).to(x1.dtype), rstd, h.to(x1.dtype)
 
 
+def npu_rotary_mul(self, r1, r2, rotary_mode="half", rotate=None):
+    """Rotary embedding of a 4-D input with cos (r1) / sin (r2) tables of the full head dim."""
+    op = "npu_rotary_mul"
+    _need(self.dim() == 4 and r1.dim() == 4 and r2.dim() == 4 and r1.shape == r2.shape, op,
+          f"input, r1 and r2 are 4-D with r1.shape == r2.shape, got {list(self.shape)}, {list(r1.shape)}, {list(r2.shape)}")
+    _need(rotary_mode in ("half", "interleave"), op, f"rotary_mode 'half' or 'interleave', got {rotary_mode!r}")
+    _need(rotate is None, op, "the rotate matrix is not modelled")
+    _need(self.dtype in (*HALF, torch.float32), op, f"dtype float16/bfloat16/float32, got {self.dtype}")
+    b, s_, n, d = self.shape
+    _need(d % 2 == 0 and d < 896, op, f"D even and < 896, got {d}")
+    _need(r1.shape[-1] == d and r1.shape[1] == s_ and r1.shape[0] in (1, b) and r1.shape[2] in (1, n), op,
+          f"r1 broadcast over BSND as 1S1D / BS1D / BSND, got {list(r1.shape)} for {list(self.shape)}")
+    if rotary_mode == "interleave":
+        _need(r1.shape[0] == 1 and r1.shape[2] == 1 and b * n < 1000, op, "interleave: r1 as 1S1D and B * N < 1000")
+    else:
+        _need(b < 1000 and n < 1000, op, "half: B, N < 1000")
+    x = self.float()
+    if rotary_mode == "half":
+        x1, x2 = x.chunk(2, dim=-1)
+        xn = torch.cat((-x2, x1), dim=-1)
+    else:
+        xn = torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
+    return (r1.float() * x + r2.float() * xn).to(self.dtype)
+
+
+def npu_moe_gating_top_k(x, k, *, bias=None, input_ids=None, tid2eid=None, k_group=1, group_count=1, group_select_mode=0,
+                         renorm=0, norm_type=0, out_flag=False, routed_scaling_factor=1.0, eps=1e-20):
+    """(y [T, k] in x's dtype, expert_idx [T, k] int32, norm_out fp32 [T, E] or empty without out_flag)."""
+    op = "npu_moe_gating_top_k"
+    _need(x.dim() == 2 and x.dtype in (*HALF, torch.float32), op, f"2-D float16/bfloat16/float32 x, got {x.dtype} {list(x.shape)}")
+    t, e = x.shape
+    _need(e <= 2048 and group_count > 0 and e % group_count == 0 and e // group_count > 2, op,
+          f"E <= 2048 divisible by group_count with more than 2 experts per group, got E={e}, group_count={group_count}")
+    _need(-(-(e // group_count) // 32) * 32 * group_count <= 2048, op, "align32(E / group_count) * group_count <= 2048")
+    _need(1 <= k_group <= group_count and 1 <= k <= e // group_count * k_group, op,
+          f"1 <= k_group <= group_count and 1 <= k <= E / group_count * k_group, got k={k}, k_group={k_group}")
+    _need(bias is None or (bias.shape == (e,) and bias.dtype == x.dtype), op, "bias [E] in x's dtype")
+    _need(input_ids is None and tid2eid is None, op, "the hash routing mode is not modelled")
+    _need(renorm == 0 and norm_type in (0, 1) and group_select_mode in (0, 1), op,
+          f"renorm 0, norm_type 0/1, group_select_mode 0/1, got {renorm}/{norm_type}/{group_select_mode}")
+    h = x.float()
+    norm = h.sigmoid() if norm_type == 1 else h.softmax(-1)
+    sel = norm if bias is None else norm + bias.float()
+    if group_count > 1:
+        g = sel.view(t, group_count, e // group_count)
+        score = g.amax(-1) if group_select_mode == 0 else g.topk(2, dim=-1).values.sum(-1)
+        keep = torch.zeros(t, group_count, dtype=torch.bool).scatter_(1, score.topk(k_group, dim=-1).indices, True)
+        sel = sel.masked_fill(~keep.repeat_interleave(e // group_count, dim=1), float("-inf"))
+    idx = sel.topk(k, dim=-1).indices
+    y = norm.gather(1, idx)
+    if norm_type == 1:
+        y = y / (y.sum(-1, keepdim=True) + eps)
+    y = y * routed_scaling_factor
+    return y.to(x.dtype), idx.to(torch.int32), norm if out_flag else torch.empty(0)
+
+
 #: every modelled op, by its torch_npu name
-MODELS = {f.__name__: f for f in (npu_sparse_flash_attention, npu_lightning_indexer, npu_rms_norm, npu_add_rms_norm)}
+MODELS = {f.__name__: f for f in (npu_sparse_flash_attention, npu_lightning_indexer, npu_rms_norm, npu_add_rms_norm,
+                                  npu_rotary_mul, npu_moe_gating_top_k)}

@@ -160,3 +160,18 @@ def test_sfa_model_right_down_causal_crops_late_keys():
         row[:, 0, i + 7:] = -1
         ref, _, _ = _sfa(q, kv, row, sparse_mode=0)
         assert torch.equal(out3[i], ref[i])
+
+
+def test_rope_pairing_slip_fails():
+    # the indexer RoPE regression: rotate-half and interleaved pairings exchanged on the way to npu_rotary_mul
+    swapped = types.SimpleNamespace(**M.MODELS)
+    swapped.npu_rotary_mul = lambda x, r1, r2, rotary_mode="half", rotate=None: M.npu_rotary_mul(
+        x, r1, r2, {"half": "interleave", "interleave": "half"}[rotary_mode], rotate)
+    mod = types.ModuleType("npu_rope_swapped")
+    mod.__dict__.update(OPS=adapters.make_ops(None), available=lambda: (False, "no NPU"),
+                        contract_ops=lambda: adapters.make_ops(swapped))
+    _KEEP.append(mod)
+    buggy, clean = from_module(mod), _backend("")
+    for case in ("indexer-q", "mla-k-pe"):
+        assert run_case(clean, dict(reference.OPS), "rope", case, contract=True)["verdict"] == "contract"
+        assert run_case(buggy, dict(reference.OPS), "rope", case, contract=True)["verdict"] == "fail"

@@ -3,7 +3,8 @@
 The adapters (``dsport.npu_kernels.adapters``) translate dsport's layouts to
 the NPU's (split bf16 latent / rope cache, valid-first indices, TND prefix
 sums, softmax max/sum -> lse) and call ``npu_sparse_flash_attention``,
-``npu_rms_norm`` and ``npu_add_rms_norm``. Where no NPU is visible, conformance
+``npu_rms_norm`` / ``npu_add_rms_norm``, ``npu_rotary_mul`` and
+``npu_moe_gating_top_k``. Where no NPU is visible, conformance
 runs the same adapters over contract models of those ops
 (``dsport.npu_kernels.contract_models``): verdict ``contract``, never ``pass``.
 
@@ -31,9 +32,11 @@ from dsport.core.errors import BackendUnavailable
 from dsport.npu_kernels import adapters
 
 NAME = "npu"
-DESCRIPTION = "Ascend NPU via torch_npu: npu_sparse_flash_attention (MLA-absorb, TND / PA_BSND), npu_rms_norm, npu_add_rms_norm"
+DESCRIPTION = ("Ascend NPU via torch_npu: npu_sparse_flash_attention (MLA-absorb, TND / PA_BSND), npu_rms_norm / "
+               "npu_add_rms_norm, npu_rotary_mul, npu_moe_gating_top_k; CPU inputs are moved to the NPU and back")
 PRECISION = ("bf16/fp16 q and KV; the 656-byte FP8 cache is widened to the split bf16 cache exactly (ue8m0 scales); "
-             "softmax statistics fp32, lse = softmax_max + ln(softmax_sum); rms_norm in fp32 with gamma in x's dtype")
+             "softmax statistics fp32, lse = softmax_max + ln(softmax_sum); rms_norm in fp32 with gamma in x's dtype; "
+             "rope tables (angle in fp32) rounded to x's dtype; gate GEMM and routing in fp32")
 TORCH_NPU_VERSION = "2.13.0"  # the schemas the adapters are written against (tests/test_npu_schema.py)
 
 _SFA = "npu_sparse_flash_attention"
@@ -49,6 +52,10 @@ CAPABILITIES = {
              "cache (the 656-byte FP8 cache is translated first); D 512 + rope 64 only"),
     "rms_norm": Capability(dtypes=(torch.float16, torch.bfloat16, torch.float32),
                            note="npu_rms_norm; with residual npu_add_rms_norm"),
+    "rope": Capability(dtypes=(torch.float16, torch.bfloat16, torch.float32),
+                       note="npu_rotary_mul(rotary_mode='interleave' | 'half') on [1, T, H, D] with 1S1D cos / sin in x's dtype"),
+    "moe_gate": Capability(note="gate GEMM in fp32, then npu_moe_gating_top_k(norm_type=1 sigmoid | 0 softmax, "
+                                "group_select_mode=1 top-2 sum with bias | 0 max without); E <= 2048, > 2 experts per group"),
 }
 
 _FUSED = ("npu_lightning_indexer fuses indexer logits with top-k and returns indices (its values are bf16/fp16 and "
@@ -65,7 +72,6 @@ NOT_SERVED = {
     "fp8_gemm": "not adapted yet: FP8 matmul is Ascend 950 only; A3 has int8 (npu_quant_matmul)",
     "layer_norm": "not adapted yet: torch's layer_norm runs on the NPU through the torch fallback",
     "yarn_freqs": "a table, built once: torch fallback",
-    "rope": "not adapted yet: npu_rotary_mul(rotary_mode='half') / npu_interleave_rope would serve the two pairings",
     "hadamard": "no NPU kernel: a 128x128 matmul, served by the torch fallback",
     "index_cache_pack": "the NPU indexer reads a bf16 (or int8 on A3) key cache, not this FP8 layout",
     "index_cache_unpack": "the NPU indexer reads a bf16 (or int8 on A3) key cache, not this FP8 layout",
@@ -73,7 +79,6 @@ NOT_SERVED = {
     "mla_cache_unpack": "the NPU keeps the split bf16 cache; dsport.npu_kernels.layouts.split_mla_cache translates",
     "mla_prefill_dense": "not adapted yet: npu_fusion_attention (sparse_mode 3, TND) would serve it",
     "mla_decode_dense": "not adapted yet: npu_fused_infer_attention_score would serve it",
-    "moe_gate": "not adapted yet: npu_moe_gating_top_k(norm_type=1, group_select_mode=1) would serve it",
     "moe_experts": "not adapted yet: npu_grouped_matmul would serve the expert GEMMs",
     "moe_grouped_gemm_contiguous": "not adapted yet: npu_grouped_matmul(group_list_type=...) would serve it",
     "moe_grouped_gemm_masked": "not adapted yet: npu_grouped_matmul would serve it",
