@@ -138,7 +138,39 @@ def make_ops(lib: Any, L: Any = layouts) -> dict[str, Callable[..., Any]]:
             renorm=0, norm_type=1 if score_func == "sigmoid" else 0, routed_scaling_factor=float(route_scale))
         return w.float(), ids.to(torch.int32)
 
-    return {"sparse_mla_prefill": sparse_mla_prefill, "sparse_mla_decode": sparse_mla_decode, "rms_norm": rms_norm,
+    def grouped(rows: torch.Tensor, b: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """rows [M', K] sorted by group with counts [G] -> [M', N] through one npu_grouped_matmul call."""
+        w = b.transpose(1, 2).contiguous()  # dsport's b is [G, N, K]; the op takes weight [G, K, N]
+        if w.shape[0] == 1:  # group_list may not have length 1: a second, empty group is exact
+            w, counts = torch.cat([w, w], 0), torch.cat([counts, counts.new_zeros(1)])
+        (y,) = lib.npu_grouped_matmul([rows.contiguous()], [w], group_list=counts.to(torch.int64), split_item=3,
+                                      group_type=0, group_list_type=1)
+        return y
+
+    def moe_grouped_gemm_contiguous(a, b, m_indices):
+        m, n = a.shape[0], b.shape[1]
+        c = torch.zeros(m, n, dtype=a.dtype, device=a.device)  # padding rows (-1) are 0 by dsport's contract
+        ids = m_indices.long()
+        valid = ids >= 0
+        if not bool(valid.any()):
+            return c
+        # the NPU groups consecutive rows in group order: sort rows by group (stable), padding last
+        order = torch.sort(torch.where(valid, ids, b.shape[0]), stable=True).indices
+        used = order[: int(valid.sum())]
+        c[used] = grouped(a[used], b, torch.bincount(ids[valid], minlength=b.shape[0]))
+        return c
+
+    def moe_grouped_gemm_masked(a, b, masked_m):
+        g, mm, _ = a.shape
+        c = torch.zeros(g, mm, b.shape[1], dtype=a.dtype, device=a.device)
+        live = torch.arange(mm, device=a.device)[None, :] < masked_m.long()[:, None]
+        if not bool(live.any()):
+            return c
+        c[live] = grouped(a[live], b, masked_m.long())  # row-major: group 0's rows, then group 1's, ...
+        return c
+
+    return {"moe_grouped_gemm_contiguous": moe_grouped_gemm_contiguous, "moe_grouped_gemm_masked": moe_grouped_gemm_masked,
+            "sparse_mla_prefill": sparse_mla_prefill, "sparse_mla_decode": sparse_mla_decode, "rms_norm": rms_norm,
             "rope": rope, "moe_gate": moe_gate}
 
 

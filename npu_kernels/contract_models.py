@@ -37,6 +37,12 @@ relying on it fails instead of passing by luck. Sources, per op:
   (``ops/fused_moe/router/router_factory.py``), and renormalises softmax
   weights itself afterwards (``device/device_op.py``): sigmoid weights come
   out renormalised, softmax weights do not; both times routed_scaling_factor.
+* ``npu_grouped_matmul``: torch_npu ``_op_plugin_docs.py``, the non-quantized
+  case with a single x [M, K], a single 3-D weight [G, K, N] and a single y
+  (split_item 2/3), group_list a tensor grouping the M axis (group_type 0) as
+  counts (group_list_type 1: non-negative, length not 1) or cumulative sums
+  (0: non-decreasing); y = x_g @ weight_g per group, in x's dtype; K and N
+  below the inner limit 65536.
 """
 from __future__ import annotations
 
@@ -281,6 +287,43 @@ def npu_moe_gating_top_k(x, k, *, bias=None, input_ids=None, tid2eid=None, k_gro
     return y.to(x.dtype), idx.to(torch.int32), norm if out_flag else torch.empty(0)
 
 
+def npu_grouped_matmul(x, weight, *, bias=None, scale=None, offset=None, antiquant_scale=None, antiquant_offset=None,
+                       per_token_scale=None, group_list=None, activation_input=None, activation_quant_scale=None,
+                       activation_quant_offset=None, split_item=0, group_type=None, group_list_type=0, act_type=0,
+                       tuning_config=None, output_dtype=None, x_dtype=None, weight_dtype=None, scale_dtype=None,
+                       per_token_scale_dtype=None):
+    """[y]: the rows of x grouped along M by group_list, each group times its weight."""
+    op = "npu_grouped_matmul"
+    _need(len(x) == 1 and len(weight) == 1 and x[0].dim() == 2 and weight[0].dim() == 3, op,
+          "this model covers one 2-D x and one 3-D weight [G, K, N]")
+    _need(split_item in (2, 3) and group_type == 0 and isinstance(group_list, torch.Tensor), op,
+          "split_item 2/3 (one output), group_type 0 (M axis), group_list a tensor")
+    unused = (bias, scale, offset, antiquant_scale, antiquant_offset, per_token_scale, activation_input,
+              activation_quant_scale, activation_quant_offset, tuning_config, output_dtype, x_dtype, weight_dtype,
+              scale_dtype, per_token_scale_dtype)
+    _need(all(v is None for v in unused) and act_type == 0, op, "only the non-quantized case without bias or activation")
+    a, w = x[0], weight[0]
+    _need(a.dtype in (*HALF, torch.float32) and w.dtype == a.dtype, op, f"x and weight share one float dtype, got {a.dtype}/{w.dtype}")
+    g, k, n = w.shape
+    _need(a.shape[1] == k and k < 65536 and n < 65536, op, f"x [M, {k}] for weight [G, K, N] with K, N < 65536")
+    gl = group_list.long()
+    _need(gl.dim() == 1 and gl.numel() == g, op, f"group_list of length G = {g}")
+    if group_list_type == 1:
+        _need(bool((gl >= 0).all()) and g != 1, op, "group_list_type 1: non-negative counts, length not 1")
+        ends = torch.cumsum(gl, 0)
+    else:
+        _need(group_list_type == 0 and bool((gl >= 0).all()) and bool((gl[1:] >= gl[:-1]).all()), op,
+              "group_list_type 0: non-negative non-decreasing cumulative sums")
+        ends = gl
+    _need(int(ends[-1]) <= a.shape[0], op, f"the groups cover {int(ends[-1])} rows, x has {a.shape[0]}")
+    y = torch.full((a.shape[0], n), float("nan"))  # rows past the last group: undocumented, poisoned
+    start = 0
+    for i, end in enumerate(ends.tolist()):
+        y[start:end] = a[start:end].float() @ w[i].float()
+        start = end
+    return [y.to(a.dtype)]
+
+
 #: every modelled op, by its torch_npu name
 MODELS = {f.__name__: f for f in (npu_sparse_flash_attention, npu_lightning_indexer, npu_rms_norm, npu_add_rms_norm,
-                                  npu_rotary_mul, npu_moe_gating_top_k)}
+                                  npu_rotary_mul, npu_moe_gating_top_k, npu_grouped_matmul)}

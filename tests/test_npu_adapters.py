@@ -175,3 +175,16 @@ def test_rope_pairing_slip_fails():
     for case in ("indexer-q", "mla-k-pe"):
         assert run_case(clean, dict(reference.OPS), "rope", case, contract=True)["verdict"] == "contract"
         assert run_case(buggy, dict(reference.OPS), "rope", case, contract=True)["verdict"] == "fail"
+
+
+def test_grouped_gemm_with_one_group_adds_an_empty_second():
+    # the op refuses a group_list of length 1 (group_list_type 1); the adapter appends an empty group
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(5, 32, generator=g).bfloat16(), torch.randn(1, 16, 32, generator=g).bfloat16()
+    with pytest.raises(NpuContractError, match="length not 1"):
+        M.npu_grouped_matmul([a], [b.transpose(1, 2).contiguous()], group_list=torch.tensor([5]), split_item=3,
+                             group_type=0, group_list_type=1)
+    ids = torch.tensor([0, -1, 0, 0, -1], dtype=torch.int32)
+    c = adapters.make_ops(M)["moe_grouped_gemm_contiguous"](a, b, ids)
+    want = (a.float() @ b[0].float().T).bfloat16()
+    assert torch.equal(c[ids >= 0], want[ids >= 0]) and not c[ids < 0].any()

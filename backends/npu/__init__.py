@@ -3,8 +3,8 @@
 The adapters (``dsport.npu_kernels.adapters``) translate dsport's layouts to
 the NPU's (split bf16 latent / rope cache, valid-first indices, TND prefix
 sums, softmax max/sum -> lse) and call ``npu_sparse_flash_attention``,
-``npu_rms_norm`` / ``npu_add_rms_norm``, ``npu_rotary_mul`` and
-``npu_moe_gating_top_k``. Where no NPU is visible, conformance
+``npu_rms_norm`` / ``npu_add_rms_norm``, ``npu_rotary_mul``,
+``npu_moe_gating_top_k`` and ``npu_grouped_matmul``. Where no NPU is visible, conformance
 runs the same adapters over contract models of those ops
 (``dsport.npu_kernels.contract_models``): verdict ``contract``, never ``pass``.
 
@@ -33,7 +33,7 @@ from dsport.npu_kernels import adapters
 
 NAME = "npu"
 DESCRIPTION = ("Ascend NPU via torch_npu: npu_sparse_flash_attention (MLA-absorb, TND / PA_BSND), npu_rms_norm / "
-               "npu_add_rms_norm, npu_rotary_mul, npu_moe_gating_top_k; CPU inputs are moved to the NPU and back")
+               "npu_add_rms_norm, npu_rotary_mul, npu_moe_gating_top_k, npu_grouped_matmul; CPU inputs are moved to the NPU and back")
 PRECISION = ("bf16/fp16 q and KV; the 656-byte FP8 cache is widened to the split bf16 cache exactly (ue8m0 scales); "
              "softmax statistics fp32, lse = softmax_max + ln(softmax_sum); rms_norm in fp32 with gamma in x's dtype; "
              "rope tables (angle in fp32) rounded to x's dtype; gate GEMM and routing in fp32")
@@ -54,6 +54,10 @@ CAPABILITIES = {
                            note="npu_rms_norm; with residual npu_add_rms_norm"),
     "rope": Capability(dtypes=(torch.float16, torch.bfloat16, torch.float32),
                        note="npu_rotary_mul(rotary_mode='interleave' | 'half') on [1, T, H, D] with 1S1D cos / sin in x's dtype"),
+    **{op: Capability(dtypes=(torch.float16, torch.bfloat16, torch.float32),
+                      note="npu_grouped_matmul(split_item=3, group_type=0, group_list_type=1) over rows sorted by group; "
+                           "b transposed to the op's [G, K, N]")
+       for op in ("moe_grouped_gemm_contiguous", "moe_grouped_gemm_masked")},
     "moe_gate": Capability(note="gate GEMM in fp32, then npu_moe_gating_top_k(norm_type=1 sigmoid | 0 softmax, "
                                 "group_select_mode=1 top-2 sum with bias | 0 max without); E <= 2048, > 2 experts per group"),
 }
@@ -79,9 +83,8 @@ NOT_SERVED = {
     "mla_cache_unpack": "the NPU keeps the split bf16 cache; dsport.npu_kernels.layouts.split_mla_cache translates",
     "mla_prefill_dense": "not adapted yet: npu_fusion_attention (sparse_mode 3, TND) would serve it",
     "mla_decode_dense": "not adapted yet: npu_fused_infer_attention_score would serve it",
-    "moe_experts": "not adapted yet: npu_grouped_matmul would serve the expert GEMMs",
-    "moe_grouped_gemm_contiguous": "not adapted yet: npu_grouped_matmul(group_list_type=...) would serve it",
-    "moe_grouped_gemm_masked": "not adapted yet: npu_grouped_matmul would serve it",
+    "moe_experts": "not adapted yet: token sort + npu_grouped_matmul (w1, w3), silu * mul, npu_grouped_matmul (w2) "
+                   "would serve it (the two grouped GEMMs are served on their own)",
 }
 
 _PROBE = ("import torch, torch_npu; n = torch.npu.device_count() if torch.npu.is_available() else 0; "
