@@ -169,7 +169,22 @@ def make_ops(lib: Any, L: Any = layouts) -> dict[str, Callable[..., Any]]:
         c[live] = grouped(a[live], b, masked_m.long())  # row-major: group 0's rows, then group 1's, ...
         return c
 
-    return {"moe_grouped_gemm_contiguous": moe_grouped_gemm_contiguous, "moe_grouped_gemm_masked": moe_grouped_gemm_masked,
+    def moe_experts(x, ids, weights, w1, w3, w2):
+        t, d = x.shape
+        y = torch.zeros(t, d, dtype=torch.float32, device=x.device)
+        flat = ids.reshape(-1).long()
+        live = (flat >= 0).nonzero().squeeze(1)  # slot -1 is skipped: its weight is never read
+        if live.numel() == 0:
+            return y.to(x.dtype)
+        eid = flat[live]
+        order = live[torch.sort(eid, stable=True).indices]  # (token, slot) pairs grouped by expert
+        counts = torch.bincount(flat[order], minlength=w1.shape[0])
+        rows = x[order // ids.shape[1]]
+        h = torch.nn.functional.silu(grouped(rows, w1, counts).float()) * grouped(rows, w3, counts).float()
+        out = grouped(h.to(x.dtype), w2, counts).float() * weights.reshape(-1)[order].float()[:, None]
+        return y.index_add_(0, order // ids.shape[1], out).to(x.dtype)
+
+    return {"moe_experts": moe_experts, "moe_grouped_gemm_contiguous": moe_grouped_gemm_contiguous, "moe_grouped_gemm_masked": moe_grouped_gemm_masked,
             "sparse_mla_prefill": sparse_mla_prefill, "sparse_mla_decode": sparse_mla_decode, "rms_norm": rms_norm,
             "rope": rope, "moe_gate": moe_gate}
 

@@ -31,7 +31,7 @@ from dsport.npu_kernels import schema as S
 ADAPTER_CASES = (("sparse_mla_prefill", "small"), ("sparse_mla_decode", "fp8-page64"), ("sparse_mla_decode", "float-576"),
                  ("rms_norm", "tiny"), ("rms_norm", "residual"), ("rope", "mla-q-pe"), ("rope", "indexer-q"),
                  ("moe_gate", "ds-routing"), ("moe_gate", "no-bias"), ("moe_grouped_gemm_contiguous", "tiny"),
-                 ("moe_grouped_gemm_masked", "tiny"))
+                 ("moe_grouped_gemm_masked", "tiny"), ("moe_experts", "tiny"))
 
 
 def recorded_calls() -> list[tuple[str, tuple, dict]]:

@@ -24,14 +24,14 @@ grep -Eq "^│ npu +│[^│]+│ yes" "$OUT/backends.txt" || { echo "npu backen
 # 2. conformance on the NPU: quick set for npu and the torch fallback, then every case of the served ops
 "$DSPORT" conformance --backends npu torch --quick --json "$OUT/conformance-quick.json" \
     --markdown "$OUT/conformance-quick.md" --no-progress || status=1
-"$DSPORT" conformance --backends npu --full --ops 'sparse_mla_*' rms_norm rope moe_gate 'moe_grouped_gemm_*' --json "$OUT/conformance-full.json" \
+"$DSPORT" conformance --backends npu --full --ops 'sparse_mla_*' rms_norm rope 'moe_*' --json "$OUT/conformance-full.json" \
     --markdown "$OUT/conformance-full.md" --no-progress || status=1
 
 # 3. the fused lightning indexer (not a spec op of its own) against dsport's indexer + top-k
 "$PY" -m dsport.npu_kernels.ascend_checks fused-indexer --lib torch_npu --json "$OUT/fused-indexer.json" || status=1
 
 # 4. profile: npu against the torch backend on the same device, DeepSeek-sized shapes
-"$DSPORT" profile --backend npu,torch --ops sparse_mla_prefill,sparse_mla_decode,rms_norm,rope,moe_gate,moe_grouped_gemm_contiguous,moe_grouped_gemm_masked --device npu \
+"$DSPORT" profile --backend npu,torch --ops sparse_mla_prefill,sparse_mla_decode,rms_norm,rope,moe_gate,moe_experts,moe_grouped_gemm_contiguous,moe_grouped_gemm_masked --device npu \
     --scale device --json "$OUT/profile.json" --markdown "$OUT/profile.md" || status=1
 
 echo "results in $OUT (exit $status)"

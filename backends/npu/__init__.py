@@ -33,7 +33,7 @@ from dsport.npu_kernels import adapters
 
 NAME = "npu"
 DESCRIPTION = ("Ascend NPU via torch_npu: npu_sparse_flash_attention (MLA-absorb, TND / PA_BSND), npu_rms_norm / "
-               "npu_add_rms_norm, npu_rotary_mul, npu_moe_gating_top_k, npu_grouped_matmul; CPU inputs are moved to the NPU and back")
+               "npu_add_rms_norm, npu_rotary_mul, npu_moe_gating_top_k, npu_grouped_matmul (MoE GEMMs and experts); CPU inputs are moved to the NPU and back")
 PRECISION = ("bf16/fp16 q and KV; the 656-byte FP8 cache is widened to the split bf16 cache exactly (ue8m0 scales); "
              "softmax statistics fp32, lse = softmax_max + ln(softmax_sum); rms_norm in fp32 with gamma in x's dtype; "
              "rope tables (angle in fp32) rounded to x's dtype; gate GEMM and routing in fp32")
@@ -58,6 +58,9 @@ CAPABILITIES = {
                       note="npu_grouped_matmul(split_item=3, group_type=0, group_list_type=1) over rows sorted by group; "
                            "b transposed to the op's [G, K, N]")
        for op in ("moe_grouped_gemm_contiguous", "moe_grouped_gemm_masked")},
+    "moe_experts": Capability(dtypes=(torch.float16, torch.bfloat16, torch.float32),
+                              note="(token, slot) pairs sorted by expert; npu_grouped_matmul for w1 and w3, silu * mul in "
+                                   "fp32, npu_grouped_matmul for w2, weighted index_add in fp32"),
     "moe_gate": Capability(note="gate GEMM in fp32, then npu_moe_gating_top_k(norm_type=1 sigmoid | 0 softmax, "
                                 "group_select_mode=1 top-2 sum with bias | 0 max without); E <= 2048, > 2 experts per group"),
 }
@@ -70,7 +73,9 @@ NOT_SERVED = {
     "topk_select": _FUSED,
     "indexer_logits_paged": "npu_lightning_indexer (layout_key='PA_BSND') fuses top-k and reads a bf16 key cache, "
                             "not the 132-byte FP8 one; no fp32 logits",
-    "act_quant": "not adapted yet: npu_dynamic_quant quantizes per token ('pertoken'), not per 128-group with ue8m0 scales",
+    "act_quant": "not adapted: npu_dynamic_quant quantizes per row with scale amax / DTYPE_MAX (no amax floor, no ue8m0 "
+                 "rounding), to int8 on A3 (fp8 outputs only on Ascend 950); a [.., N / 128, 128] view would make its "
+                 "rows dsport's groups, but the scales would still differ from dsport's bit-exact contract",
     "dequant": "no NPU kernel: elementwise, served by the torch fallback",
     "weight_dequant": "no NPU kernel: elementwise, served by the torch fallback",
     "fp8_gemm": "not adapted yet: FP8 matmul is Ascend 950 only; A3 has int8 (npu_quant_matmul)",
@@ -83,8 +88,6 @@ NOT_SERVED = {
     "mla_cache_unpack": "the NPU keeps the split bf16 cache; dsport.npu_kernels.layouts.split_mla_cache translates",
     "mla_prefill_dense": "not adapted yet: npu_fusion_attention (sparse_mode 3, TND) would serve it",
     "mla_decode_dense": "not adapted yet: npu_fused_infer_attention_score would serve it",
-    "moe_experts": "not adapted yet: token sort + npu_grouped_matmul (w1, w3), silu * mul, npu_grouped_matmul (w2) "
-                   "would serve it (the two grouped GEMMs are served on their own)",
 }
 
 _PROBE = ("import torch, torch_npu; n = torch.npu.device_count() if torch.npu.is_available() else 0; "
