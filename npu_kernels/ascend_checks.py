@@ -17,6 +17,7 @@ Exit status 1 when anything disagrees, 2 when nothing could be checked.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import sys
@@ -34,7 +35,8 @@ ADAPTER_CASES = (("sparse_mla_prefill", "small"), ("sparse_mla_decode", "fp8-pag
                  ("moe_grouped_gemm_masked", "tiny"), ("moe_experts", "tiny"))
 
 
-def recorded_calls() -> list[tuple[str, tuple, dict]]:
+@functools.lru_cache(maxsize=1)
+def recorded_calls() -> tuple[tuple[str, tuple, dict], ...]:
     """Every vendor call of every adapter path, run once over recording contract models."""
     from dsport.core.spec import specs
 
@@ -47,7 +49,7 @@ def recorded_calls() -> list[tuple[str, tuple, dict]]:
     zeros = torch.zeros(6, dtype=torch.int32)
     adapters.lightning_indexer_topk(rec, q, k, w, zeros, torch.full((6,), 40, dtype=torch.int32), 8)  # one batch, TND
     adapters.lightning_indexer_topk(rec, q, k, w, zeros, torch.tensor([3, 9, 40, 0, 17, 5], dtype=torch.int32), 8)  # PA_BSND
-    return rec.calls
+    return tuple(rec.calls)
 
 
 def installed_schema_text() -> str:
