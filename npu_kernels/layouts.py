@@ -143,10 +143,10 @@ def lse_to_stats(lse: torch.Tensor, n2: int = 1) -> tuple[torch.Tensor, torch.Te
 
 
 # -- sparse_mode 3: right-down causal -------------------------------------------------------------------------------
-def right_down_causal_ends(s1: int, s2: int) -> torch.Tensor:
+def right_down_causal_ends(s1: int, s2: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Exclusive key end per query under sparse_mode 3: query i of s1 sees keys j <= i + s2 - s1,
     i.e. ke[i] = clamp(i + s2 - s1 + 1, 0, s2) (dsport's causal prefill after an s2 - s1 prefix)."""
-    return (torch.arange(s1, dtype=torch.int64) + (s2 - s1 + 1)).clamp(0, s2).to(torch.int32)
+    return (torch.arange(s1, dtype=torch.int64, device=device) + (s2 - s1 + 1)).clamp(0, s2).to(torch.int32)
 
 
 def as_sparse_mode(ks: torch.Tensor, ke: torch.Tensor, s2: int) -> int | None:
@@ -156,6 +156,6 @@ def as_sparse_mode(ks: torch.Tensor, ke: torch.Tensor, s2: int) -> int | None:
         return None
     if bool((ke == s2).all()):
         return NO_MASK
-    if bool((ke == right_down_causal_ends(ke.shape[0], s2)).all()):
+    if bool((ke == right_down_causal_ends(ke.shape[0], s2, ke.device)).all()):
         return RIGHT_DOWN_CAUSAL
     return None
