@@ -86,12 +86,6 @@ def _batches(lengths: torch.Tensor | None, total: int, prefix_sums: bool) -> lis
     return [(s, e - s) for s, e in zip(starts, vals)]
 
 
-def _row_entries(row: torch.Tensor) -> torch.Tensor:
-    """The entries the kernel reads: those before the first -1 (its row ends there)."""
-    stop = (row == SENTINEL).nonzero()
-    return row[: int(stop[0]) if stop.numel() else row.numel()].long()
-
-
 def npu_sparse_flash_attention(query, key, value, sparse_indices, scale_value, *, block_table=None,
                                actual_seq_lengths_query=None, actual_seq_lengths_kv=None, query_rope=None, key_rope=None,
                                sparse_block_size=1, layout_query="BSND", layout_kv="BSND", sparse_mode=3,
@@ -129,31 +123,33 @@ def npu_sparse_flash_attention(query, key, value, sparse_indices, scale_value, *
     kv_batches = _batches(actual_seq_lengths_kv, key.shape[0], prefix_sums=not paged)
     _need(len(kv_batches) == len(q_batches), op, "actual_seq_lengths_query and _kv disagree on B")
 
-    out = torch.zeros(t1, n1, 512, dtype=torch.float32)
+    out = torch.full((t1, n1, 512), float("nan"))  # rows with nothing to attend: undocumented, poisoned
     m = torch.full((1, t1, n1), float("nan"))
     s = torch.full((1, t1, n1), float("nan"))
     for b, ((q0, ql), (k0, kl)) in enumerate(zip(q_batches, kv_batches)):
-        for i in range(ql):
-            t = q0 + i
-            pos = _row_entries(sparse_indices[t, 0])
-            visible = (pos >= 0) & (pos < kl)
-            if sparse_mode == RIGHT_DOWN_CAUSAL:
-                visible &= pos <= i + kl - ql
-            pos = pos[visible]
-            if pos.numel() == 0:  # undocumented: poisoned, an adapter must not read it
-                out[t] = float("nan")
-                continue
-            if paged:
-                blocks = block_table[b, pos // bs].long()
-                kn, kr = key[blocks, pos % bs, 0].float(), key_rope[blocks, pos % bs, 0].float()
-                v = value[blocks, pos % bs, 0].float()
-            else:
-                kn, kr, v = key[k0 + pos, 0].float(), key_rope[k0 + pos, 0].float(), value[k0 + pos, 0].float()
-            logits = (query[t].float() @ kn.T + query_rope[t].float() @ kr.T) * scale_value  # [N1, n]
-            mx = logits.amax(-1)
-            p = torch.exp(logits - mx[:, None])
-            out[t] = (p @ v) / p.sum(-1, keepdim=True)
-            m[0, t], s[0, t] = mx, p.sum(-1)
+        if ql == 0:
+            continue
+        idx = sparse_indices[q0:q0 + ql, 0].long()                        # [ql, K]
+        read = torch.cumprod((idx != SENTINEL).long(), dim=-1).bool()      # the row ends at its first -1
+        visible = read & (idx >= 0) & (idx < kl)
+        if sparse_mode == RIGHT_DOWN_CAUSAL:
+            visible &= idx <= (torch.arange(ql)[:, None] + kl - ql)
+        pos = torch.where(visible, idx, 0)
+        if paged:
+            blocks = block_table[b, pos // bs].long()
+            kn, kr, v = (t_[blocks, pos % bs, 0].float() for t_ in (key, key_rope, value))
+        else:
+            kn, kr, v = (t_[k0 + pos, 0].float() for t_ in (key, key_rope, value))
+        logits = (torch.einsum("thd,tkd->thk", query[q0:q0 + ql].float(), kn)
+                  + torch.einsum("thd,tkd->thk", query_rope[q0:q0 + ql].float(), kr)) * scale_value
+        logits = logits.masked_fill(~visible[:, None, :], float("-inf"))
+        mx = logits.amax(-1)
+        p = torch.exp(logits - mx[..., None]).masked_fill(~visible[:, None, :], 0.0)
+        total = p.sum(-1)
+        some = visible.any(-1)
+        rows = torch.einsum("thk,tkd->thd", p, v) / total[..., None]
+        out[q0:q0 + ql][some] = rows[some]
+        m[0, q0:q0 + ql][some], s[0, q0:q0 + ql][some] = mx[some], total[some]
     if not return_softmax_lse:
         m, s = torch.empty(0), torch.empty(0)
     return out.to(query.dtype), m, s
