@@ -20,10 +20,9 @@ import torch
 
 from dsport.core.fp8 import FP8_FORMATS
 from dsport.npu_kernels import layouts
-from dsport.npu_kernels import layouts as L
 from dsport.npu_kernels.contract_models import SPARSE_COUNTS
 
-D_NOPE, D_ROPE = L.LATENT, L.ROPE
+D_NOPE, D_ROPE = layouts.LATENT, layouts.ROPE
 INDEXER_BLOCK = 128  # key block for the per-row paged indexer call: a multiple of 16 <= 1024, as the README requires
 
 
@@ -217,12 +216,12 @@ def lightning_indexer_topk(lib: Any, q: torch.Tensor, k: torch.Tensor, weights: 
     fp8 = q.dtype in (f.dtype for f in FP8_FORMATS.values())
     kk = k.float() * k_scale.float()[:, None] if fp8 else k.float()
     qb, kb = q.to(torch.bfloat16).contiguous(), kk.to(torch.bfloat16)
-    mode = L.as_sparse_mode(ks, ke, s)
+    mode = layouts.as_sparse_mode(ks, ke, s)
     if mode is not None:
         idx, _ = lib.npu_lightning_indexer(
             qb, kb[:, None].contiguous(), weights.float().contiguous(),
-            actual_seq_lengths_query=L.lengths_to_prefix_sums(torch.tensor([t], device=q.device)),
-            actual_seq_lengths_key=L.lengths_to_prefix_sums(torch.tensor([s], device=q.device)),
+            actual_seq_lengths_query=layouts.lengths_to_prefix_sums(torch.tensor([t], device=q.device)),
+            actual_seq_lengths_key=layouts.lengths_to_prefix_sums(torch.tensor([s], device=q.device)),
             layout_query="TND", layout_key="TND", sparse_count=topk, sparse_mode=mode)
     else:
         nblk = max(1, -(-s // INDEXER_BLOCK))
@@ -230,8 +229,8 @@ def lightning_indexer_topk(lib: Any, q: torch.Tensor, k: torch.Tensor, weights: 
         pool[:s] = kb
         idx, _ = lib.npu_lightning_indexer(
             qb, pool.view(nblk, INDEXER_BLOCK, 1, d), weights.float().contiguous(),
-            actual_seq_lengths_query=L.lengths_to_prefix_sums(torch.ones(t, dtype=torch.int32, device=q.device)),
+            actual_seq_lengths_query=layouts.lengths_to_prefix_sums(torch.ones(t, dtype=torch.int32, device=q.device)),
             actual_seq_lengths_key=ke.to(torch.int32).contiguous(),  # PA_BSND: one length per batch (= query)
             block_table=torch.arange(nblk, dtype=torch.int32, device=q.device).expand(t, nblk).contiguous(),
-            layout_query="TND", layout_key="PA_BSND", sparse_count=topk, sparse_mode=L.NO_MASK)
-    return L.from_valid_first(idx[:, 0])
+            layout_query="TND", layout_key="PA_BSND", sparse_count=topk, sparse_mode=layouts.NO_MASK)
+    return layouts.from_valid_first(idx[:, 0])

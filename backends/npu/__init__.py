@@ -78,7 +78,8 @@ NOT_SERVED = {
                  "rows dsport's groups, but the scales would still differ from dsport's bit-exact contract",
     "dequant": "no NPU kernel: elementwise, served by the torch fallback",
     "weight_dequant": "no NPU kernel: elementwise, served by the torch fallback",
-    "fp8_gemm": "not adapted yet: FP8 matmul is Ascend 950 only; A3 has int8 (npu_quant_matmul)",
+    "fp8_gemm": "not adapted yet: npu_quant_matmul (per-channel / per-token scales) would be the candidate; its "
+                "128x128 block-scaled FP8 form is not checked here",
     "layer_norm": "not adapted yet: torch's layer_norm runs on the NPU through the torch fallback",
     "yarn_freqs": "a table, built once: torch fallback",
     "hadamard": "no NPU kernel: a 128x128 matmul, served by the torch fallback",
