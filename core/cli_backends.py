@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from dsport.core.backend import BackendModule
 from dsport.core.config import add_config_arguments, config_from_args
 from dsport.core.errors import ConfigError
 from dsport.core.registry import discover, load, plan
@@ -37,7 +38,10 @@ def explain(console: Console, args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     p = plan(cfg)
     console.print(f"config ({escape(cfg.origin)}): {escape(str(cfg.to_mapping()))}")
-    table = Table("op", "served by", "how", "other candidates")
+    # a backend that loads but cannot run here still says what it would do on its own hardware
+    idle = [b for b in p.backends.values() if not b.ok and b.module is not None]
+    table = Table("op", "served by", "how", "other candidates", *(["where available"] if idle else []))
+    query = cfg.query()
     for o in p.ops.values():
         others = []
         for v in o.verdicts:
@@ -50,13 +54,26 @@ def explain(console: Console, args: argparse.Namespace) -> int:
             else:
                 others.append(f"{v.backend}: {'; '.join(v.reasons)}")
         served = o.served_by or "[red]none[/]"
-        table.add_row(o.op, served, o.role, escape(" | ".join(others)))
+        where = [f"{b.name}: {_would(b.module, o.op, query)}" for b in idle if b.name in {v.backend for v in o.verdicts}]
+        table.add_row(o.op, served, o.role, escape(" | ".join(others)), *([escape(" | ".join(where))] if idle else []))
     console.print(table)
     failures = p.failures
     if failures:
         verdict = "resolve() would fail" if cfg.fallback == "strict" else "these ops would be absent from the table"
         console.print(f"[red]{len(failures)} op(s) not served[/]: {', '.join(o.op for o in failures)} ({verdict})")
     return 1 if failures and cfg.fallback == "strict" else 0
+
+
+def _would(mod: BackendModule, op: str, query: dict) -> str:
+    """What an unavailable backend would do with ``op`` where it is available."""
+    if op in mod.ops:
+        cap = mod.capabilities.get(op)
+        via = f" via {cap.note}" if cap is not None and cap.note else ""
+        refused = mod.refusal(op, query)
+        return f"would serve it{via}" + (f", but not this config: {'; '.join(refused)}" if refused else "")
+    if op in mod.not_served:
+        return f"leaves it to the chain: {mod.not_served[op]}"
+    return "does not implement it"
 
 
 def run(args: argparse.Namespace) -> int:

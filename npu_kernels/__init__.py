@@ -1,8 +1,8 @@
-"""Ascend NPU adapters and kernels.
+"""Ascend NPU support: dsport's ops over torch_npu's fused kernels.
 
-Empty so far: on Ascend, the ``torch`` backend runs through torch_npu (it is
-device-agnostic), and a dedicated op table starts from
-``dsport new-backend npu``. Check each vendor kernel's cache layout against
-the specs: AMD's aiter paged indexer, for one, stores keys per token
-([128 fp8 | 4 B scale]), not per block as ``index_cache_pack`` does.
+* ``layouts``: translation between dsport's layouts and the NPU's, each op with its inverse;
+* ``adapters``: the op table over torch_npu (or over the contract models);
+* ``contract_models``: torch models of the torch_npu ops called, sources cited;
+* ``schema``: torch_npu's registered schemas read from its wheel, and a call checker;
+* ``ascend_checks`` / ``run_ascend.sh``: what to run on Ascend hardware.
 """
