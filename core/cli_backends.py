@@ -52,11 +52,29 @@ def explain(console: Console, args: argparse.Namespace) -> int:
         served = o.served_by or "[red]none[/]"
         table.add_row(o.op, served, o.role, escape(" | ".join(others)))
     console.print(table)
+    for b in p.backends.values():
+        if not b.ok and b.module is not None:
+            _where_available(console, b)
     failures = p.failures
     if failures:
         verdict = "resolve() would fail" if cfg.fallback == "strict" else "these ops would be absent from the table"
         console.print(f"[red]{len(failures)} op(s) not served[/]: {', '.join(o.op for o in failures)} ({verdict})")
     return 1 if failures and cfg.fallback == "strict" else 0
+
+
+def _where_available(console: Console, b) -> None:
+    """What an unavailable backend would serve where it is available: its own
+    ops, and for the rest its NOT_SERVED reason."""
+    from dsport.core.spec import specs
+
+    table = Table("op", f"{b.name} where it is available", title=f"{b.name}: unavailable here ({escape(b.reason)})")
+    for op in specs():
+        if op in b.module.ops:
+            cap = b.module.capabilities.get(op)
+            table.add_row(op, "served" + (f" ({escape(cap.note)})" if cap is not None and cap.note else ""))
+        else:
+            table.add_row(op, escape(b.module.not_served.get(op, "not implemented")))
+    console.print(table)
 
 
 def run(args: argparse.Namespace) -> int:

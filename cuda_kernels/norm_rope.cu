@@ -41,7 +41,8 @@ extern "C" __global__ void __launch_bounds__(256) rms_norm_bf16(
 #pragma unroll
   for (int j = 0; j < MAXV; ++j) {
     const int c = (threadIdx.x + j * blockDim.x) * VEC;
-    if (c >= d) break;
+    // a guard, not a break: the loop stays fully unrolled and v[][] stays in registers
+    if (c >= d) { for (int i = 0; i < VEC; ++i) v[j][i] = 0.0f; continue; }
     const uint4 a = *reinterpret_cast<const uint4*>(x + row * d + c);
     const uint16_t* ah = reinterpret_cast<const uint16_t*>(&a);
     uint4 r = make_uint4(0, 0, 0, 0);
@@ -62,7 +63,7 @@ extern "C" __global__ void __launch_bounds__(256) rms_norm_bf16(
 #pragma unroll
   for (int j = 0; j < MAXV; ++j) {
     const int c = (threadIdx.x + j * blockDim.x) * VEC;
-    if (c >= d) break;
+    if (c >= d) continue;
     const uint4 wv = *reinterpret_cast<const uint4*>(w + c);
     const uint16_t* wh = reinterpret_cast<const uint16_t*>(&wv);
     uint4 o;

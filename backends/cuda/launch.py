@@ -1,0 +1,111 @@
+"""The own kernels as dsport ops: argument checks the kernels need beyond the
+spec (declared in CAPABILITIES, so a conforming call never fails here), the
+grid, and a launch on torch's current stream. Runs only where ``available()``
+says so: an sm_90 device, the driver, and torch with CUDA."""
+from __future__ import annotations
+
+import ctypes
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from dsport.backends.cuda.build import cache_root, compile_file
+from dsport.backends.cuda.driver import Kernel
+from dsport.backends.cuda.kernels import KERNEL_FILES
+
+_I64, _I32, _F32 = ctypes.c_longlong, ctypes.c_int, ctypes.c_float
+
+
+@lru_cache(maxsize=None)
+def kernel(name: str) -> Kernel:
+    kf = next(f for f in KERNEL_FILES if name in f.kernels)
+    info = compile_file(kf, "sm_90a", cache_root())
+    if "error" in info:
+        raise RuntimeError(f"cuda kernel {name}: build failed: {info['error']}")
+    return Kernel(Path(info["cubin"]).read_bytes(), name)
+
+
+def _stream() -> int:
+    return torch.cuda.current_stream().cuda_stream
+
+
+def _p(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def act_quant(x: torch.Tensor, block: int = 128, fmt: str = "e4m3fn", scale_fmt: str = "ue8m0"):
+    if block != 128:
+        raise NotImplementedError("act_quant: the cuda kernel maps one warp to a 128-element group (block=128 only)")
+    fmt, scale_fmt = str(fmt), str(scale_fmt)
+    xc = x.contiguous()
+    y = torch.empty(x.shape, dtype=torch.float8_e4m3fn if fmt == "e4m3fn" else torch.float8_e4m3fnuz, device=x.device)
+    s = torch.empty((*x.shape[:-1], x.shape[-1] // 128), dtype=torch.float32, device=x.device)
+    groups = s.numel()
+    kernel(f"act_quant_{fmt}_{scale_fmt}")(((groups + 7) // 8, 1, 1), (256, 1, 1),
+                                           [_p(xc), _p(y), _p(s), _I64(groups)], _stream())
+    return y, s
+
+
+def fp8_gemm(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor) -> torch.Tensor:
+    m, k = a.shape
+    n = b.shape[0]
+    c = torch.empty((m, n), dtype=torch.bfloat16, device=a.device)
+    kernel("fp8_gemm_nt_e4m3")(((n + 127) // 128, (m + 63) // 64, 1), (128, 1, 1),
+                               [_p(a.contiguous()), _p(sa.float().contiguous()), _p(b.contiguous()),
+                                _p(sb.float().contiguous()), _p(c), _I32(m), _I32(n), _I32(k)], _stream())
+    return c
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6, residual: torch.Tensor | None = None):
+    d = x.shape[-1]
+    if d % 8 or d > 8192:
+        raise NotImplementedError(f"rms_norm: the cuda kernel needs D % 8 == 0 and D <= 8192, got D={d}")
+    xc = x.contiguous()
+    rc = residual.contiguous() if residual is not None else None
+    y = torch.empty_like(xc)
+    r_out = torch.empty_like(xc) if residual is not None else None
+    rows = xc.numel() // d if d else 0
+    kernel("rms_norm_bf16")((rows, 1, 1), (256, 1, 1), [_p(xc), _p(rc), _p(w.contiguous()), _p(y), _p(r_out), _I32(d), _F32(eps)],
+                            _stream())
+    return y if residual is None else (y, r_out)
+
+
+def rope(x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor, interleaved: bool):
+    t, h, d = x.shape
+    xc = x.contiguous()
+    y = torch.empty_like(xc)
+    pairs = t * h * (d // 2)
+    kernel("rope_bf16")(((pairs + 255) // 256, 1, 1), (256, 1, 1),
+                        [_p(xc), _p(positions.long().contiguous()), _p(freqs.float().contiguous()), _p(y), _I64(t), _I32(h),
+                         _I32(d), _I32(int(bool(interleaved)))], _stream())
+    return y
+
+
+def topk_select(logits: torch.Tensor, k: int, ks: torch.Tensor | None = None, ke: torch.Tensor | None = None):
+    t, s = logits.shape
+    lc = logits if logits.stride(-1) == 1 else logits.contiguous()
+    out = torch.empty((t, k), dtype=torch.int32, device=logits.device)
+    kernel("topk_select_f32")((t, 1, 1), (1024, 1, 1),
+                              [_p(lc), _I64(lc.stride(0)), _I32(s), _p(None if ks is None else ks.int().contiguous()),
+                               _p(None if ke is None else ke.int().contiguous()), _I32(k), _p(out)], _stream())
+    return out
+
+
+def moe_gate(x, weight, bias=None, n_group=8, topk_group=4, topk=8, route_scale=2.5, score_func="sigmoid"):
+    t, d = x.shape
+    e = weight.shape[0]
+    if e > 512 or n_group > 32 or topk > 32:
+        raise NotImplementedError(f"moe_gate: the cuda kernel holds E <= 512 scores, n_group <= 32, topk <= 32 (got E={e})")
+    xc = x if x.stride(-1) == 1 else x.contiguous()
+    w = torch.empty((t, topk), dtype=torch.float32, device=x.device)
+    ids = torch.empty((t, topk), dtype=torch.int32, device=x.device)
+    kernel("moe_gate_bf16")((t, 1, 1), (256, 1, 1),
+                            [_p(xc), _I64(xc.stride(0)), _p(weight.contiguous()), _p(None if bias is None else bias.float().contiguous()),
+                             _I32(d), _I32(e), _I32(n_group), _I32(topk_group), _I32(topk), _F32(route_scale),
+                             _I32(int(score_func == "softmax")), _p(w), _p(ids)], _stream())
+    return w, ids
+
+
+OPS = {"act_quant": act_quant, "fp8_gemm": fp8_gemm, "rms_norm": rms_norm, "rope": rope, "topk_select": topk_select,
+       "moe_gate": moe_gate}
