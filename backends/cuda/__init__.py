@@ -111,7 +111,7 @@ NOT_SERVED: dict[str, str] = _not_served()
 
 def available() -> tuple[bool, str]:
     from dsport.backends.cuda import driver
-    from dsport.backends.cuda.build import find_tool
+    from dsport.backends.cuda.aot import find_tool
 
     try:
         driver.libcuda()
@@ -142,6 +142,6 @@ def contract_ops() -> dict[str, Callable[..., Any]]:
 
 
 def build(target: str, out_dir: str | os.PathLike) -> list[KernelBuild]:
-    from dsport.backends.cuda.build import build as _build
+    from dsport.backends.cuda.aot import build as _build
 
     return _build(target, out_dir)

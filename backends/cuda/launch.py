@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from dsport.backends.cuda.build import cache_root, compile_file
+from dsport.backends.cuda.aot import cache_root, compile_file
 from dsport.backends.cuda.driver import Kernel
 from dsport.backends.cuda.kernels import KERNEL_FILES
 
