@@ -1,6 +1,6 @@
 """The CUDA backend for H800/H200 (sm_90a): dsport's own kernels in
-``cuda_kernels/`` (act_quant, fp8_gemm on FP8 wgmma, rms_norm, rope,
-topk_select, moe_gate) and adapters that serve sparse MLA from FlashMLA and
+``cuda_kernels/`` (act_quant, fp8_gemm and indexer_logits on FP8 wgmma,
+rms_norm, rope, topk_select, moe_gate) and adapters that serve sparse MLA from FlashMLA and
 the FP8/grouped GEMMs and indexer logits from DeepGEMM when those libraries
 are importable.
 
@@ -92,7 +92,7 @@ def _not_served() -> dict[str, str]:
     from dsport.core.spec import specs
 
     vendor_of = {"sparse_mla_prefill": ("FlashMLA", _FLASH_MLA_ERR), "sparse_mla_decode": ("FlashMLA", _FLASH_MLA_ERR)}
-    vendor_of.update({op: ("DeepGEMM", _DEEP_GEMM_ERR) for op in ("indexer_logits", "indexer_logits_paged",
+    vendor_of.update({op: ("DeepGEMM", _DEEP_GEMM_ERR) for op in ("indexer_logits_paged",
                                                                   "moe_grouped_gemm_contiguous", "moe_grouped_gemm_masked")})
     out = {}
     for op in specs():

@@ -57,6 +57,19 @@ def fp8_gemm(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tenso
     return c
 
 
+def indexer_logits(q, k, weights, ks, ke, k_scale=None):
+    t, h, d = q.shape
+    s = k.shape[0]
+    if q.dtype != torch.float8_e4m3fn or k_scale is None or d != 128:
+        raise NotImplementedError(f"indexer_logits: the cuda kernel takes e4m3fn q and k with D = 128, got {q.dtype}, D={d}")
+    out = torch.empty((t, s), dtype=torch.float32, device=q.device)
+    kernel("indexer_logits_e4m3")(((s + 127) // 128, t, 1), (128, 1, 1),
+                                  [_p(q.contiguous()), _p(k.contiguous()), _p(k_scale.float().contiguous()),
+                                   _p(weights.float().contiguous()), _p(ks.int().contiguous()), _p(ke.int().contiguous()), _p(out),
+                                   _I32(h), _I32(s)], _stream())
+    return out
+
+
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6, residual: torch.Tensor | None = None):
     d = x.shape[-1]
     if d % 8 or d > 8192:
@@ -107,5 +120,5 @@ def moe_gate(x, weight, bias=None, n_group=8, topk_group=4, topk=8, route_scale=
     return w, ids
 
 
-OPS = {"act_quant": act_quant, "fp8_gemm": fp8_gemm, "rms_norm": rms_norm, "rope": rope, "topk_select": topk_select,
+OPS = {"act_quant": act_quant, "fp8_gemm": fp8_gemm, "indexer_logits": indexer_logits, "rms_norm": rms_norm, "rope": rope, "topk_select": topk_select,
        "moe_gate": moe_gate}
