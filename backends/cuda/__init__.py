@@ -1,8 +1,9 @@
 """The CUDA backend for H800/H200 (sm_90a): dsport's own kernels in
 ``cuda_kernels/`` (act_quant, fp8_gemm and indexer_logits on FP8 wgmma,
-rms_norm, rope, topk_select, moe_gate) and adapters that serve sparse MLA from FlashMLA and
-the FP8/grouped GEMMs and indexer logits from DeepGEMM when those libraries
-are importable.
+sparse_mla_decode on the 656-byte cache, rms_norm, rope, topk_select,
+moe_gate) and adapters that serve sparse MLA from FlashMLA and the FP8 and
+grouped GEMMs and the indexer logits from DeepGEMM when those libraries are
+importable (they take precedence over an own kernel).
 
 Where it runs: an sm_90 device with the NVIDIA driver and torch built with
 CUDA; kernels are compiled with nvcc (cached) and launched through the driver
@@ -69,10 +70,11 @@ OPS: dict[str, Callable[..., Any]] = {**_own(), **_vendor()}
 _CUDA = ("cuda",)
 _ADAPTED: dict[str, Capability] = {
     "sparse_mla_prefill": Capability(dtypes=(torch.bfloat16,), note="FlashMLA: bf16, d_qk 576, d_v 512; heads padded to 64/128"),
-    "sparse_mla_decode": Capability(dtypes=(torch.bfloat16,), fp8_formats=("e4m3fn",),
-                                    note="FlashMLA: the 656-byte e4m3fn cache only (a bf16 cache is refused)"),
+    "sparse_mla_decode": Capability(dtypes=(torch.bfloat16,),
+                                    note="bf16 q, d_qk 576, d_v 512; FlashMLA (when importable) reads the e4m3fn cache only, "
+                                         "the own kernel e4m3fn, e4m3fnuz or bf16 rows"),
     "fp8_gemm": Capability(fp8_formats=("e4m3fn",), note="e4m3fn: Hopper's tensor cores have no e4m3fnuz"),
-    "indexer_logits": Capability(dtypes=(), fp8_formats=("e4m3fn",), note="DeepGEMM fp8_mqa_logits: FP8 q and k only"),
+    "indexer_logits": Capability(dtypes=(), fp8_formats=("e4m3fn",), note="e4m3fn q and k, D = 128 (own kernel and DeepGEMM's fp8_mqa_logits)"),
     "indexer_logits_paged": Capability(fp8_formats=("e4m3fn",), page_sizes=(deepgemm.PAGE,),
                                        note="DeepGEMM: 64-token blocks on SM90"),
     "moe_grouped_gemm_contiguous": Capability(dtypes=(torch.bfloat16,), note="DeepGEMM bf16 grouped GEMM, segments aligned to 128"),
@@ -91,7 +93,7 @@ CAPABILITIES: dict[str, Capability] = {op: cap for op, cap in {**_OWN_CAPS, **_A
 def _not_served() -> dict[str, str]:
     from dsport.core.spec import specs
 
-    vendor_of = {"sparse_mla_prefill": ("FlashMLA", _FLASH_MLA_ERR), "sparse_mla_decode": ("FlashMLA", _FLASH_MLA_ERR)}
+    vendor_of = {"sparse_mla_prefill": ("FlashMLA", _FLASH_MLA_ERR)}
     vendor_of.update({op: ("DeepGEMM", _DEEP_GEMM_ERR) for op in ("indexer_logits_paged",
                                                                   "moe_grouped_gemm_contiguous", "moe_grouped_gemm_masked")})
     out = {}

@@ -70,6 +70,27 @@ def indexer_logits(q, k, weights, ks, ke, k_scale=None):
     return out
 
 
+def sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v=512, fmt="e4m3fn"):
+    b, s_q, h, dqk = q.shape
+    if dqk != 576 or d_v != 512:
+        raise NotImplementedError(f"sparse_mla_decode: the cuda kernel is built for d_qk 576, d_v 512, got {dqk}, {d_v}")
+    fp8 = kv_cache.dtype == torch.uint8
+    if not fp8 and kv_cache.dtype != torch.bfloat16:
+        raise NotImplementedError(f"sparse_mla_decode: the cuda kernel reads 656-byte FP8 or bf16 rows, got {kv_cache.dtype}")
+    row_bytes = 656 if fp8 else 576 * 2
+    cache = kv_cache
+    if cache.stride(-1) != 1 or cache.stride(1) * cache.element_size() != row_bytes:
+        cache = cache.contiguous()  # rows must be packed within a page; the page stride itself is free
+    out = torch.empty((b, s_q, h, 512), dtype=torch.bfloat16, device=q.device)
+    lse = torch.empty((b, h, s_q), dtype=torch.float32, device=q.device)
+    name = f"sparse_mla_decode_{str(fmt) if fp8 else 'bf16'}"
+    kernel(name)(((h + 7) // 8, s_q, b), (256, 1, 1),
+                 [_p(q.contiguous()), _p(cache), _I64(cache.stride(0) * cache.element_size()), _I32(row_bytes),
+                  _I32(cache.shape[1]), _p(indices.int().contiguous()), _p(out), _p(lse), _I32(h), _I32(s_q),
+                  _I32(indices.shape[-1]), _F32(sm_scale)], _stream())
+    return out, lse
+
+
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6, residual: torch.Tensor | None = None):
     d = x.shape[-1]
     if d % 8 or d > 8192:
@@ -120,5 +141,6 @@ def moe_gate(x, weight, bias=None, n_group=8, topk_group=4, topk=8, route_scale=
     return w, ids
 
 
-OPS = {"act_quant": act_quant, "fp8_gemm": fp8_gemm, "indexer_logits": indexer_logits, "rms_norm": rms_norm, "rope": rope, "topk_select": topk_select,
+OPS = {"act_quant": act_quant, "fp8_gemm": fp8_gemm, "indexer_logits": indexer_logits,
+       "sparse_mla_decode": sparse_mla_decode, "rms_norm": rms_norm, "rope": rope, "topk_select": topk_select,
        "moe_gate": moe_gate}
