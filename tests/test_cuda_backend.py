@@ -20,12 +20,12 @@ def test_module_meets_the_contract():
     b = from_module(cuda)
     assert b.name == "cuda" and b.targets == ("sm_90a",) and b.can_build and b.contract_ops is not None
     assert BUILTIN_BACKENDS["cuda"] == "dsport.backends.cuda"
-    assert set(b.ops) == own_ops() == {"act_quant", "fp8_gemm", "indexer_logits", "sparse_mla_decode", "rms_norm",
-                                                 "rope", "topk_select", "moe_gate"}
+    assert set(b.ops) == own_ops() == {"act_quant", "fp8_gemm", "indexer_logits", "sparse_mla_decode",
+                                                 "sparse_mla_prefill", "rms_norm", "rope", "topk_select", "moe_gate"}
     assert set(b.contract_ops()) == {"sparse_mla_prefill", "sparse_mla_decode", "fp8_gemm", "indexer_logits",
                                      "indexer_logits_paged", "moe_grouped_gemm_contiguous", "moe_grouped_gemm_masked"}
     assert set(b.not_served) == set(specs()) - set(b.ops) and all(b.not_served.values())
-    assert "FlashMLA serves it when importable" in b.not_served["sparse_mla_prefill"]
+    assert "DeepGEMM serves it when importable" in b.not_served["indexer_logits_paged"]
 
 
 def test_unavailable_here_with_the_reason(monkeypatch):

@@ -1,6 +1,6 @@
 """The CUDA backend for H800/H200 (sm_90a): dsport's own kernels in
 ``cuda_kernels/`` (act_quant, fp8_gemm and indexer_logits on FP8 wgmma,
-sparse_mla_decode on the 656-byte cache, rms_norm, rope, topk_select,
+sparse_mla_decode/prefill (656-byte FP8 or bf16 rows), rms_norm, rope, topk_select,
 moe_gate) and adapters that serve sparse MLA from FlashMLA and the FP8 and
 grouped GEMMs and the indexer logits from DeepGEMM when those libraries are
 importable (they take precedence over an own kernel).
@@ -69,7 +69,7 @@ OPS: dict[str, Callable[..., Any]] = {**_own(), **_vendor()}
 
 _CUDA = ("cuda",)
 _ADAPTED: dict[str, Capability] = {
-    "sparse_mla_prefill": Capability(dtypes=(torch.bfloat16,), note="FlashMLA: bf16, d_qk 576, d_v 512; heads padded to 64/128"),
+    "sparse_mla_prefill": Capability(dtypes=(torch.bfloat16,), note="bf16, d_qk 576, d_v 512 (FlashMLA pads heads to 64/128)"),
     "sparse_mla_decode": Capability(dtypes=(torch.bfloat16,),
                                     note="bf16 q, d_qk 576, d_v 512; FlashMLA (when importable) reads the e4m3fn cache only, "
                                          "the own kernel e4m3fn, e4m3fnuz or bf16 rows"),
@@ -93,7 +93,7 @@ CAPABILITIES: dict[str, Capability] = {op: cap for op, cap in {**_OWN_CAPS, **_A
 def _not_served() -> dict[str, str]:
     from dsport.core.spec import specs
 
-    vendor_of = {"sparse_mla_prefill": ("FlashMLA", _FLASH_MLA_ERR)}
+    vendor_of = {}
     vendor_of.update({op: ("DeepGEMM", _DEEP_GEMM_ERR) for op in ("indexer_logits_paged",
                                                                   "moe_grouped_gemm_contiguous", "moe_grouped_gemm_masked")})
     out = {}

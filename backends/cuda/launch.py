@@ -81,14 +81,30 @@ def sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v=512, fmt="e4m3fn"):
     cache = kv_cache
     if cache.stride(-1) != 1 or cache.stride(1) * cache.element_size() != row_bytes:
         cache = cache.contiguous()  # rows must be packed within a page; the page stride itself is free
+    out, lse, _ = _sparse(f"sparse_mla_fp8_{fmt}" if fp8 else "sparse_mla_bf16", q, cache, row_bytes, indices, sm_scale, False)
+    return out, lse
+
+
+def _sparse(name, q, cache, row_bytes, indices, sm_scale, want_max):
+    b, s_q, h, _ = q.shape
     out = torch.empty((b, s_q, h, 512), dtype=torch.bfloat16, device=q.device)
     lse = torch.empty((b, h, s_q), dtype=torch.float32, device=q.device)
-    name = f"sparse_mla_decode_{str(fmt) if fp8 else 'bf16'}"
+    mx = torch.empty((b, s_q, h), dtype=torch.float32, device=q.device) if want_max else None
+    n_rows = cache.shape[0] * cache.shape[1]
     kernel(name)(((h + 7) // 8, s_q, b), (256, 1, 1),
                  [_p(q.contiguous()), _p(cache), _I64(cache.stride(0) * cache.element_size()), _I32(row_bytes),
-                  _I32(cache.shape[1]), _p(indices.int().contiguous()), _p(out), _p(lse), _I32(h), _I32(s_q),
-                  _I32(indices.shape[-1]), _F32(sm_scale)], _stream())
-    return out, lse
+                  _I32(max(cache.shape[1], 1)), _p(indices.int().contiguous()), _p(out), _p(lse), _p(mx), _I64(n_rows),
+                  _I32(h), _I32(s_q), _I32(indices.shape[-1]), _F32(sm_scale)], _stream())
+    return out, lse, mx
+
+
+def sparse_mla_prefill(q, kv, indices, sm_scale, d_v=512):
+    t, h, dqk = q.shape
+    if dqk != 576 or d_v != 512 or q.dtype != torch.bfloat16 or kv.dtype != torch.bfloat16:
+        raise NotImplementedError(f"sparse_mla_prefill: the cuda kernel takes bf16 q/kv, d_qk 576, d_v 512; got {q.dtype}, {dqk}, {d_v}")
+    page = kv.reshape(1, kv.shape[0], 1, dqk).contiguous()  # the whole kv as one page of S rows
+    out, lse, mx = _sparse("sparse_mla_bf16", q.reshape(t, 1, h, dqk), page, 576 * 2, indices, sm_scale, True)
+    return out.reshape(t, h, 512), lse.reshape(t, h), mx.reshape(t, h)
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6, residual: torch.Tensor | None = None):
@@ -142,5 +158,5 @@ def moe_gate(x, weight, bias=None, n_group=8, topk_group=4, topk=8, route_scale=
 
 
 OPS = {"act_quant": act_quant, "fp8_gemm": fp8_gemm, "indexer_logits": indexer_logits,
-       "sparse_mla_decode": sparse_mla_decode, "rms_norm": rms_norm, "rope": rope, "topk_select": topk_select,
+       "sparse_mla_decode": sparse_mla_decode, "sparse_mla_prefill": sparse_mla_prefill, "rms_norm": rms_norm, "rope": rope, "topk_select": topk_select,
        "moe_gate": moe_gate}

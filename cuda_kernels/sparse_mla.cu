@@ -1,8 +1,10 @@
-// sparse_mla_decode (SPEC §6, FlashMLA's sparse decode contract): per (batch,
-// query) the top-k cache rows named by indices (block * block_size + offset,
-// -1 = none) are attended by every head: out [B, SQ, H, 512], lse [B, H, SQ].
-// The cache is the 656-byte FP8 row (include/dsport/mla_cache.cuh) or a bf16
-// [.., 576] row.
+// sparse_mla_decode and sparse_mla_prefill (SPEC §6, FlashMLA's sparse
+// contracts): per (batch, query) the top-k cache rows named by indices
+// (block * block_size + offset; -1 or past the cache = none) are attended by
+// every head: out [B, SQ, H, 512], lse [B, H, SQ]. The cache is the 656-byte
+// FP8 row (include/dsport/mla_cache.cuh) or a bf16 [.., 576] row. Prefill is
+// the same computation with B = T, SQ = 1 and the bf16 kv as one page, plus
+// max_logits [T, H].
 //
 // Mapping: one CTA of 8 warps per (batch, query, group of 8 heads), one warp
 // per head. Keys stream through shared memory in tiles of 32 (a lane per key
@@ -70,7 +72,8 @@ __device__ __forceinline__ void load_tile(uint16_t (*rows)[DEC_PAD], const int* 
 template <bool FP8, Fp8Kind K>
 __device__ void sparse_mla_decode_impl(const __nv_bfloat16* __restrict__ q, const uint8_t* __restrict__ cache,
                                        long long page_stride, int row_bytes, int block_size, const int* __restrict__ indices,
-                                       __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int h, int s_q, int topk,
+                                       __nv_bfloat16* __restrict__ out, float* __restrict__ lse,
+                                       float* __restrict__ max_logits, long long n_rows, int h, int s_q, int topk,
                                        float sm_scale) {
   __shared__ __align__(16) uint16_t rows[DEC_TILE][DEC_PAD];
   __shared__ uint16_t qs[DEC_HEADS][DEC_DQK];
@@ -93,8 +96,8 @@ __device__ void sparse_mla_decode_impl(const __nv_bfloat16* __restrict__ q, cons
     __syncthreads();  // the previous tile is no longer read
     if (threadIdx.x < DEC_TILE) {
       const int i = t0 + threadIdx.x < topk ? idx[t0 + threadIdx.x] : -1;
-      valid[threadIdx.x] = i >= 0;
-      where[threadIdx.x] = i >= 0 ? (long long)(i / block_size) * page_stride + (long long)(i % block_size) * row_bytes : 0;
+      valid[threadIdx.x] = i >= 0 && i < n_rows;
+      where[threadIdx.x] = valid[threadIdx.x] ? (long long)(i / block_size) * page_stride + (long long)(i % block_size) * row_bytes : 0;
     }
     __syncthreads();
     load_tile<FP8, K>(rows, valid, where, cache);
@@ -143,18 +146,21 @@ __device__ void sparse_mla_decode_impl(const __nv_bfloat16* __restrict__ q, cons
   uint16_t* o = reinterpret_cast<uint16_t*>(out) + (bq * h + head) * DEC_DV;
 #pragma unroll
   for (int j = 0; j < DEC_DV / 32; ++j) o[lane + 32 * j] = f32_to_bf16(acc[j] * inv);
-  if (lane == 0) lse[((long long)b * h + head) * s_q + sq] = softmax_lse(st);
+  if (lane == 0) {
+    lse[((long long)b * h + head) * s_q + sq] = softmax_lse(st);
+    if (max_logits) max_logits[bq * h + head] = st.m * LN2;  // the running max, back in natural units
+  }
 }
 
 #define DS_SPARSE_DECODE(NAME, FP8, K)                                                                          \
   extern "C" __global__ void __launch_bounds__(DEC_THREADS) NAME(                                                \
       const __nv_bfloat16* __restrict__ q, const uint8_t* __restrict__ cache, long long page_stride, int row_bytes, \
       int block_size, const int* __restrict__ indices, __nv_bfloat16* __restrict__ out, float* __restrict__ lse,     \
-      int h, int s_q, int topk, float sm_scale) {                                                                \
-    sparse_mla_decode_impl<FP8, K>(q, cache, page_stride, row_bytes, block_size, indices, out, lse, h, s_q, topk, \
-                                   sm_scale);                                                                    \
+      float* __restrict__ max_logits, long long n_rows, int h, int s_q, int topk, float sm_scale) {              \
+    sparse_mla_decode_impl<FP8, K>(q, cache, page_stride, row_bytes, block_size, indices, out, lse, max_logits,  \
+                                   n_rows, h, s_q, topk, sm_scale);                                              \
   }
 
-DS_SPARSE_DECODE(sparse_mla_decode_e4m3fn, true, E4M3FN)
-DS_SPARSE_DECODE(sparse_mla_decode_e4m3fnuz, true, E4M3FNUZ)
-DS_SPARSE_DECODE(sparse_mla_decode_bf16, false, E4M3FN)
+DS_SPARSE_DECODE(sparse_mla_fp8_e4m3fn, true, E4M3FN)
+DS_SPARSE_DECODE(sparse_mla_fp8_e4m3fnuz, true, E4M3FNUZ)
+DS_SPARSE_DECODE(sparse_mla_bf16, false, E4M3FN)
