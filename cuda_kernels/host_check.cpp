@@ -25,6 +25,10 @@ void ds_fp8_decode(const uint8_t* y, float* x, int64_t n, int kind) {
 
 // act_quant over rows of n floats, groups of `block`: the per-group order of
 // the kernel (amax, scale, quantize), one group at a time.
+void ds_bf16_round(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = bf16_to_f32(f32_to_bf16(x[i]));
+}
+
 void ds_act_quant(const float* x, uint8_t* y, float* s, int64_t rows, int64_t n, int block, int kind, int scale_kind) {
   for (int64_t g = 0; g < rows * (n / block); ++g) {
     const float* xg = x + g * block;

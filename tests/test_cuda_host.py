@@ -47,6 +47,24 @@ def test_fp8_codec_is_torchs_saturating_cast_bit_for_bit(fmt, dtype, fmax):
     assert _nan_equal(hostlib.fp8_decode(every, fmt), every.view(dtype).float())
 
 
+def test_bf16_rounding_is_torchs():
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([torch.randn(100000, generator=g) * 1e3, torch.tensor(SPECIALS, dtype=torch.float32)])
+    assert _nan_equal(hostlib.bf16_round(x), x.to(torch.bfloat16).float())
+
+
+@pytest.mark.parametrize("fmt", ["e4m3fn", "e4m3fnuz"])
+def test_a_dequantized_cache_element_is_exact_in_bf16(fmt):
+    # sparse_mla.cu stages dequantized rows as bf16: exact only because the 656-byte row's tile
+    # scales are powers of two (ue8m0) and e4m3 has 3 mantissa bits
+    vals = hostlib.fp8_decode(torch.arange(256, dtype=torch.uint8), fmt)
+    vals = vals[vals.isfinite()]
+    for e in range(-30, 12):
+        prod = vals * 2.0 ** e
+        assert torch.equal(hostlib.bf16_round(prod), prod)
+    assert not torch.equal(hostlib.bf16_round(vals * 0.3), vals * 0.3)  # an fp32 (non-power-of-two) scale is not
+
+
 def test_e4m3fnuz_never_writes_negative_zero():
     tiny_negatives = -torch.tensor([0.0, 1e-30, 2.0 ** -12, 2.0 ** -11])  # all round to zero in e4m3fnuz
     assert hostlib.fp8_encode(tiny_negatives, "e4m3fnuz").tolist() == [0, 0, 0, 0]

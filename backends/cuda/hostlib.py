@@ -65,6 +65,7 @@ def library() -> ctypes.CDLL:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.ds_fp8_encode.argtypes = [p, p, i64, i32]
     lib.ds_fp8_decode.argtypes = [p, p, i64, i32]
+    lib.ds_bf16_round.argtypes = [p, p, i64]
     lib.ds_act_quant.argtypes = [p, p, p, i64, i64, i32, i32, i32]
     lib.ds_mla_pack.argtypes = [p, p, i64, i32]
     lib.ds_mla_unpack.argtypes = [p, p, i64, i32]
@@ -94,6 +95,14 @@ def fp8_decode(y: torch.Tensor, fmt: str) -> torch.Tensor:
     x = np.empty(b.shape, dtype=np.float32)
     library().ds_fp8_decode(_ptr(b), _ptr(x), b.size, FMT[fmt])
     return torch.from_numpy(x)
+
+
+def bf16_round(x: torch.Tensor) -> torch.Tensor:
+    """float32 -> bf16 (round to nearest even, the kernels' f32_to_bf16) -> float32."""
+    a = _f32(x)
+    y = np.empty(a.shape, dtype=np.float32)
+    library().ds_bf16_round(_ptr(a), _ptr(y), a.size)
+    return torch.from_numpy(y)
 
 
 def act_quant(x: torch.Tensor, block: int, fmt: str, scale_fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
