@@ -144,3 +144,11 @@ def test_build_refuses_an_unknown_target(tmp_path):
     from dsport.core.errors import ConfigError
     with pytest.raises(ConfigError, match="not a target of backend 'cuda'"):
         cbuild.build("sm_80", tmp_path)
+
+
+def test_device_check_refuses_to_report_where_nothing_ran(capsys):
+    from dsport.backends.cuda import device_check
+    if cuda.available()[0]:
+        pytest.skip("a usable sm_90 device is here")
+    assert device_check.main([]) == 2  # checked nothing: never exit 0
+    assert "cuda backend unavailable" in capsys.readouterr().err

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from dsport.backends.cuda import deepgemm, flashmla
-from dsport.backends.cuda.kernels import own_ops
+from dsport.backends.cuda import kernels as _kernels
 from dsport.core.build import KernelBuild
 from dsport.core.capabilities import Capability
 
@@ -45,8 +45,18 @@ def _import(name: str) -> tuple[Any | None, str]:
         return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
-_FLASH_MLA, _FLASH_MLA_ERR = _import("flash_mla") if os.environ.get("DSPORT_CUDA_NO_VENDOR") != "1" else (None, "disabled")
-_DEEP_GEMM, _DEEP_GEMM_ERR = _import("deep_gemm") if os.environ.get("DSPORT_CUDA_NO_VENDOR") != "1" else (None, "disabled")
+_FLASH_MLA, _FLASH_MLA_ERR = _import("flash_mla")
+_DEEP_GEMM, _DEEP_GEMM_ERR = _import("deep_gemm")
+
+
+def own_ops() -> dict[str, Callable[..., Any]]:
+    """The own kernels' op table (what OPS holds where no vendor library takes over)."""
+    return _own()
+
+
+def vendor_ops() -> dict[str, Callable[..., Any]]:
+    """The ops the importable vendor libraries serve here (empty on this machine)."""
+    return _vendor()
 
 
 def _own() -> dict[str, Callable[..., Any]]:
@@ -134,7 +144,7 @@ def available() -> tuple[bool, str]:
         return False, "nvcc not found: the kernels are compiled (and cached) on first use"
     libs = [f"FlashMLA {flashmla.detect(_FLASH_MLA).release}" if _FLASH_MLA else "no FlashMLA",
             "DeepGEMM" if _DEEP_GEMM else "no DeepGEMM"]
-    return True, f"sm_90 device ({torch.cuda.get_device_name()}); own kernels for {sorted(own_ops())}; {', '.join(libs)}"
+    return True, f"sm_90 device ({torch.cuda.get_device_name()}); own kernels for {sorted(_kernels.own_ops())}; {', '.join(libs)}"
 
 
 def contract_ops() -> dict[str, Callable[..., Any]]:

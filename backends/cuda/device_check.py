@@ -2,8 +2,10 @@
 every case of every op the backend serves is generated from its seed on the
 CPU, its tensors are moved to the device, the op runs there, and the outputs
 are judged on the CPU against the float64 reference by the conformance judge.
-Rows carry the device name. Verdicts: pass/fail (executed on that device),
-unsupported (outside CAPABILITIES), crash.
+Rows carry the device name and which implementation ran: the own kernel, and
+separately the FlashMLA/DeepGEMM adapter where that library is importable, so
+a machine with both checks both. Verdicts: pass/fail (executed on that
+device), unsupported (outside CAPABILITIES), crash.
 
     python -m dsport.backends.cuda.device_check --json out.json --markdown out.md
 
@@ -45,7 +47,10 @@ def run(ops_filter: set[str] | None = None) -> tuple[list[dict[str, Any]], str]:
     b = from_module(cuda)
     device = torch.cuda.get_device_name()
     rows = []
-    for op in sorted(b.ops):
+    vendor = cuda.vendor_ops()
+    impls = [(op, "own", fn) for op, fn in cuda.own_ops().items()]
+    impls += [(op, "FlashMLA" if op.startswith("sparse_mla") else "DeepGEMM", fn) for op, fn in vendor.items()]
+    for op, impl, fn in sorted(impls, key=lambda x: (x[0], x[1])):
         if ops_filter and op not in ops_filter:
             continue
         spec = specs()[op]
@@ -54,15 +59,15 @@ def run(ops_filter: set[str] | None = None) -> tuple[list[dict[str, Any]], str]:
             bound = spec.bind(**args)
             dims = spec.validate(bound)
             q = {**query_of(spec, bound, dims), "device": "cuda"}
-            row = {"backend": "cuda", "device": device, "op": op, "case": case.id, "seed": case.seed}
-            why = b.refusal(op, q)
+            row = {"backend": "cuda", "impl": impl, "device": device, "op": op, "case": case.id, "seed": case.seed}
+            why = b.refusal(op, q, {op: fn})
             if why:
                 rows.append({**row, "verdict": "unsupported", "reason": "; ".join(why)})
                 continue
             try:
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                outs = b.ops[op](**{k: _to(v, "cuda") for k, v in args.items()})
+                outs = fn(**{k: _to(v, "cuda") for k, v in args.items()})
                 torch.cuda.synchronize()
                 secs = time.perf_counter() - t0
             except NotImplementedError as e:
@@ -93,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"device": device, "rows": rows}, f, indent=1, default=str)
-    lines = [f"cuda backend on {device} ({time.strftime('%Y-%m-%d')})", "", "| op | case | verdict | reason |", "|---|---|---|---|"]
-    lines += [f"| {r['op']} | {r['case']} | {r['verdict']} | {r.get('reason', '')[:160]} |" for r in rows]
+    lines = [f"cuda backend on {device} ({time.strftime('%Y-%m-%d')})", "", "| op | impl | case | verdict | reason |", "|---|---|---|---|---|"]
+    lines += [f"| {r['op']} | {r['impl']} | {r['case']} | {r['verdict']} | {r.get('reason', '')[:160]} |" for r in rows]
     text = "\n".join(lines)
     if a.markdown:
         with open(a.markdown, "w") as f:

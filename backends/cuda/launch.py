@@ -17,8 +17,13 @@ from dsport.backends.cuda.kernels import KERNEL_FILES
 _I64, _I32, _F32 = ctypes.c_longlong, ctypes.c_int, ctypes.c_float
 
 
-@lru_cache(maxsize=None)
 def kernel(name: str) -> Kernel:
+    """Entry point ``name`` loaded into the current device's context (torch's)."""
+    return _kernel(name, torch.cuda.current_device())
+
+
+@lru_cache(maxsize=None)
+def _kernel(name: str, device: int) -> Kernel:  # a module is loaded per context, so per device
     kf = next(f for f in KERNEL_FILES if name in f.kernels)
     info = compile_file(kf, "sm_90a", cache_root())
     if "error" in info:
