@@ -67,10 +67,13 @@ def pow2_ceil(x: torch.Tensor) -> torch.Tensor:
     frexp gives x = m * 2**e with m in [0.5, 1): x is a power of two iff
     m == 0.5, in which case it is its own ceiling; otherwise the ceiling is
     2**e. No log2 rounding is involved, so this is bit-exact on any device.
+    Non-finite x stays as it is (SPEC §10: an inf/NaN amax gives a non-finite
+    scale); frexp alone would turn it into 2**0 = 1, a finite stand-in.
     """
-    m, e = torch.frexp(x.float())
+    xf = x.float()
+    m, e = torch.frexp(xf)
     e = torch.where(m == 0.5, e - 1, e)
-    return torch.ldexp(torch.ones_like(x, dtype=torch.float32), e)
+    return torch.where(torch.isfinite(xf), torch.ldexp(torch.ones_like(xf), e), xf)
 
 
 E4M3FN = Fp8Format("e4m3fn", torch.float8_e4m3fn, 448.0, ("sm_89", "sm_90a", "gfx950"))

@@ -1,8 +1,9 @@
-"""CUDA C++ kernels for H800/H200 (sm_90a) and their loaders.
+"""CUDA C++ kernels for H800/H200 (sm_90a), one ``.cu`` file per op family,
+on the scalar headers in ``include/dsport/`` (``__host__ __device__``: the
+same FP8, cache-row, radix and softmax arithmetic also compiles with g++ into
+``host_check.cpp``'s library, which the tests hold against the reference).
 
-Empty so far: the NVIDIA path that builds and is checked today is the Triton
-backend (``dsport.backends.triton``, AOT to sm_90a cubins with wgmma) and the
-TileLang kernels lowered to CUDA (``dsport.tilelang_kernels``, nvcc to
-sm_90a). Hand-written CUDA belongs here, as a backend op table in
-``dsport.backends`` whose ``build()`` compiles with nvcc like theirs.
+The op table, the nvcc build and the driver-API launcher are in
+``dsport.backends.cuda``; ``h200-check.sh`` is the script for a machine with
+an H200.
 """

@@ -1,0 +1,239 @@
+"""FP8 GEMM, the indexer's MQA logits (prefill and paged decode) and the
+grouped GEMMs served by DeepGEMM on SM90, every convention mapped to dsport's
+spec, with the contract models the mapping is checked against where DeepGEMM
+cannot run.
+
+Sources (deepseek-ai/DeepGEMM): ``README.md`` (NT layout; the ``fp8_mqa_logits``
+formula and ``clean_logits``; SM90 takes FP32 scale factors, packed UE8M0 is
+SM100's); ``csrc/utils/layout.hpp`` ``check_sf_layout`` (SFA MN-major with
+``stride(-1) == get_tma_aligned_size(M, 4)``, i.e. M padded to 4 for 16-byte
+TMA rows; SFB contiguous or transposed-contiguous on SM90) and
+``get_default_recipe`` (SM90: float scales only, 1 x 128 / 128 x 128 blocks);
+``tests/test_attention.py`` (``ref_fp8_mqa_logits``, ``ref_paged_mqa_logits``,
+``kv_cache_cast_to_fp8``: each 64-token block holds 64 x D FP8 bytes then 64
+fp32 scales; block_kv 64 on SM90; the paged tests run ``clean_logits=False``);
+``tests/generators.py`` (contiguous layout: each expert segment aligned to
+``get_mk_alignment_for_contiguous_layout()`` = 128, padding rows -1; masked
+layout: rows at or past ``masked_m[g]`` are not written).
+
+Mappings the adapters own:
+
+* dsport's ``sa`` [M, K/128] row-major -> an MN-major copy whose column stride
+  is M rounded up to 4 (``mn_major_tma_aligned``);
+* paged logits past ``seqlens[b]`` are whatever the kernel left there
+  (``clean_logits=False``): the adapter writes -inf, dsport's contract;
+* grouped GEMM rows with ``m_indices == -1`` and masked rows past
+  ``masked_m[g]`` are left unwritten by DeepGEMM: the adapter writes 0;
+* empty problems (M = 0, T = 0, B = 0, G = 0) never reach the library.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+BLOCK = 128
+MK_ALIGNMENT = 128  # get_mk_alignment_for_contiguous_layout() on SM90
+PAGE = 64           # the paged MQA-logits kernel's block_kv on SM90
+NUM_SMS_H200 = 132
+
+
+def tma_aligned(mn: int, element_size: int = 4) -> int:
+    """``get_tma_aligned_size``: TMA moves 16-byte rows, so M is padded to 16 / element_size."""
+    step = 16 // element_size
+    return (mn + step - 1) // step * step
+
+
+def mn_major_tma_aligned(sf: torch.Tensor) -> torch.Tensor:
+    """[M, KB] fp32 -> the same values, MN-major, column stride tma_aligned(M)."""
+    m, kb = sf.shape
+    store = torch.zeros((kb, tma_aligned(m)), dtype=torch.float32, device=sf.device)
+    store[:, :m] = sf.float().T
+    return store[:, :m].T
+
+
+def _fp8_e4m3fn(op: str, name: str, t: torch.Tensor) -> None:
+    if t.dtype != torch.float8_e4m3fn:
+        raise NotImplementedError(f"{op}: DeepGEMM on SM90 takes e4m3fn {name}, got {t.dtype}")
+
+
+# -- adapters --------------------------------------------------------------------
+def fp8_gemm_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
+    def fp8_gemm(a, sa, b, sb):
+        _fp8_e4m3fn("fp8_gemm", "a", a)
+        m, n = a.shape[0], b.shape[0]
+        d = torch.empty((m, n), dtype=torch.bfloat16, device=a.device)
+        if m == 0 or n == 0:
+            return d
+        vendor((a.contiguous(), mn_major_tma_aligned(sa)), (b.contiguous(), sb.float().contiguous()), d)
+        return d
+    return fp8_gemm
+
+
+def mqa_logits_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
+    def indexer_logits(q, k, weights, ks, ke, k_scale=None):
+        _fp8_e4m3fn("indexer_logits", "q", q)
+        t, s = q.shape[0], k.shape[0]
+        if t == 0 or s == 0:
+            return torch.full((t, s), -math.inf, dtype=torch.float32, device=q.device)
+        return vendor(q.contiguous(), (k.contiguous(), k_scale.float().contiguous()), weights.float().contiguous(),
+                      ks.int().contiguous(), ke.int().contiguous(), clean_logits=True)
+    return indexer_logits
+
+
+def paged_mqa_logits_adapter(vendor: Callable[..., Any], metadata: Callable[..., Any] | None) -> Callable[..., Any]:
+    def indexer_logits_paged(q, k_cache, weights, block_table, seqlens):
+        _fp8_e4m3fn("indexer_logits_paged", "q", q)
+        b, h, d = q.shape
+        nb, bs, w = k_cache.shape
+        if bs != PAGE:
+            raise NotImplementedError(f"indexer_logits_paged: DeepGEMM's SM90 kernel reads {PAGE}-token blocks, got {bs}")
+        width = block_table.shape[1] * bs
+        if b == 0:
+            return torch.full((0, width), -math.inf, dtype=torch.float32, device=q.device)
+        lens = seqlens.int().contiguous()
+        sched = metadata(lens, bs, NUM_SMS_H200) if metadata is not None else None
+        logits = vendor(q.unsqueeze(1).contiguous(), k_cache.contiguous().view(nb, bs, 1, w), weights.float().contiguous(), lens,
+                        block_table.int().contiguous(), sched, width, clean_logits=False)
+        pos = torch.arange(width, device=q.device)
+        return torch.where(pos[None, :] < lens[:, None], logits, -math.inf)  # positions past the context: -inf
+    return indexer_logits_paged
+
+
+def contiguous_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
+    def moe_grouped_gemm_contiguous(a, b, m_indices):
+        if a.dtype != torch.bfloat16:
+            raise NotImplementedError(f"moe_grouped_gemm_contiguous: DeepGEMM's grouped GEMM is bf16 here, got {a.dtype}")
+        m, n = a.shape[0], b.shape[1]
+        d = torch.empty((m, n), dtype=torch.bfloat16, device=a.device)
+        if m == 0:
+            return d
+        idx = m_indices.int().contiguous()
+        vendor(a.contiguous(), b.contiguous(), d, idx)
+        return torch.where(idx[:, None] >= 0, d, torch.zeros((), dtype=d.dtype, device=d.device))
+    return moe_grouped_gemm_contiguous
+
+
+def masked_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
+    def moe_grouped_gemm_masked(a, b, masked_m):
+        if a.dtype != torch.bfloat16:
+            raise NotImplementedError(f"moe_grouped_gemm_masked: DeepGEMM's grouped GEMM is bf16 here, got {a.dtype}")
+        g, mm, _ = a.shape
+        n = b.shape[1]
+        d = torch.empty((g, mm, n), dtype=torch.bfloat16, device=a.device)
+        if g == 0 or mm == 0:
+            return d
+        counts = masked_m.int().contiguous()
+        vendor(a.contiguous(), b.contiguous(), d, counts, max(int(counts.max()), 1))
+        rows = torch.arange(mm, device=a.device)
+        return torch.where((rows[None, :] < counts[:, None]).unsqueeze(-1), d, torch.zeros((), dtype=d.dtype, device=d.device))
+    return moe_grouped_gemm_masked
+
+
+def vendor_ops(lib: Any) -> dict[str, Callable[..., Any]]:
+    """The adapters over an importable ``deep_gemm`` module."""
+    return {"fp8_gemm": fp8_gemm_adapter(lib.fp8_gemm_nt),
+            "indexer_logits": mqa_logits_adapter(lib.fp8_mqa_logits),
+            "indexer_logits_paged": paged_mqa_logits_adapter(lib.fp8_paged_mqa_logits, lib.get_paged_mqa_logits_metadata),
+            "moe_grouped_gemm_contiguous": contiguous_adapter(lib.m_grouped_bf16_gemm_nt_contiguous),
+            "moe_grouped_gemm_masked": masked_adapter(lib.m_grouped_bf16_gemm_nt_masked)}
+
+
+# -- contract models ---------------------------------------------------------------
+def _check_sfa(sf: torch.Tensor, mn: int, k: int) -> None:
+    """check_sf_layout(sf, mn, k, 1, 128, tma_stride_check=True)."""
+    assert sf.dtype == torch.float32, "SM90 recipe: float scale factors"
+    assert sf.shape == (mn, math.ceil(k / BLOCK)), f"sfa shape {tuple(sf.shape)}"
+    assert sf.stride(-2) == 1 or mn == 1, "sfa must be MN-major"
+    assert sf.stride(-1) == tma_aligned(mn), f"sfa stride(-1) {sf.stride(-1)} != TMA-aligned {tma_aligned(mn)}"
+
+
+def _check_sfb(sf: torch.Tensor, n: int, k: int) -> None:
+    """check_sf_layout(sf, n, k, 128, 128, sm90_sfb_check=True)."""
+    assert sf.dtype == torch.float32 and sf.shape == (math.ceil(n / BLOCK), math.ceil(k / BLOCK)), f"sfb {tuple(sf.shape)}"
+    assert (sf.stride(-1) == 1 and sf.stride(-2) == sf.shape[-1]) or (sf.stride(-1) == sf.shape[-2] and sf.stride(-2) == 1)
+
+
+def fp8_gemm_nt_model(a_pair, b_pair, d, c=None, recipe=None, compiled_dims="nk", disable_ue8m0_cast=False):
+    """``fp8_gemm_nt``: D = A @ B^T, each 128-wide K block promoted to fp32 and
+    scaled by sfa[m, kb] * sfb[n // 128, kb], written to the bf16 ``d``."""
+    (a, sfa), (b, sfb) = a_pair, b_pair
+    assert a.dtype == b.dtype == torch.float8_e4m3fn and a.stride(-1) == 1 and b.stride(-1) == 1, "NT: K-major e4m3 A and B"
+    m, k = a.shape
+    n = b.shape[0]
+    _check_sfa(sfa, m, k)
+    _check_sfb(sfb, n, k)
+    kb = k // BLOCK
+    part = torch.einsum("mkc,nkc->mnk", a.float().reshape(m, kb, BLOCK), b.float().reshape(n, kb, BLOCK))
+    sb_rows = sfb.repeat_interleave(BLOCK, 0)[:n]
+    d.copy_((part * sfa[:, None, :] * sb_rows[None, :, :]).sum(-1).to(d.dtype))
+
+
+def _mqa(q: torch.Tensor, k: torch.Tensor, k_scale: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """README formula: sum_h relu(q[i, h] . (k_j * s_j)) * w[i, h] -> [T, S] fp32."""
+    score = torch.einsum("thd,sd->ths", q.float(), k.float() * k_scale.float()[:, None])
+    return torch.einsum("ths,th->ts", score.relu(), weights.float())
+
+
+def fp8_mqa_logits_model(q, kv, weights, cu_seq_len_k_start, cu_seq_len_k_end, clean_logits=True, **_):
+    k, k_scale = kv
+    assert q.dtype == k.dtype == torch.float8_e4m3fn and k_scale.dtype == torch.float32 and weights.dtype == torch.float32
+    logits = _mqa(q, k, k_scale, weights)
+    pos = torch.arange(k.shape[0])
+    inside = (pos[None, :] >= cu_seq_len_k_start[:, None]) & (pos[None, :] < cu_seq_len_k_end[:, None])
+    return torch.where(inside, logits, -math.inf if clean_logits else math.nan)  # unclean: unspecified (NaN here)
+
+
+def fp8_paged_mqa_logits_model(q, kv_cache, weights, context_lens, block_table, schedule_meta, max_context_len,
+                               clean_logits=True):
+    """``fp8_paged_mqa_logits`` with next_n = 1, 1-D context_lens: position p of
+    sequence b is block block_table[b, p // 64] offset p % 64; only the blocks
+    covering context_lens[b] are read. Past the context the logits are
+    unspecified unless ``clean_logits`` (modelled as NaN: whatever was there)."""
+    b, next_n, h, d = q.shape
+    nb, bs, _, w = kv_cache.shape
+    assert next_n == 1 and w == d + 4 and bs == PAGE and kv_cache.dtype == torch.uint8 and q.dtype == torch.float8_e4m3fn
+    flat = kv_cache.reshape(nb, bs * w)
+    keys = flat[:, : bs * d].contiguous().view(torch.float8_e4m3fn).reshape(nb, bs, d)
+    scales = flat[:, bs * d:].contiguous().view(torch.float32).reshape(nb, bs)
+    out = torch.full((b, max_context_len), -math.inf if clean_logits else math.nan, dtype=torch.float32)
+    for i in range(b):
+        n = int(context_lens[i])
+        pos = torch.arange(n)
+        blocks = block_table[i, pos // bs].long()
+        out[i, :n] = _mqa(q[i], keys[blocks, pos % bs], scales[blocks, pos % bs], weights[i: i + 1])[0]
+    return out
+
+
+def m_grouped_contiguous_model(a, b, d, m_indices):
+    """``m_grouped_bf16_gemm_nt_contiguous``: rows of group g (a segment starting
+    at a multiple of 128) get a @ b[g]^T; rows marked -1 are not written."""
+    assert a.dtype == b.dtype == d.dtype == torch.bfloat16 and m_indices.dtype == torch.int32
+    idx = m_indices.tolist()
+    for r in range(len(idx)):
+        if idx[r] >= 0 and (r == 0 or idx[r - 1] != idx[r]):
+            assert r % MK_ALIGNMENT == 0, f"segment of group {idx[r]} starts at row {r}, not aligned to {MK_ALIGNMENT}"
+    d.fill_(math.nan)  # unwritten memory: anything
+    for g in sorted({x for x in idx if x >= 0}):
+        rows = m_indices == g
+        d[rows] = (a[rows].float() @ b[g].float().T).to(d.dtype)
+
+
+def m_grouped_masked_model(a, b, d, masked_m, expected_m):
+    """``m_grouped_bf16_gemm_nt_masked``: group g computes its first masked_m[g] rows; the rest are not written."""
+    assert a.dtype == b.dtype == d.dtype == torch.bfloat16 and masked_m.dtype == torch.int32
+    d.fill_(math.nan)
+    for g in range(a.shape[0]):
+        m = int(masked_m[g])
+        d[g, :m] = (a[g, :m].float() @ b[g].float().T).to(d.dtype)
+
+
+def contract_ops() -> dict[str, Callable[..., Any]]:
+    """The adapters with DeepGEMM replaced by its contract models."""
+    return {"fp8_gemm": fp8_gemm_adapter(fp8_gemm_nt_model),
+            "indexer_logits": mqa_logits_adapter(fp8_mqa_logits_model),
+            "indexer_logits_paged": paged_mqa_logits_adapter(fp8_paged_mqa_logits_model, None),
+            "moe_grouped_gemm_contiguous": contiguous_adapter(m_grouped_contiguous_model),
+            "moe_grouped_gemm_masked": masked_adapter(m_grouped_masked_model)}

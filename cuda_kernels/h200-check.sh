@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# What dsport can execute on an H200 machine without network access, bounded to about
+# 8 minutes: install from the working tree (no dependencies: the machine's torch, triton,
+# numpy, pyyaml, rich and safetensors serve), list backends, op conformance on the GPU (when
+# this dsport has `conformance --device`), the profiler on the GPU. Run it from the project
+# root:  bash cuda_kernels/h200-check.sh   Result files go to $OUT, default ./device-out;
+# logs go to /tmp and their tails to stdout.
+# The cuda backend's part: build every cuda_kernels/*.cu for sm_90a there (registers, spills,
+# smem, QGMMA), run its own kernels on the GPU judged against the reference
+# (dsport.backends.cuda.device_check), and the CPU conformance of cuda, triton and torch.
+# Budget: install 2 min, build 1.5, cuda device check 1.5, conformance 2, profile 2 (~9 with
+# margins; each step has its own timeout so one slow step cannot eat the others).
+set -u
+OUT=${OUT:-./device-out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+log() { echo "== $(date +%T) $*"; }
+log "machine"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0)); print('triton', triton.__version__)" 2>&1 | tee -a "$OUT/gpu.txt"
+log "install dsport from the working tree"
+timeout 120 python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/dsport-install.log 2>&1 || { tail -5 /tmp/dsport-install.log; exit 1; }
+export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+log "backends"; timeout 60 dsport backends 2>&1
+log "build the cuda kernels for sm_90a"
+timeout 90 dsport build --backend cuda --target sm_90a --markdown --json "$OUT/h200_cuda_build.json" >"$OUT/h200_cuda_build.md" 2>/tmp/dsport-cuda-build.log
+echo "build exit $?"; cat "$OUT/h200_cuda_build.md"; tail -3 /tmp/dsport-cuda-build.log
+log "cuda backend: own kernels on the GPU, judged on the CPU"
+timeout 90 python3 -m dsport.backends.cuda.device_check --json "$OUT/h200_cuda_device.json" --markdown "$OUT/h200_cuda_device.md" >/tmp/dsport-cuda-device.log 2>&1
+echo "device check exit $?"; tail -4 /tmp/dsport-cuda-device.log; grep -E "\| (fail|crash) \|" "$OUT/h200_cuda_device.md" | head -20
+if dsport conformance --help 2>/dev/null | grep -q -- "--device"; then
+  log "conformance on the GPU"
+  timeout 120 dsport conformance --device cuda --no-progress --json "$OUT/h200_conformance.json" --markdown "$OUT/h200_conformance.md" >/tmp/dsport-conformance.log 2>&1
+  echo "conformance exit $?"; tail -25 /tmp/dsport-conformance.log
+else
+  echo "this dsport has no 'conformance --device': conformance of cuda, triton, torch runs on the CPU (cuda: contract rows)"
+  timeout 120 dsport conformance --backends cuda,triton,torch --build-report "$OUT/h200_cuda_build.json" --no-progress \
+    --json "$OUT/h200_conformance.json" --markdown "$OUT/h200_conformance.md" >/tmp/dsport-conformance.log 2>&1
+  echo "conformance exit $?"; tail -8 /tmp/dsport-conformance.log
+fi
+log "profile on the GPU"
+timeout 120 dsport profile --device cuda --budget 2 --json "$OUT/h200_profile.json" --markdown "$OUT/h200_profile.md" --plot "$OUT/h200_roofline.png" >/tmp/dsport-profile.log 2>&1
+echo "profile exit $?"; tail -40 /tmp/dsport-profile.log
+log "done"; ls -la "$OUT"

@@ -1,0 +1,191 @@
+"""FlashMLA and DeepGEMM adapters of the cuda backend, judged by the
+conformance judge against contract models of each library (never the
+library: verdict ``contract``), every convention mapping exercised, and
+planted convention bugs that must come out ``fail``."""
+import dataclasses
+import math
+import types
+
+import pytest
+import torch
+
+from dsport.backends import reference
+from dsport.backends.cuda import deepgemm as G
+from dsport.backends.cuda import flashmla as F
+from dsport.conformance.worker import run_case
+from dsport.core.backend import from_module
+from dsport.core.spec import specs
+
+CAPS = __import__("dsport.backends.cuda", fromlist=["CAPABILITIES"]).CAPABILITIES
+
+
+_ALIVE = []  # the worker caches contract tables by id(module): a collected module's id could come back
+
+
+def _backend(ops: dict, name: str = "cuda_under_test"):
+    m = types.ModuleType(name)
+    _ALIVE.append(m)
+    m.NAME, m.OPS, m.CAPABILITIES = name, {}, {op: CAPS[op] for op in ops}
+    m.available = lambda: (False, "no vendor library here")
+    m.contract_ops = lambda: ops
+    return from_module(m)
+
+
+def _verdicts(ops: dict, op: str, cases: list[str]) -> dict[str, str]:
+    b = _backend(ops)
+    rows = [run_case(b, dict(reference.OPS), op, c, contract=True) for c in cases]
+    return {r["case"]: r["verdict"] + (f" ({r['reason']})" if r["verdict"] != "contract" else "") for r in rows}
+
+
+PREFILL = ["rows-all-invalid", "all-invalid", "duplicates", "heads-8", "causal-dense"]
+DECODE = ["fp8-page64", "fp8-page1", "rows-all-invalid", "heads-16", "mtp-sq2", "B0"]
+
+
+@pytest.mark.parametrize("conv", [F.SEPT_2025, F.JAN_2026], ids=["2025-09", "2026-01"])
+def test_flashmla_adapters_meet_the_spec_for_each_release(conv):
+    ops = F.contract_ops(conv)
+    assert set(_verdicts(ops, "sparse_mla_prefill", PREFILL).values()) == {"contract"}
+    assert set(_verdicts(ops, "sparse_mla_decode", DECODE).values()) == {"contract"}
+
+
+def test_release_conventions_differ_where_the_sources_say():
+    case = next(c for c in specs()["sparse_mla_prefill"].cases() if c.id == "rows-all-invalid")
+    a = case.inputs()
+    q = torch.cat([a["q"], a["q"].new_zeros(a["q"].shape[0], 64 - a["q"].shape[1], a["q"].shape[2])], 1) if a["q"].shape[1] < 64 else a["q"]
+    args = (q, a["kv"], a["indices"], a["sm_scale"], 512)
+    _, mx_old, lse_old = F.sparse_fwd_model(F.SEPT_2025)(*args)
+    _, mx_new, lse_new = F.sparse_fwd_model(F.JAN_2026)(*args)
+    finite = torch.isfinite(lse_new)
+    assert finite.any() and (~finite).any()
+    assert torch.allclose(lse_old[finite] * math.log(2), lse_new[finite], atol=1e-5)  # base 2 then, natural now
+    assert (lse_old[~finite] == -math.inf).all() and (lse_new[~finite] == math.inf).all()  # empty rows: -inf then, +inf now
+
+
+def test_decode_reads_pages_whose_stride_exceeds_block_size_times_656():
+    case = next(c for c in specs()["sparse_mla_decode"].cases() if c.id == "fp8-page64")
+    a = case.inputs()
+    nb, bs, one, w = a["kv_cache"].shape
+    roomy = torch.full((nb, bs + 3, one, w), 0xFF, dtype=torch.uint8)  # page stride (bs + 3) * 656, tail is garbage
+    roomy[:, :bs] = a["kv_cache"]
+    padded = roomy[:, :bs]
+    assert padded.stride(0) == (bs + 3) * 656 and padded.stride(1) == 656
+    seen = {}
+
+    def spy(q, k_cache, *rest, **kw):
+        seen["ptr"], seen["stride0"] = k_cache.data_ptr(), k_cache.stride(0)
+        return F.with_kvcache_model(F.JAN_2026)(q, k_cache, *rest, **kw)
+
+    out, lse = F.decode_adapter(spy, F.JAN_2026)(**{**a, "kv_cache": padded})
+    assert seen == {"ptr": padded.data_ptr(), "stride0": (bs + 3) * 656}  # passed through, not copied
+    ref_out, ref_lse = reference.OPS["sparse_mla_decode"](**a)
+    assert torch.allclose(out.double(), ref_out, atol=2e-2) and torch.allclose(lse.double(), ref_lse, atol=1e-4)
+
+
+def test_decode_model_refuses_a_token_stride_other_than_656():
+    case = next(c for c in specs()["sparse_mla_decode"].cases() if c.id == "fp8-page64")
+    a = case.inputs()
+    wide = torch.zeros(*a["kv_cache"].shape[:3], 672, dtype=torch.uint8)[..., :656]  # rows padded to 672 B
+    wide.copy_(a["kv_cache"])
+    q = torch.cat([a["q"], a["q"].new_zeros(*a["q"].shape[:2], 64 - a["q"].shape[2], 576)], 2)
+    with pytest.raises(AssertionError, match="whole block must be contiguous"):
+        F.with_kvcache_model(F.JAN_2026)(q, wide, None, None, 512, None, None, softmax_scale=0.1, is_fp8_kvcache=True,
+                                         indices=a["indices"])
+    out, _ = F.contract_ops()["sparse_mla_decode"](**{**a, "kv_cache": wide})  # the adapter makes the page contiguous first
+    assert torch.allclose(out.double(), reference.OPS["sparse_mla_decode"](**a)[0], atol=2e-2)
+
+
+def test_heads_are_padded_to_what_flashmla_runs():
+    assert [F.padded_heads(h) for h in (8, 16, 32, 64, 100, 128)] == [64, 64, 64, 64, 128, 128]
+    q = torch.zeros(2, 8, 576, dtype=torch.bfloat16)
+    with pytest.raises(AssertionError, match="Unsupported h_q: 8"):
+        F.sparse_fwd_model(F.JAN_2026)(q, torch.zeros(4, 1, 576, dtype=torch.bfloat16), torch.zeros(2, 1, 4, dtype=torch.int32), 0.1)
+    with pytest.raises(NotImplementedError, match="more than 128"):
+        F.padded_heads(129)
+
+
+def test_flashmla_floors_the_scale_where_dsport_floors_the_amax():
+    kv = torch.zeros(2, 576)
+    kv[0, :128] = 1e-5 * torch.linspace(-1, 1, 128)  # amax 1e-5 < 1e-4 * 448: the two packers part
+    kv[1] = torch.randn(576)
+    ours, theirs = reference.OPS["mla_cache_pack"](kv, "e4m3fn"), F.flashmla_packer_model(kv)
+    s_ours, s_theirs = ours[:, 512:528].contiguous().view(torch.float32), theirs[:, 512:528].contiguous().view(torch.float32)
+    assert s_ours[0, 0] == 2.0 ** math.ceil(math.log2(1e-4 / 448)) and s_theirs[0, 0] == 2.0 ** math.ceil(math.log2(1e-4))
+    assert torch.equal(ours[1], theirs[1])  # ordinary tiles: the same bytes
+    # the decode path multiplies bytes by their own scale, so it reads either packer's rows exactly
+    for cache in (ours, theirs):
+        assert torch.equal(reference.OPS["mla_cache_unpack"](cache, "e4m3fn").double(),
+                           __import__("dsport.backends.reference.mla_cache", fromlist=["unpack64"]).unpack64(cache).float().double())
+
+
+def test_deepgemm_adapters_meet_the_spec():
+    ops = G.contract_ops()
+    want = {"fp8_gemm": ["tiny", "ragged-n", "M0"], "indexer_logits": ["tiny-fp8", "fp8-causal-prefix", "empty-windows", "T0"],
+            "indexer_logits_paged": ["tiny", "page-size-64", "B0", "heads-8"],
+            "moe_grouped_gemm_contiguous": ["tiny", "empty-group", "all-padding", "M0"],
+            "moe_grouped_gemm_masked": ["tiny", "empty-groups", "all-zero", "G0"]}
+    for op, cases in want.items():
+        assert set(_verdicts(ops, op, cases).values()) == {"contract"}, op
+
+
+def test_sfa_goes_mn_major_with_m_padded_to_4():
+    sa = torch.arange(7 * 3, dtype=torch.float32).reshape(7, 3)
+    mn = G.mn_major_tma_aligned(sa)
+    assert torch.equal(mn, sa) and mn.stride() == (1, 8)
+    a = torch.zeros(7, 384, dtype=torch.float8_e4m3fn)
+    b = torch.zeros(128, 384, dtype=torch.float8_e4m3fn)
+    d = torch.empty(7, 128, dtype=torch.bfloat16)
+    with pytest.raises(AssertionError, match="MN-major"):
+        G.fp8_gemm_nt_model((a, sa), (b, torch.ones(1, 3)), d)  # dsport's row-major sa, as is: refused
+    G.fp8_gemm_nt_model((a, mn), (b, torch.ones(1, 3)), d)
+
+
+def test_contiguous_segments_must_start_on_128_rows():
+    a = torch.zeros(256, 32, dtype=torch.bfloat16)
+    b = torch.zeros(2, 16, 32, dtype=torch.bfloat16)
+    idx = torch.tensor([0] * 3 + [1] * 125 + [-1] * 128, dtype=torch.int32)
+    with pytest.raises(AssertionError, match="not aligned to 128"):
+        G.m_grouped_contiguous_model(a, b, torch.empty(256, 16, dtype=torch.bfloat16), idx)
+
+
+# -- planted convention bugs: each must come out fail ------------------------------------
+def test_planted_base2_lse_taken_as_natural_fails():
+    # the Sept-2025 kernel (base-2 lse) wired with the 2026 conventions table: lse off by a factor ln 2
+    ops = {"sparse_mla_prefill": F.prefill_adapter(F.sparse_fwd_model(F.SEPT_2025), F.JAN_2026)}
+    got = _verdicts(ops, "sparse_mla_prefill", ["duplicates", "heads-8"])
+    assert all(v.startswith("fail") for v in got.values()), got
+
+
+def test_planted_empty_row_plus_inf_kept_fails():
+    # the 2026 kernel (+inf lse on empty rows) wired with a table that expects -inf there: +inf leaks out
+    wrong = dataclasses.replace(F.JAN_2026, prefill_empty_lse=-math.inf)
+    ops = {"sparse_mla_prefill": F.prefill_adapter(F.sparse_fwd_model(F.JAN_2026), wrong)}
+    got = _verdicts(ops, "sparse_mla_prefill", ["rows-all-invalid", "all-invalid"])
+    assert all(v.startswith("fail") for v in got.values()), got
+    assert _verdicts(ops, "sparse_mla_prefill", ["duplicates"]) == {"duplicates": "contract"}  # only empty rows differ
+
+
+def test_planted_output_order_slip_fails():
+    def unordered(q, kv, indices, sm_scale, d_v=512):  # FlashMLA's (out, max_logits, lse) handed on as is
+        qp, h = F._pad_heads(q, 1)
+        out, mx, lse = F.sparse_fwd_model(F.JAN_2026)(qp, kv, indices, sm_scale, d_v)
+        return out[:, :h], mx[:, :h], lse[:, :h]
+    got = _verdicts({"sparse_mla_prefill": unordered}, "sparse_mla_prefill", ["duplicates", "heads-8"])
+    assert all(v.startswith("fail") for v in got.values()), got
+
+
+def test_planted_unmasked_paged_tail_fails():
+    def no_mask(q, k_cache, weights, block_table, seqlens):  # trusts clean_logits=False output past the context
+        nb, bs, w = k_cache.shape
+        return G.fp8_paged_mqa_logits_model(q.unsqueeze(1), k_cache.view(nb, bs, 1, w), weights.float(), seqlens, block_table,
+                                            None, block_table.shape[1] * bs, clean_logits=False)
+    got = _verdicts({"indexer_logits_paged": no_mask}, "indexer_logits_paged", ["tiny", "page-size-64"])
+    assert all(v.startswith("fail") for v in got.values()), got
+
+
+def test_planted_unzeroed_padding_rows_fail():
+    def keep_padding(a, b, m_indices):
+        d = torch.empty((a.shape[0], b.shape[1]), dtype=torch.bfloat16)
+        G.m_grouped_contiguous_model(a, b, d, m_indices.int())
+        return d
+    got = _verdicts({"moe_grouped_gemm_contiguous": keep_padding}, "moe_grouped_gemm_contiguous", ["tiny", "all-padding"])
+    assert all(v.startswith("fail") for v in got.values()), got
