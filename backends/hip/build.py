@@ -41,6 +41,7 @@ class Kernel:
     name: str                 # the extern "C" symbol
     ops: tuple[str, ...]
     mfma: bool = False        # a hot kernel that must use the matrix cores
+    lds: int = 0              # LDS it needs; a target with less does not get it (the source guards it too)
 
 
 # One file per op family; every kernel of a file is compiled in one code object.
@@ -51,9 +52,19 @@ FILES: dict[str, tuple[Kernel, ...]] = {
     "topk_select.hip": (Kernel("dsp_topk_select", ("topk_select",)),),
     "moe_gate.hip": (Kernel("dsp_moe_gate", ("moe_gate",)),),
     "indexer_logits.hip": (Kernel("dsp_indexer_logits", ("indexer_logits",), mfma=True),),
-    "sparse_mla.hip": (Kernel("dsp_sparse_mla_prefill", ("sparse_mla_prefill",), mfma=True),
-                       Kernel("dsp_sparse_mla_decode", ("sparse_mla_decode",), mfma=True),
+    # NK = 64 keys per tile (gfx950) and the NK = 32 variant that fits gfx942's 64 KiB of LDS
+    "sparse_mla.hip": (Kernel("dsp_sparse_mla_prefill", ("sparse_mla_prefill",), mfma=True, lds=99456),
+                       Kernel("dsp_sparse_mla_prefill_nk32", ("sparse_mla_prefill",), mfma=True),
+                       Kernel("dsp_sparse_mla_decode", ("sparse_mla_decode",), mfma=True, lds=99456),
+                       Kernel("dsp_sparse_mla_decode_nk32", ("sparse_mla_decode",), mfma=True),
                        Kernel("dsp_mla_cache_pack", ("mla_cache_pack",))),
+}
+
+
+# Why a target builds a variant rather than the kernel the other target builds.
+VARIANT_NOTES: dict[str, dict[str, str]] = {
+    "gfx942": {n: "variant: the 64-key tile needs 99456 B of LDS > 65536 B on gfx942 (clang rejects it); 32-key tile"
+               for n in ("dsp_sparse_mla_prefill_nk32", "dsp_sparse_mla_decode_nk32")},
 }
 
 
@@ -149,7 +160,15 @@ def build(target: str, out_dir: str | os.PathLike, files: tuple[str, ...] | None
             continue
         recs = [KernelBuild(backend="hip", kernel=k.name, ops=k.ops, target=target, status="failed",
                             matrix_instr="mfma" if k.mfma else None, hot=k.mfma,
-                            extra={"source": f"hip_kernels/{src}", "fp8": fmt}) for k in kernels]
+                            extra={"source": f"hip_kernels/{src}", "fp8": fmt}) for k in kernels
+                if k.lds <= SHARED_LIMIT[target]]
+        for k in kernels:
+            if k.lds > SHARED_LIMIT[target]:
+                log.info("%s: %s needs %d B of LDS > %d B: not built, its smaller variant serves", target, k.name,
+                         k.lds, SHARED_LIMIT[target])
+        if target in VARIANT_NOTES:
+            for r in recs:
+                r.detail = VARIANT_NOTES[target].get(r.kernel, r.detail)
         records += recs
         try:
             obj, asm, cached = compile_file(src, target)
