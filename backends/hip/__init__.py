@@ -26,7 +26,7 @@ import importlib.util
 import torch
 
 from dsport.backends.hip import aiter as _aiter
-from dsport.backends.hip.build import TARGETS, build
+from dsport.backends.hip.aot import TARGETS, build
 from dsport.core.capabilities import Capability
 from dsport.core.fp8 import format_for_arch
 
@@ -75,8 +75,12 @@ def _missing() -> list[str]:
         out.append(f"torch is not a ROCm build (torch {torch.__version__})")
     elif not torch.cuda.is_available():
         out.append("no AMD GPU visible to torch")
-    if importlib.util.find_spec("hip") is None:
-        out.append("hip-python is not installed (it launches hip_kernels/ code objects)")
+    try:  # find_spec("hip") would also find any directory named hip on sys.path
+        from hip import hip as _hip
+
+        _hip.hipModuleLaunchKernel  # noqa: B018 - the API this backend launches with
+    except Exception as e:  # noqa: BLE001 - ImportError, or the HIP runtime library failing to load
+        out.append(f"hip-python is not usable ({type(e).__name__}; it launches hip_kernels/ code objects)")
     if importlib.util.find_spec("aiter") is None:
         out.append("aiter is not importable (it needs a ROCm install)")
     return out

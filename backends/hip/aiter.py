@@ -31,9 +31,11 @@ import torch
 
 from dsport.backends.reference.indexer import index_cache_unpack
 from dsport.backends.reference.mla_cache import split_cache
+from dsport.core.errors import ConfigError
 from dsport.core.fp8 import E4M3FN, E4M3FNUZ, Fp8Format, format_for_arch, fp8_format
 
 AITER = "ROCm/aiter"
+ARCHS = ("gfx950", "gfx942")
 NEG_INF = float("-inf")
 
 
@@ -45,7 +47,8 @@ def arch() -> str:
     the conversions."""
     env = os.environ.get("DSPORT_HIP_ARCH")
     if env:
-        format_for_arch(env)  # a named error for an unknown arch
+        if env not in ARCHS:
+            raise ConfigError(f"DSPORT_HIP_ARCH: expected one of {list(ARCHS)}, got '{env}'")
         return env
     if torch.cuda.is_available() and getattr(torch.version, "hip", None):
         return torch.cuda.get_device_properties(0).gcnArchName.split(":")[0]
@@ -206,8 +209,10 @@ class ContractModel:
 
 
 # ---- adapters ------------------------------------------------------------------------------
-def make_ops(vendor: Any, target: str) -> dict[str, Callable[..., Any]]:
-    """The op table of adapters over ``vendor`` (``aiter`` or a :class:`ContractModel`) for ``target``."""
+def make_ops(vendor: Any, target: str, to_arch: Callable[[torch.Tensor, Fp8Format], tuple[torch.Tensor, float]] = to_arch
+             ) -> dict[str, Callable[..., Any]]:
+    """The op table of adapters over ``vendor`` (``aiter`` or a :class:`ContractModel`) for ``target``;
+    ``to_arch`` is the FP8 flavour mapping (a parameter so that tests can plant a wrong one)."""
     fp8 = format_for_arch(target)
 
     def indexer_logits(q, k, weights, ks, ke, k_scale=None):

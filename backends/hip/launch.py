@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from dsport.backends.hip import build as hb
+from dsport.backends.hip import aot as hb
 from dsport.core.errors import ValidationError
 from dsport.core.fp8 import format_for_arch, fp8_format, scale_format
 

@@ -190,6 +190,15 @@ def build(target: str, out_dir: str | os.PathLike, files: tuple[str, ...] | None
             r.status, r.artifact = "built", str(dest)
             r.shared_bytes = r.extra["static_lds"]  # no dynamic LDS: every buffer is sized at compile time
             occ = re.search(r"; Occupancy: (\d+)", part)
-            r.extra.update(occupancy=int(occ.group(1)) if occ else None, cached=cached,
+            cvt = len(re.findall(r"^\s*v_cvt_(?:pk_fp8_f32|f32_fp8)", part, re.M))
+            r.extra.update(occupancy=int(occ.group(1)) if occ else None, cached=cached, fp8_cvt=cvt,
                            mfma_kinds=sorted(set(re.findall(r"^\s*(v_mfma_\w+)", part, re.M))))
+            # the shared build table has no columns for these: they lead the detail
+            facts = [f"SGPRs {r.extra['sgprs']}", f"AGPRs {r.extra['agprs']}",
+                     f"occupancy {r.extra['occupancy']}/8 waves per SIMD"]
+            if cvt:
+                facts.append(f"{cvt} fp8 cvt instrs ({fmt})")
+            if r.extra["mfma_kinds"]:
+                facts.append("+".join(k.removeprefix("v_mfma_") for k in r.extra["mfma_kinds"]))
+            r.detail = "; ".join([", ".join(facts)] + ([r.detail] if r.detail else []))
     return records
