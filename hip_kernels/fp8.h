@@ -95,6 +95,31 @@ template <int K> DSP_HD DSP_INLINE uint32_t fp8_encode4(float a, float b, float 
          ((uint32_t)fp8_encode<K>(d) << 24);
 }
 
+// ---- OCP e5m2 (bias 15, max 57344, has inf and NaN): only TileLang's gfx950 templates need it
+// (the ocp_fp8/ overlay); the same exact-steps-plus-one-rint scheme as e4m3, saturating
+// finite (what __HIP_SATFINITE asks), NaN kept.
+DSP_HD DSP_INLINE uint8_t e5m2_encode_sw(float x) {
+  uint32_t sign = (f32_bits(x) >> 24) & 0x80;
+  if (is_nan(x)) return (uint8_t)(sign | 0x7F);
+  float a = __builtin_fabsf(x);
+  if (a > 57344.0f) a = 57344.0f;
+  uint32_t code;
+  if (a < exp2i(-14)) {
+    code = (uint32_t)__builtin_rintf(a * exp2i(16));  // subnormals: multiples of 2**-16
+  } else {
+    int e = (int)((f32_bits(a) >> 23) & 0xFF) - 127;
+    code = ((uint32_t)(e + 15) << 2) + ((uint32_t)__builtin_rintf(a * exp2i(2 - e)) - 4);
+  }
+  return (uint8_t)(sign | code);
+}
+
+DSP_HD DSP_INLINE float e5m2_decode_sw(uint8_t b) {
+  int e = (b >> 2) & 0x1F, m = b & 3;
+  float v = e == 31 ? (m ? __builtin_nanf("") : __builtin_inff())
+                    : (e == 0 ? (float)m * exp2i(-16) : (float)(4 + m) * exp2i(e - 17));
+  return (b & 0x80) ? -v : v;
+}
+
 // ---- scales (SPEC §2): amax floored at 1e-4, s = amax / fmax, ue8m0 rounds s UP to 2**k ----
 #define DSP_AMAX_FLOOR 1e-4f
 

@@ -19,6 +19,8 @@ template <int K> static void decode_n(const uint8_t* y, float* x, int64_t n) { f
 
 API void dsp_fp8_encode(const float* x, uint8_t* y, int64_t n, int fmt) { fmt == E4M3FNUZ ? encode_n<E4M3FNUZ>(x, y, n) : encode_n<E4M3FN>(x, y, n); }
 API void dsp_fp8_decode(const uint8_t* y, float* x, int64_t n, int fmt) { fmt == E4M3FNUZ ? decode_n<E4M3FNUZ>(y, x, n) : decode_n<E4M3FN>(y, x, n); }
+API void dsp_e5m2_encode(const float* x, uint8_t* y, int64_t n) { for (int64_t i = 0; i < n; ++i) y[i] = e5m2_encode_sw(x[i]); }
+API void dsp_e5m2_decode(const uint8_t* y, float* x, int64_t n) { for (int64_t i = 0; i < n; ++i) x[i] = e5m2_decode_sw(y[i]); }
 API void dsp_ue8m0_ceil(const float* s, float* out, int64_t n) { for (int64_t i = 0; i < n; ++i) out[i] = ue8m0_ceil(s[i]); }
 
 template <int K> static void act_quant_rows(const float* x, int64_t rows, int64_t n, int block, int ue8m0, uint8_t* y, float* s) {

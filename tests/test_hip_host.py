@@ -65,6 +65,21 @@ def test_448_as_fn_reads_224_under_fnuz():
     assert host.decode(b, E4M3FNUZ).item() == 224.0 and host.decode(b, E4M3FN).item() == 448.0
 
 
+def test_ocp_e5m2_every_byte_and_the_saturating_cast():
+    b = torch.arange(256, dtype=torch.uint8)
+    ref = b.view(torch.float8_e5m2).float()
+    got = host.e5m2_decode(b)
+    assert torch.equal(got.isnan(), ref.isnan()) and torch.equal(got[~ref.isnan()], ref[~ref.isnan()])
+    fin = ref[ref.isfinite()].unique().sort().values
+    mids = (fin[1:] + fin[:-1]) / 2
+    x = torch.cat([fin, mids, torch.nextafter(mids, torch.tensor(math.inf)), torch.nextafter(mids, torch.tensor(-math.inf)),
+                   torch.tensor([math.inf, -math.inf, 1e30, -7e4, 1e-30, -1e-30, -0.0]),
+                   torch.randn(20000, generator=torch.Generator().manual_seed(2)) * 1e3])
+    want = x.clamp(-57344.0, 57344.0).to(torch.float8_e5m2).view(torch.uint8)
+    assert torch.equal(host.e5m2_encode(x), want)
+    assert host.e5m2_encode(torch.tensor([math.nan])).item() & 0x7F == 0x7F
+
+
 def test_ue8m0_ceil_finite_is_the_contracts_and_non_finite_stays_non_finite():
     s = torch.cat([torch.logspace(-30, 30, 5001, base=2.0), torch.tensor([1.0, 0.5, 3.0, 1.0000001, 2.0 ** -126, 0.75])])
     assert torch.equal(host.ue8m0_ceil(s), pow2_ceil(s))

@@ -82,6 +82,21 @@ def decode(b: torch.Tensor, fmt: str | Fp8Format) -> torch.Tensor:
     return out
 
 
+def e5m2_encode(x: torch.Tensor) -> torch.Tensor:
+    """float -> OCP e5m2 bytes, saturating finite (TileLang's gfx950 e5m2 type)."""
+    src = _f32(x)
+    out = torch.empty(src.shape, dtype=torch.uint8)
+    lib().dsp_e5m2_encode(_p(src), _p(out), ctypes.c_int64(src.numel()))
+    return out
+
+
+def e5m2_decode(b: torch.Tensor) -> torch.Tensor:
+    src = b.contiguous().view(torch.uint8)
+    out = torch.empty(src.shape, dtype=torch.float32)
+    lib().dsp_e5m2_decode(_p(src), _p(out), ctypes.c_int64(src.numel()))
+    return out
+
+
 def ue8m0_ceil(s: torch.Tensor) -> torch.Tensor:
     src = _f32(s)
     out = torch.empty_like(src)
