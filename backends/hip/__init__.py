@@ -5,8 +5,9 @@ Two kinds of implementation, one op table:
 * **aiter adapters** (:mod:`.aiter`) for the ops aiter serves — the indexer
   logits (``fp8_mqa_logits``, ``deepgemm_fp8_paged_mqa_logits`` with its
   page-size-1 per-token cache), top-k (``top_k_per_row_prefill``), the
-  block-scaled GEMM (``gemm_a8w8_blockscale``) and sparse decode
-  (``mla_decode_fwd`` over per-query kv lists). Where aiter cannot be
+  block-scaled GEMM (``gemm_a8w8_blockscale``), sparse decode
+  (``mla_decode_fwd`` over per-query kv lists) and the routed experts
+  (``fused_moe``). Where aiter cannot be
   imported, conformance runs them against contract models (``contract``).
 * **dsport's own kernels** (``hip_kernels/``, launched by :mod:`.launch`
   through hip-python) for the rest: act_quant, rms_norm, moe_gate,
@@ -47,6 +48,7 @@ CAPABILITIES = {
     "indexer_logits_paged": Capability(fp8_formats=_MAPPABLE, archs=TARGETS, note=_ADAPTER_NOTE + "; page-size-1 cache"),
     "fp8_gemm": Capability(fp8_formats=_MAPPABLE, archs=TARGETS, note=_ADAPTER_NOTE),
     "topk_select": Capability(archs=TARGETS, note="aiter top_k_per_row_prefill; absolute indices"),
+    "moe_experts": Capability(archs=TARGETS, note="aiter fused_moe, unquantized, gate/up fused as w13; -1 ids via expert_mask"),
     "sparse_mla_decode": Capability(dtypes=(torch.bfloat16,), archs=TARGETS,
                                     note="aiter mla_decode_fwd over dequantized bf16 rows, one kv list per query"),
     # own kernels: one FP8 format per build (the target's), bf16 activations, the device only
@@ -58,7 +60,6 @@ CAPABILITIES = {
                                      note="d_qk 576, d_v 512"),
 }
 NOT_SERVED = {
-    "moe_experts": "aiter fused_moe adapter not written yet: its sorted-token / block-size contract needs its own model",
     "moe_grouped_gemm_contiguous": "left to the fallback chain (triton, torch)",
     "moe_grouped_gemm_masked": "left to the fallback chain (triton, torch)",
     "mla_prefill_dense": "left to the fallback chain", "mla_decode_dense": "left to the fallback chain",

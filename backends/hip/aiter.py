@@ -208,6 +208,33 @@ class ContractModel:
         return o, lse if return_lse else None
 
 
+    def fused_moe(self, hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, topk_weight: torch.Tensor,
+                  topk_ids: torch.Tensor, expert_mask: torch.Tensor | None = None, activation: Any = "silu",
+                  quant_type: Any = None, **rest: Any) -> torch.Tensor:
+        """aiter/fused_moe.py ``fused_moe`` (unquantized, SEPARATED gate mode) as its reference ``torch_moe``:
+        w1 [E_local, 2*I, D] holds gate then up, w2 [E_local, D, I]; fp32 arithmetic; topk_ids are global
+        expert ids, mapped through ``expert_mask`` (1 = local) to local ones, non-local ids contribute an
+        all-zero row — which is still multiplied by its weight: a NaN weight there gives NaN."""
+        if activation != "silu":
+            raise NotImplementedError("contract model covers activation Silu")
+        x = hidden_states.float()
+        ids = topk_ids.long()
+        if expert_mask is not None:
+            local = expert_mask.long().cumsum(0) - 1
+            local[expert_mask == 0] = -1
+            ids = local[ids]
+        t, k = ids.shape
+        inter = w2.shape[2]
+        out = torch.zeros(t, k, x.shape[1], dtype=torch.float32)
+        for e in range(w1.shape[0]):
+            m = ids == e
+            if m.any():
+                a = x.unsqueeze(1).expand(t, k, -1)[m] @ w1[e].float().T
+                gate, up = a.split([inter, inter], dim=-1)
+                out[m] = (torch.nn.functional.silu(gate) * up) @ w2[e].float().T
+        return (out * topk_weight.float().view(t, k, 1)).sum(1).to(hidden_states.dtype)
+
+
 # ---- adapters ------------------------------------------------------------------------------
 def make_ops(vendor: Any, target: str, to_arch: Callable[[torch.Tensor, Fp8Format], tuple[torch.Tensor, float]] = to_arch
              ) -> dict[str, Callable[..., Any]]:
@@ -299,8 +326,22 @@ def make_ops(vendor: Any, target: str, to_arch: Callable[[torch.Tensor, Fp8Forma
             out[live], lse[live] = o.to(q.dtype), l.float()
         return out.reshape(b, sq, h, d_v), lse.reshape(b, sq, h).transpose(1, 2).contiguous()
 
+    def moe_experts(x, ids, weights, w1, w3, w2):
+        e = w1.shape[0]
+        # aiter takes gate and up as one [E, 2I, D] weight, gate first (GateMode.SEPARATED)
+        w13 = torch.cat([w1, w3], dim=1).contiguous()
+        # dsport's -1 (an expert on another rank) becomes a global id aiter's expert_mask marks non-local;
+        # its weight is zeroed first, because aiter multiplies the (zero) row by it and 0 * NaN is NaN
+        remote = ids < 0
+        gids = torch.where(remote, torch.full_like(ids, e), ids).int().contiguous()
+        mask = torch.cat([torch.ones(e, dtype=torch.int32, device=x.device), torch.zeros(1, dtype=torch.int32, device=x.device)])
+        w = torch.where(remote, torch.zeros((), dtype=torch.float32, device=x.device), weights.float()).contiguous()
+        if x.shape[0] == 0:
+            return torch.empty(0, x.shape[1], dtype=x.dtype, device=x.device)
+        return vendor.fused_moe(x.contiguous(), w13, w2.contiguous(), w, gids, expert_mask=mask)
+
     return {"indexer_logits": indexer_logits, "indexer_logits_paged": indexer_logits_paged, "topk_select": topk_select,
-            "fp8_gemm": fp8_gemm, "sparse_mla_decode": sparse_mla_decode}
+            "fp8_gemm": fp8_gemm, "sparse_mla_decode": sparse_mla_decode, "moe_experts": moe_experts}
 
 
 def aiter_ops(target: str) -> dict[str, Callable[..., Any]]:
@@ -311,6 +352,9 @@ def aiter_ops(target: str) -> dict[str, Callable[..., Any]]:
 
             if name == "fp8_mqa_logits":
                 from aiter.ops.triton.attention.fp8_mqa_logits import fp8_mqa_logits as f
+                return f
+            if name == "fused_moe":  # aiter.fused_moe is also the module's name
+                from aiter.fused_moe import fused_moe as f
                 return f
             if name == "deepgemm_fp8_paged_mqa_logits":
                 from aiter.ops.triton.attention.pa_mqa_logits import deepgemm_fp8_paged_mqa_logits as f

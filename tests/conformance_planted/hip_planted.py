@@ -11,6 +11,9 @@ bug; each must come out ``fail``:
   without turning 0x80 (fn's -0) into 0x00: under fnuz 0x80 is NaN.
 * ``fn-bytes-unmapped``: e4m3fn bytes forwarded to gfx942 as they are: aiter
   reads them as fnuz, every value halved.
+* ``ep-nan-weights``: dsport's -1 expert ids handed to fused_moe through its
+  expert_mask, but their weights (never to be read) left as they are: aiter
+  multiplies the remote slot's zero row by the weight, and 0 * NaN is NaN.
 """
 from __future__ import annotations
 
@@ -23,7 +26,6 @@ from dsport.backends.reference.indexer import index_cache_unpack
 from dsport.core.fp8 import E4M3FNUZ, fp8_format
 
 NAME = "hip_planted"
-PLANT = os.environ.get("DSPORT_HIP_PLANT", "paged-layout")
 ARCH = "gfx942"
 
 
@@ -67,9 +69,21 @@ def _paged_layout_bug(model: A.ContractModel):
 
 
 def contract_ops() -> dict:
+    PLANT = os.environ.get("DSPORT_HIP_PLANT", "paged-layout")  # read per call: tests switch bugs in one process
     model = A.ContractModel(ARCH)
     if PLANT == "fnuz-negzero":
         return A.make_ops(model, ARCH, to_arch=_relabel_keeping_negzero)
     if PLANT == "fn-bytes-unmapped":
         return A.make_ops(model, ARCH, to_arch=_unmapped)
+    if PLANT == "ep-nan-weights":
+        return {**A.make_ops(model, ARCH), "moe_experts": _ep_weights_bug(model)}
     return {**A.make_ops(model, ARCH), "indexer_logits_paged": _paged_layout_bug(model)}
+
+
+def _ep_weights_bug(model: A.ContractModel):
+    def moe_experts(x, ids, weights, w1, w3, w2):
+        e = w1.shape[0]
+        gids = torch.where(ids < 0, torch.full_like(ids, e), ids).int()
+        mask = torch.cat([torch.ones(e, dtype=torch.int32), torch.zeros(1, dtype=torch.int32)])
+        return model.fused_moe(x, torch.cat([w1, w3], dim=1), w2, weights.float(), gids, expert_mask=mask)  # BUG
+    return moe_experts
