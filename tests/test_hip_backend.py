@@ -3,7 +3,6 @@ contract models (verdict ``contract``, never ``pass``), three planted AMD
 porting bugs that must come out ``fail``, the exact fn -> fnuz operand
 mapping, and the gfx950/gfx942 builds (``built``: nothing here executes)."""
 import math
-import os
 import subprocess
 
 import pytest

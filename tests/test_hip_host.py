@@ -9,7 +9,7 @@ import torch
 
 from dsport.backends.hip import host
 from dsport.backends.reference import OPS as REF
-from dsport.core.fp8 import E4M3FN, E4M3FNUZ, FP8_FORMATS, pow2_ceil
+from dsport.core.fp8 import E4M3FN, E4M3FNUZ, pow2_ceil
 from dsport.core.spec import specs
 
 FORMATS = [E4M3FN, E4M3FNUZ]

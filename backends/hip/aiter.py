@@ -34,7 +34,6 @@ from dsport.backends.reference.mla_cache import split_cache
 from dsport.core.errors import ConfigError
 from dsport.core.fp8 import E4M3FN, E4M3FNUZ, Fp8Format, format_for_arch, fp8_format
 
-AITER = "ROCm/aiter"
 ARCHS = ("gfx950", "gfx942")
 NEG_INF = float("-inf")
 
