@@ -42,8 +42,12 @@ dsp_fp8_gemm(const uint8_t* __restrict__ a, const float* __restrict__ sa, const 
       u32x4 va = {0, 0, 0, 0}, vb = {0, 0, 0, 0};
       if (m0 + r < M) va = *(const u32x4*)(a + (long)(m0 + r) * K + kb * BK + col);
       if (n0 + r < N) vb = *(const u32x4*)(b + (long)(n0 + r) * K + kb * BK + col);
-      *(u32x4*)(la + r * LDS_ROW + col) = va;
-      *(u32x4*)(lb + r * LDS_ROW + col) = vb;
+      // a padded row starts 8-byte aligned only (136 = 8 x 17): two 64-bit LDS stores, not one ds_write_b128
+      typedef uint32_t u32x2 __attribute__((ext_vector_type(2)));
+      *(u32x2*)(la + r * LDS_ROW + col) = va.xy;
+      *(u32x2*)(la + r * LDS_ROW + col + 8) = va.zw;
+      *(u32x2*)(lb + r * LDS_ROW + col) = vb.xy;
+      *(u32x2*)(lb + r * LDS_ROW + col + 8) = vb.zw;
     }
     barrier();
     f32x4 part[2][2] = {};

@@ -161,20 +161,31 @@ DSP_GLOBAL void __attribute__((amdgpu_flat_work_group_size(128, 128))) dsp_spars
 }
 
 // mla_cache_pack on the device: one wave per token; lane l quantizes latent
-// elements 2l, 2l+1 (its 128-tile is lane / 32, so tile amax is a 32-lane reduction).
+// elements 8l .. 8l+7 (one 16-byte load), so a 128-tile is 16 lanes and its amax a
+// 4-step ds_bpermute reduction; the 656-byte row is written as 8-byte latent
+// chunks, one scale per tile and one bf16 rope value per lane.
 DSP_GLOBAL void __attribute__((amdgpu_flat_work_group_size(256, 256)))
 dsp_mla_cache_pack(const uint16_t* __restrict__ kv, long n, uint8_t* __restrict__ cache) {
   long tok = (long)bid_x() * 4 + (tid() >> 6);
   if (tok >= n) return;
-  int lane = lane_id();
+  const int lane = lane_id();
   const uint16_t* row = kv + tok * DQK;
   uint8_t* o = cache + tok * MLA_ROW;
-  float a = bf16_to_f32(row[4 * lane]), b = bf16_to_f32(row[4 * lane + 1]);
-  float c = bf16_to_f32(row[4 * lane + 2]), d = bf16_to_f32(row[4 * lane + 3]);
-  float m = amax_step(amax_step(amax_step(amax_step(0.0f, a), b), c), d);
-  for (int k = 8; k > 0; k >>= 1) { float x = shfl_xor(m, k); m = (x > m || x != x) ? x : m; }  // 16 lanes = one 128-tile
-  float s = group_scale<DSP_FMT>(m, true);
-  ((uint32_t*)o)[lane] = fp8_encode4<DSP_FMT>(a / s, b / s, c / s, d / s);
+  typedef uint32_t u32x4 __attribute__((ext_vector_type(4)));
+  typedef uint32_t u32x2 __attribute__((ext_vector_type(2)));
+  const u32x4 raw = ((const u32x4*)row)[lane];  // row is 1152 B, so 16-byte aligned
+  float v[8];
+  for (int i = 0; i < 4; ++i) {
+    v[2 * i] = bf16_to_f32((uint16_t)raw[i]);
+    v[2 * i + 1] = bf16_to_f32((uint16_t)(raw[i] >> 16));
+  }
+  float m = 0.0f;
+  for (int i = 0; i < 8; ++i) m = amax_step(m, v[i]);
+  for (int k = 8; k > 0; k >>= 1) { float x = shfl_xor(m, k); m = (x > m || x != x) ? x : m; }  // the tile's 16 lanes
+  const float s = group_scale<DSP_FMT>(m, true);
+  u32x2 packed = {fp8_encode4<DSP_FMT>(v[0] / s, v[1] / s, v[2] / s, v[3] / s),
+                  fp8_encode4<DSP_FMT>(v[4] / s, v[5] / s, v[6] / s, v[7] / s)};
+  ((u32x2*)o)[lane] = packed;
   if ((lane & 15) == 0) ((float*)(o + MLA_SCALE_OFF))[lane / 16] = s;
   ((uint16_t*)(o + MLA_ROPE_OFF))[lane] = row[MLA_LATENT + lane];
 }
