@@ -92,6 +92,27 @@ def test_topk_model_returns_absolute_indices():
     assert sorted(idx[0].tolist()) == [2, 3]  # window [2, 5): 5.0 and 7.0, as column indices of the row
 
 
+def test_topk_adapter_uses_the_decode_form_for_windows_from_zero():
+    calls = []
+
+    class Spy(A.ContractModel):
+        def top_k_per_row_decode(self, *a):
+            calls.append("decode")
+            return super().top_k_per_row_decode(*a)
+
+        def top_k_per_row_prefill(self, *a):
+            calls.append("prefill")
+            return super().top_k_per_row_prefill(*a)
+
+    topk = A.make_ops(Spy("gfx942"), "gfx942")["topk_select"]
+    logits = torch.arange(12.0).reshape(2, 6)
+    got = topk(logits, 2, torch.tensor([0, 0], dtype=torch.int32), torch.tensor([6, 3], dtype=torch.int32))
+    assert calls[0] == "decode" and [sorted(r) for r in got.tolist()] == [[4, 5], [1, 2]]
+    calls.clear()
+    got = topk(logits, 2, torch.tensor([1, 2], dtype=torch.int32), torch.tensor([3, 6], dtype=torch.int32))
+    assert calls == ["prefill"] and [sorted(r) for r in got.tolist()] == [[1, 2], [4, 5]]
+
+
 def _items(op, pred=lambda case: True):
     plan = Plan(ops=[op])
     cases = {c.id: c for c in specs()[op].cases()}

@@ -43,12 +43,29 @@ def _encode_probe(fmt) -> torch.Tensor:
     return torch.cat([s, mids, up, down, to_zero, special, sweep, sweep * 1e-3])
 
 
+def _encode_mismatches(x, got, fmt):
+    ref = fmt.cast(x).view(torch.uint8)
+    return [(x[i].item(), hex(got[i]), hex(ref[i])) for i in (got != ref).nonzero().flatten()[:5].tolist()]
+
+
 @pytest.mark.parametrize("fmt", FORMATS, ids=str)
 def test_encode_is_torchs_saturating_cast(fmt):
     x = _encode_probe(fmt)
-    got, ref = host.encode(x, fmt), fmt.cast(x).view(torch.uint8)
-    bad = (got != ref).nonzero().flatten()[:5].tolist()
-    assert not bad, [(x[i].item(), hex(got[i]), hex(ref[i])) for i in bad]
+    assert not _encode_mismatches(x, host.encode(x, fmt), fmt)
+
+
+def test_the_encode_check_catches_the_classic_amd_slips():
+    x = _encode_probe(E4M3FNUZ)
+    # planted: an fnuz encoder that keeps the sign of values rounding to zero (writes 0x80, fnuz's NaN)
+    neg_zero = host.encode(x, E4M3FNUZ).clone()
+    neg_zero[(neg_zero == 0) & (torch.signbit(x))] = 0x80
+    assert _encode_mismatches(x, neg_zero, E4M3FNUZ)
+    # planted: e4m3fn bytes handed over as fnuz (448 -> reads 224)
+    assert _encode_mismatches(x, host.encode(x, E4M3FN), E4M3FNUZ)
+    # planted: no saturation (values past 240 wrap into NaN instead of clamping)
+    unsat = host.encode(x, E4M3FNUZ).clone()
+    unsat[x.abs() > 240] = 0x80
+    assert _encode_mismatches(x, unsat, E4M3FNUZ)
 
 
 def test_fnuz_never_writes_0x80_for_a_finite_value():

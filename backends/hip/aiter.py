@@ -279,7 +279,11 @@ def make_ops(vendor: Any, target: str, to_arch: Callable[[torch.Tensor, Fp8Forma
         if ks is None:
             ks = torch.zeros(t, dtype=torch.int32, device=logits.device)
             ke = torch.full((t,), s, dtype=torch.int32, device=logits.device)
-        if t:
+        if t and bool((ks == 0).all()):
+            # decode rows (windows from 0): the decode form, one query per sequence (next_n 1), so row r ends
+            # at seq_lens[r] - 1 + 0 + 1 = ke[r]
+            vendor.top_k_per_row_decode(x, 1, ke.int().contiguous(), idx, t, x.stride(0), x.stride(1))
+        elif t:
             vendor.top_k_per_row_prefill(x, ks.int().contiguous(), ke.int().contiguous(), idx, None, t, x.stride(0), x.stride(1))
         return idx
 
