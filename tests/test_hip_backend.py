@@ -2,7 +2,9 @@
 contract models (verdict ``contract``, never ``pass``), three planted AMD
 porting bugs that must come out ``fail``, the exact fn -> fnuz operand
 mapping, and the gfx950/gfx942 builds (``built``: nothing here executes)."""
+import ctypes
 import math
+import re
 import subprocess
 
 import pytest
@@ -203,3 +205,47 @@ def test_the_64_key_sparse_tile_does_not_fit_gfx942(tmp_path):
 def test_build_cache_key_moves_with_sources_and_flags():
     k1 = hb._key("act_quant.hip", hb.flags("gfx942"), "22")
     assert k1 != hb._key("act_quant.hip", hb.flags("gfx950"), "22") != hb._key("act_quant.hip", hb.flags("gfx942"), "23")
+
+
+def _packed(args):
+    """(offset, size) of each launch argument as hip-python packs them: natural alignment, in order."""
+    out, at = [], 0
+    for a in args:
+        size = 8 if isinstance(a, torch.Tensor) or a is None else ctypes.sizeof(a)
+        at = -(-at // size) * size
+        out.append((at, size))
+        at += size
+    return out
+
+
+def test_every_launcher_packs_the_kernels_argument_abi(monkeypatch):
+    # the launch path cannot run here; what can be checked is that each launcher's arguments (count, size,
+    # offset) and block size are the ones the code object's metadata declares for that kernel
+    _toolchain()
+    from dsport.backends.hip import launch as L
+
+    seen = []
+    monkeypatch.setattr(L, "launch", lambda src, kernel, grid, block, args, target: seen.append((src, kernel, block, args)))
+    ops = L.kernel_ops("gfx942")
+    fnuz = E4M3FNUZ.name
+    x = torch.randn(4, 256).bfloat16()
+    ops["act_quant"](x, fmt=fnuz, scale_fmt="ue8m0")
+    ops["act_quant"](x, fmt=fnuz, scale_fmt="fp32")
+    ops["rms_norm"](x, torch.ones(256))
+    ops["rms_norm"](x, torch.ones(256), residual=x)
+    ops["moe_gate"](torch.randn(2, 64).bfloat16(), torch.randn(16, 64).bfloat16(), torch.zeros(16), n_group=4,
+                    topk_group=2, topk=4)
+    ops["sparse_mla_prefill"](torch.randn(2, 16, 576).bfloat16(), torch.randn(8, 1, 576).bfloat16(),
+                              torch.zeros(2, 1, 4, dtype=torch.int32), 0.1)
+    ops["mla_cache_pack"](torch.randn(3, 576).bfloat16(), fmt=fnuz)
+    assert len(seen) == 7
+    for src, kernel, block, args in seen:
+        _, asm, _ = hb.compile_file(src, "gfx942")
+        meta = hb.kernel_args(asm, kernel)
+        assert [(o, s) for o, s, _ in meta] == _packed(args), kernel
+        assert all((k == "global_buffer") == (isinstance(a, torch.Tensor) or a is None) for (_, _, k), a in zip(meta, args)), kernel
+        wg = int(re.search(r"\.max_flat_workgroup_size:\s+(\d+)", hb.kernel_asm(asm, kernel)).group(1))
+        assert block == wg, kernel
+    # and the launchers refuse what their kernel was not built for, by name
+    with pytest.raises(ValueError, match="act_quant: argument 'fmt/block'"):
+        ops["act_quant"](x, fmt="e4m3fn")

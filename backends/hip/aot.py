@@ -148,6 +148,19 @@ def kernel_asm(asm: str, name: str) -> str:
     return body.group(1) + "\n" + entry
 
 
+def kernel_args(asm: str, name: str) -> list[tuple[int, int, str]]:
+    """(offset, size, value_kind) of each kernel argument of ``name``, from the code object's metadata:
+    the launch ABI a host launcher must pack (dsport.backends.hip.launch)."""
+    entry = kernel_asm(asm, name).split("\n", 1)[-1]
+    args = re.search(r"\.args:\n(.*?)\n    \.\w", entry, re.S)
+    out = []
+    for item in re.split(r"\n\s+- ", "\n" + args.group(1)) if args else []:
+        off, size, kind = (re.search(rf"\.{k}:\s+(\S+)", item) for k in ("offset", "size", "value_kind"))
+        if off and size and kind:
+            out.append((int(off.group(1)), int(size.group(1)), kind.group(1)))
+    return out
+
+
 def build(target: str, out_dir: str | os.PathLike, files: tuple[str, ...] | None = None) -> list[KernelBuild]:
     if target not in TARGETS:
         raise ConfigError(f"target: the hip backend builds for {list(TARGETS)}, not '{target}'")
