@@ -36,6 +36,7 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "triton": "dsport.backends.triton",
     "tilelang": "dsport.backends.tilelang",
     "cuda": "dsport.backends.cuda",
+    "hip": "dsport.backends.hip",
     "npu": "dsport.backends.npu",
 }
 

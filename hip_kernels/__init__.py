@@ -1,9 +1,12 @@
-"""HIP C++ kernels for MI350 (gfx950) and MI300 (gfx942).
+"""HIP C++ kernels for MI350 (gfx950) and MI300 (gfx942), one file per op family.
 
-Empty so far: the AMD code that builds today is the Triton backend's
-(gfx950 and gfx942 code objects with mfma) and the TileLang kernels' HIP
-(gfx942 code objects; gfx950 with a ROCm >= 6.3 tree), compiled by the
-toolchain in ``dsport.backends.tilelang.hip``, which a HIP C++ kernel here
-would reuse. Note the FP8 flavour: gfx942 computes in e4m3fnuz (max 240),
-gfx950 in e4m3fn (``dsport.core.fp8``).
+They are written on clang's amdgcn builtins (no ROCm header, no device
+library), so the clang of the ``ziglang`` wheel builds them here
+(:mod:`dsport.backends.hip.aot`). The scalar arithmetic lives in
+``__host__ __device__`` headers (``fp8.h``, ``mla_cache.h``, ``softmax.h``,
+``topk_key.h``) that ``host_check.cpp`` also compiles with g++ for the CPU
+check (:mod:`dsport.backends.hip.host`). ``ocp_fp8/`` is the OCP FP8 overlay
+of ROCm's ``amd_hip_fp8.h`` that TileLang's gfx950 builds use on ROCm < 6.3.
+The FP8 flavour is the target's: e4m3fnuz on gfx942, e4m3fn on gfx950
+(``dsport.core.fp8``).
 """

@@ -3,8 +3,8 @@
 Here (no GPU) the kernels execute on CPU through TileLang's ``c`` target,
 compiled once per static configuration and cached; ``build(target, out_dir)``
 lowers the same tile programs for sm_90a (cubins, with nvcc) and for gfx942 and
-gfx950 (code objects, with the HIP toolchain of :mod:`.hip`; gfx950 needs a
-ROCm >= 6.3 tree) without executing them.
+gfx950 (code objects, with the HIP toolchain of :mod:`.hip`; on a ROCm tree
+older than 6.3, gfx950 gets dsport's OCP FP8 header overlay) without executing them.
 """
 from __future__ import annotations
 

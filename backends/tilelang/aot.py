@@ -12,7 +12,8 @@ target's TVM context (no GPU needed) and its device source written out.
 * ``gfx942`` / ``gfx950``: the HIP source is compiled and linked to a code
   object with the toolchain of :mod:`.hip` (ziglang's clang, a ROCm tree);
   registers, spills and mfma come from the AMDGCN assembly. When a piece of
-  that toolchain is missing (gfx950 needs ROCm >= 6.3 headers) the record says
+  that toolchain is missing (a compiler, headers; gfx950's OCP FP8 types come
+  from ROCm >= 6.3 or dsport's overlay, see :mod:`.hip`) the record says
   ``source`` and names the piece.
 """
 from __future__ import annotations

@@ -19,15 +19,18 @@ takes four things, each found here as follows:
 
 ROCm 6.2's ``amd_hip_fp8.h`` has the FNUZ FP8 types only. The OCP ones, which
 TileLang's templates use on gfx950 (MI350 computes in e4m3fn), came with ROCm
-6.3. So with the PyPI tree gfx942 (MI300, e4m3fnuz) builds, while gfx950 stays
-at ``source`` until ``ROCM_PATH`` names a ROCm >= 6.3. (TileLang lets a build
-force the FNUZ types onto gfx950; its kernels would then quantize to the wrong
-FP8 flavour, so dsport does not.)
+6.3. With an older tree, gfx950 builds put dsport's own overlay of that header
+first on the include path (``hip_kernels/ocp_fp8``: the OCP types and
+conversions written on clang's amdgcn builtins, their arithmetic checked
+bit-exact against torch on the CPU); a ROCm >= 6.3 tree is used as it is.
+(TileLang lets a build force the FNUZ types onto gfx950; its kernels would
+then quantize to the wrong FP8 flavour, so dsport does not.)
 
 Every build record says which clang and which ROCm tree made it.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -49,6 +52,10 @@ MIN_HIP: dict[str, tuple[tuple[int, int], str]] = {
     "gfx950": ((6, 3), "the OCP FP8 types that TileLang's HIP templates, included by every kernel, use on gfx950 "
                         "(__hip_fp8_e4m3, added to amd_hip_fp8.h in ROCm 6.3)"),
 }
+
+# dsport's overlay of amd_hip_fp8.h with the OCP types, for trees older than MIN_HIP["gfx950"]
+OCP_FP8_OVERLAY = Path(__file__).resolve().parents[2] / "hip_kernels" / "ocp_fp8"
+OVERLAID = {"gfx950"}
 
 # Where `install` puts the header-only tree: inside the environment, so a fresh
 # venv starts without one and `make` builds it.
@@ -163,9 +170,13 @@ class Toolchain:
     clang: str          # version
     resource_dir: Path
     tree: RocmTree
+    overlay: tuple[Path, ...] = ()  # include directories searched before the tree's (dsport's OCP FP8 header)
 
     def describe(self) -> dict[str, str]:
-        return {"compiler": f"clang {self.clang} (ziglang)", "rocm": f"HIP {self.tree.version_str} at {self.tree.root} ({self.tree.origin})"}
+        rocm = f"HIP {self.tree.version_str} at {self.tree.root} ({self.tree.origin})"
+        if self.overlay:
+            rocm += " + dsport's OCP FP8 overlay of amd_hip_fp8.h (hip_kernels/ocp_fp8)"
+        return {"compiler": f"clang {self.clang} (ziglang)", "rocm": rocm}
 
 
 def assemble(tree: RocmTree) -> Toolchain:
@@ -181,6 +192,8 @@ def toolchain(arch: str) -> Toolchain:
     """The toolchain for ``arch``: the ROCm tree found here must be new enough for it."""
     tree = find_tree()
     need, why = MIN_HIP[arch]
+    if tree.version[:2] < need and arch in OVERLAID and (OCP_FP8_OVERLAY / "hip" / "amd_detail" / "amd_hip_fp8.h").is_file():
+        return dataclasses.replace(assemble(tree), overlay=(OCP_FP8_OVERLAY,))
     if tree.version[:2] < need:
         raise ToolchainMissing(f"{arch} needs HIP >= {need[0]}.{need[1]} for {why}; the ROCm tree here is HIP "
                                f"{tree.version_str} ({tree.origin}): set ROCM_PATH to a newer ROCm")
@@ -198,7 +211,7 @@ def compile_hip(tc: Toolchain, src: Path, arch: str, include: list[Path], out: P
            "-nogpulib", *[a for bc in tc.tree.bitcode() for a in ("-Xclang", "-mlink-builtin-bitcode", "-Xclang", str(bc))],
            # CDNA runs wave64; clang >= 20 no longer predefines the macro ROCm 6.2's warp functions read
            "-D__AMDGCN_WAVEFRONT_SIZE=64",
-           "-O3", "-std=c++17", *[f"-I{p}" for p in include],
+           "-O3", "-std=c++17", *[f"-I{p}" for p in (*tc.overlay, *include)],
            "-save-temps=obj",  # keeps the .s beside the code object: registers, spills, LDS, mfma
            "-o", str(out), str(src)]
     subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=out.parent)
