@@ -277,7 +277,7 @@ def _one_backend(label: str, module: str | None, items: list[tuple[str, str]], p
                  on_row: Callable[[dict[str, Any]], None], on_backend: Callable[[str, int], None]) -> tuple[BackendRun, list[dict[str, Any]]]:
     on_backend(label, len(items))
     info, got = run_backend(label, module, items, plan, on_row)
-    if plan.build_targets and info.available:
+    if plan.build_targets and info.targets:  # builds need no device, only the backend's toolchain
         want = [t for t in plan.build_targets if t in info.targets or t == "all"]
         if "all" in want:
             want = list(info.targets)

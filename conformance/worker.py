@@ -242,13 +242,17 @@ def main(argv: list[str] | None = None) -> int:
     name = mod.name
     ok, reason = mod.available()
     # unavailable here, but its adapters can be checked against contract models (never for builds)
+    # ahead-of-time builds need a toolchain, not the device: they run where the backend cannot
+    building = bool(job.get("build")) and mod.can_build
     contract = not ok and mod.contract_ops is not None and not job.get("build")
     if contract:
         reason = f"{reason}; adapters run against contract models (verdict 'contract')"
+    elif building and not ok:
+        reason = f"{reason}; builds need no device (verdict 'built')"
     ops = contract_table(mod) if contract else mod.ops
-    _emit(proto, event="ready", available=ok or contract, name=name, reason=reason, ops=sorted(ops),
+    _emit(proto, event="ready", available=ok or contract or building, name=name, reason=reason, ops=sorted(ops),
           targets=list(mod.targets), env=env, mode=CONTRACT if contract else "run")
-    if not (ok or contract):
+    if not (ok or contract or building):
         return 0
     if job.get("build"):
         for target in job["build"]["targets"]:
