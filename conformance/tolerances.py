@@ -143,3 +143,48 @@ def tolerance(op: str, in_dtype: torch.dtype | None, out_dtype: torch.dtype, fp8
             + row.angle_ulps * UNIT_ROUNDOFF[torch.float32] * abs(max_angle))
     floor = COS_FLOOR.get(out_dtype, COS_FLOOR[torch.float32])
     return Tolerance(peak_rel=peak, cos_min=1.0 - max(floor, peak * peak), n=sum(lengths), row=row)
+
+
+# -- log-scale statistics of attention (lse, max_logits) ------------------------------------------
+LSE_OUT_ULPS = 1.0
+"""Budget for an lse error, in units of the unit roundoff of the attention's ``out`` dtype (see
+:func:`log_scale_tolerance`)."""
+LSE_RED_ULPS = 2.0
+"""fp32 rounding of the logits (a dot product of length DQK) and of the sum of exponentials."""
+
+
+@dataclass(frozen=True)
+class LogScaleTolerance:
+    abs_err: float            # bound on |value - ref|, the same for every element of the case
+    budget: float             # the consumer's part: LSE_OUT_ULPS * u(out dtype)
+    fp32: float               # the arithmetic's part
+    why: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"abs_err": self.abs_err, "budget": self.budget, "fp32_rounding": self.fp32, "why": self.why}
+
+
+def log_scale_tolerance(out_dtype: torch.dtype, n: int | Sequence[int], peak: float) -> LogScaleTolerance:
+    """The absolute bound on lse and max_logits of one attention case.
+
+    Consumers use lse only through exp(lse_a - lse_b): the weights that combine
+    split-KV partial outputs (FlashMLA's combine kernel, FlashDecoding). An error
+    e in lse is a relative error of about e in the combined output, whatever
+    |lse| is, so the budget is what that output may lose anyway: one unit
+    roundoff of ``out``'s dtype (bf16: 2^-8 = 0.0039). A bound proportional to
+    |lse| would pass an lse off by 0.16 at lse = 10, a 17 % error in the combine
+    weights, and a softmax denominator accumulated in bf16.
+
+    On top of that budget, the legitimate fp32 error of the arithmetic:
+    ``LSE_RED_ULPS * u(fp32) * (sqrt(DQK) * max(1, peak) + sqrt(keys))`` — the
+    logits are fp32 dot products (bf16 x bf16 products are exact in fp32) of
+    size up to ``peak`` (the case's largest |reference value|), then a sum of
+    the exponentials over the keys. ``n`` is (DQK, keys) as in the attention
+    rows of :data:`TABLE`."""
+    lengths = [max(int(x), 1) for x in ([n] if isinstance(n, int) else n)] or [1]
+    u32 = UNIT_ROUNDOFF[torch.float32]
+    budget = LSE_OUT_ULPS * UNIT_ROUNDOFF.get(out_dtype, u32)
+    fp32 = LSE_RED_ULPS * u32 * (math.sqrt(lengths[0]) * max(1.0, abs(peak)) + math.sqrt(lengths[-1]))
+    return LogScaleTolerance(budget + fp32, budget, fp32,
+                             "absolute: an lse error e is a relative error e of the split-KV combine weights "
+                             "exp(lse_a - lse_b); budget one rounding of out's dtype, plus fp32 rounding of the logits")
