@@ -253,6 +253,17 @@ def max_angle(bound: Mapping[str, Any]) -> float:
     return float(pos.double().abs().max() * f.double().abs().max())
 
 
+def row_condition(bound: Mapping[str, Any]) -> float:
+    """max over rows of |mean(x)| / std(x): how much an fp32 x - mean loses (layer_norm)."""
+    x = bound.get("x")
+    if not isinstance(x, torch.Tensor) or not x.numel():
+        return 0.0
+    h = x.detach().double().reshape(-1, x.shape[-1])
+    c = h.mean(-1).abs() / (h.var(-1, unbiased=False) + float(bound.get("eps") or 0.0)).sqrt()
+    c = c[torch.isfinite(c)]
+    return float(c.max()) if c.numel() else 0.0
+
+
 def output_dtype(o: Output, bound: Mapping[str, Any]) -> torch.dtype:
     return o.dtype(bound) if callable(o.dtype) else o.dtype
 
@@ -277,9 +288,10 @@ def judge(spec: OpSpec, bound: Mapping[str, Any], dims: Mapping[str, Any], outs:
     row = row_for(spec.name, dtype_name, q.get("fp8_format") or "-")
     n = reduction_lengths(row.reduction or (spec.reduction,), dims)
     angle = max_angle(bound) if row.angle_ulps else 0.0
+    cond = row_condition(bound) if row.cond_ulps else 0.0
 
     def tol_for(o: Output) -> Tolerance:
-        return tolerance(spec.name, q.get("dtype"), output_dtype(o, bound), q.get("fp8_format"), n, angle)
+        return tolerance(spec.name, q.get("dtype"), output_dtype(o, bound), q.get("fp8_format"), n, angle, cond)
 
     if spec.metric == "routing":
         return routing(outs, refs, bound, tol_for(declared[0]))
