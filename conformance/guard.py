@@ -100,11 +100,14 @@ def uninitialized_memory_filled(on: bool) -> Iterator[None]:
 
     prev_det, prev_warn, prev_fill = (torch.are_deterministic_algorithms_enabled(),
                                       torch.is_deterministic_algorithms_warn_only_enabled(), det.fill_uninitialized_memory)
-    # warn_only: an op without a deterministic kernel still runs; the point here is the filling
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # warn_only: an op without a deterministic kernel still runs; the point here is the filling.
+    # torch.use_deterministic_algorithms also imports torch._inductor's config (1.5 s per worker);
+    # its C setter alone is what the filling needs.
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None) or torch.use_deterministic_algorithms
+    setter(True, warn_only=True)
     det.fill_uninitialized_memory = True
     try:
         yield
     finally:
         det.fill_uninitialized_memory = prev_fill
-        torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+        setter(prev_det, warn_only=prev_warn)

@@ -201,9 +201,15 @@ def _some_invalid(gen, idx: torch.Tensor) -> torch.Tensor:
     return idx
 
 
+def _spare_ends(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """No index names row 0 or row n - 1, so both get poisoned: a kernel that reads -1 as row 0
+    (clamped) or as the last row (wrapped) reads NaN."""
+    return idx.masked_fill((idx == 0) | (idx == n - 1), -1)
+
+
 def _poison_unreferenced_prefill(gen, a):
     """NaN in every KV row no valid index names (SPEC §10): the result must not change."""
-    a["indices"] = _some_invalid(gen, a["indices"])
+    a["indices"] = _some_invalid(gen, _spare_ends(a["indices"], a["kv"].shape[0]))
     named = torch.zeros(a["kv"].shape[0], dtype=torch.bool)
     named[a["indices"][a["indices"] >= 0].long()] = True
     a["kv"] = poison(a["kv"], ~named[:, None, None])
@@ -332,8 +338,8 @@ def _non_contiguous_decode(gen, a):
 
 def _poison_unreferenced_decode(gen, a):
     """Every cache slot no valid index names: 0xFF bytes (FP8 cache) or NaN (float cache)."""
-    a["indices"] = _some_invalid(gen, a["indices"])
     c = a["kv_cache"]
+    a["indices"] = _some_invalid(gen, _spare_ends(a["indices"], c.shape[0] * c.shape[1]))
     named = torch.zeros(c.shape[0] * c.shape[1], dtype=torch.bool)
     named[a["indices"][a["indices"] >= 0].long()] = True
     a["kv_cache"] = poison(c, ~named.view(c.shape[0], c.shape[1], 1, 1))

@@ -83,6 +83,7 @@ def _gate_cases() -> list[Case]:
     return [
         Case("moe_gate", "fp32", fp32, note="fp32 activations and gate weight"),
         Case("moe_gate", "strided-views", strided_views(_gate_case(16, 64, 64, 8, 3, 6)), tags=EDGE),
+        Case("moe_gate", "fp32-strided-views", strided_views(fp32), tags=EDGE),
         Case("moe_gate", "tiny", _gate_case(4, 32, 16, 4, 2, 4), tags=TINY),
         Case("moe_gate", "T0", _gate_case(0, 64, e, g, tg, k), tags=EDGE),
         Case("moe_gate", "T1", _gate_case(1, 64, e, g, tg, k), tags=EDGE),
@@ -161,8 +162,9 @@ def _experts_cases() -> list[Case]:
             _skewed_ids(g, t, e, k), g)), tags=EDGE, note="skewed, and half the slots on other ranks"),
         Case("moe_experts", "poison-unrouted-experts", _poison_unrouted(_experts_case(12, 32, 16, 8, 3, ids=_skip_expert)),
              tags=POISON, fill_uninitialized=True, note="NaN weights for every expert no token names: never read"),
-        Case("moe_experts", "poison-unrouted-ep", _poison_unrouted(_experts_case(16, 32, 16, 8, 4, ids=_half_remote)),
-             tags=POISON, fill_uninitialized=True),
+        Case("moe_experts", "poison-unrouted-ep", _poison_unrouted(_experts_case(16, 32, 16, 8, 3, ids=lambda g, t, e, k: (
+            _half_remote_of(_skewed_ids(g, t, e, k), g)))), tags=POISON, fill_uninitialized=True,
+             note="experts 4..7 unrouted (NaN weights), half the slots -1 (NaN routing weights)"),
         Case("moe_experts", "strided-views", strided_views(_experts_case(8, 32, 16, 4, 2)), tags=EDGE,
              note="x, ids, weights and the expert weights as offset views of padded, poisoned buffers"),
         Case("moe_experts", "tiny", _experts_case(4, 32, 16, 4, 2), tags=TINY),
