@@ -74,7 +74,7 @@ def close(out: torch.Tensor, ref: torch.Tensor, tol: Tolerance) -> Judgement:
         i = int(bad.flatten().nonzero()[0])
         why.append(f"{m['nonfinite_mismatch']} non-finite mismatches (first at flat {i}: got {a.flatten()[i].item()}, want {r.flatten()[i].item()})")
     if cos < tol.cos_min:
-        why.append(f"cos {cos:.6f} < {tol.cos_min:.6f}")
+        why.append(f"cos {cos:.10g} < {tol.cos_min:.10g}")
     if peak_rel > tol.peak_rel:
         i = int((a - r).abs().nan_to_num(0.0).flatten().argmax())
         why.append(f"peak-relative error {peak_rel:.3g} > {tol.peak_rel:.3g} (worst at flat {i}: got {a.flatten()[i].item():.6g}, want {r.flatten()[i].item():.6g})")

@@ -18,6 +18,9 @@ from dsport.core.spec import Case, Check, OpSpec, Output, Param, Tensor, cdiv, r
 SM_SCALE = Param("sm_scale", (float,), minimum=0.0, doc="softmax scale (192^-0.5 * mscale^2 in V3.2)")
 D_V = Param("d_v", (int,), 512, minimum=1, doc="value dims: the first d_v dims of each KV row")
 FLASHMLA = "FlashMLA flash_mla_sparse_fwd / flash_mla_with_kvcache"
+NONFINITE = ("SPEC §10: slots no index, table or length names (rows behind -1, positions at or past cache_seqlens, unused "
+             "blocks) may hold anything, NaN or 0xFF bytes included, and never change the result: masked rows do not enter "
+             "the P.V product, not even as p = 0. NaN in a query or a referenced key row makes that output row (out, lse) NaN.")
 
 
 def _index_rule(arg: str, limit: str) -> Check:
@@ -44,6 +47,7 @@ sparse_mla_prefill = register(OpSpec(
     metric="attention", reduction="k", source=FLASHMLA,
     flops=lambda d: 2.0 * d["T"] * d["k"] * d["H"] * (d["DQK"] + d["d_v"]),
     cases=lambda: _sparse_prefill_cases(),
+    doc=NONFINITE,
     # bf16 q, out and the KV rows read (each at most once), int32 indices, fp32 lse and max_logits
     bytes=lambda d: 2.0 * (d["T"] * d["H"] * (d["DQK"] + d["d_v"]) + min(d["S"], d["T"] * d["k"]) * d["DQK"])
     + 4.0 * d["T"] * (d["k"] + 2 * d["H"]),
@@ -73,6 +77,7 @@ sparse_mla_decode = register(OpSpec(
     metric="attention", reduction="k", source=FLASHMLA,
     flops=lambda d: 2.0 * d["B"] * d["SQ"] * d["k"] * d["H"] * (d["DQK"] + d["d_v"]),
     cases=lambda: _sparse_decode_cases(),
+    doc=NONFINITE,
     # bf16 q and out, one cache row per index (656 B FP8 or bf16 W), int32 indices, fp32 lse
     bytes=lambda d: 2.0 * d["B"] * d["SQ"] * d["H"] * (d["DQK"] + d["d_v"])
     + d["B"] * d["SQ"] * d["k"] * ((d["W"] if d["W"] == 656 else 2 * d["W"]) + 4) + 4.0 * d["B"] * d["SQ"] * d["H"],
@@ -88,6 +93,7 @@ mla_prefill_dense = register(OpSpec(
     metric="attention", reduction="S", source="DeepSeek-V3.2-Exp inference/model.py MLA (naive path); FlashAttention varlen contract",
     flops=lambda d: 2.0 * d["H"] * (d["DQK"] + d["DV"]) * (d["T"] * (d["S"] - d["T"]) + d["T"] * (d["T"] + 1) / 2),
     cases=lambda: _dense_prefill_cases(),
+    doc=NONFINITE,
 ))
 
 
@@ -124,6 +130,7 @@ mla_decode_dense = register(OpSpec(
     metric="attention", reduction="MB * BS", source="FlashMLA flash_mla_with_kvcache (dense)",
     flops=lambda d: 2.0 * d["B"] * d["SQ"] * d["H"] * (d["DQK"] + d["d_v"]) * d["MB"] * d["BS"],
     cases=lambda: _dense_decode_cases(),
+    doc=NONFINITE,
 ))
 
 

@@ -316,7 +316,8 @@ moe_experts = register(OpSpec(
     # counts every slot, -1 included: the work issued, an upper bound on the useful work
     flops=lambda d: 6.0 * d["T"] * d["K"] * d["D"] * d["I"],
     cases=_experts_cases,
-    doc="The weights of -1 slots are never read (they may hold anything). The shared expert is added by the layer, not here.",
+    doc="The weights of -1 slots and the weights of experts no token names are never read (they may hold anything, NaN "
+        "included: SPEC §10). The shared expert is added by the layer, not here.",
 ))
 
 moe_grouped_gemm_contiguous = register(OpSpec(
@@ -334,7 +335,8 @@ moe_grouped_gemm_contiguous = register(OpSpec(
     flops=lambda d: 2.0 * d["M"] * d["N"] * d["K"],
     cases=_contiguous_cases,
     doc="DeepGEMM leaves the output rows of -1 padding unwritten; dsport's contract makes them 0, so a backend "
-        "wrapping DeepGEMM must zero them. Rows of one group need not be adjacent tiles, but no tile mixes groups.",
+        "wrapping DeepGEMM must zero them. Rows of one group need not be adjacent tiles, but no tile mixes groups. "
+        "Padding rows of a may hold anything, NaN included (SPEC §10): they never enter a product.",
 ))
 
 moe_grouped_gemm_masked = register(OpSpec(
@@ -350,5 +352,5 @@ moe_grouped_gemm_masked = register(OpSpec(
     flops=lambda d: 2.0 * d["G"] * d["MM"] * d["N"] * d["K"],
     cases=_masked_cases,
     doc="DeepGEMM's masked GEMM leaves rows at or beyond masked_m[g] undefined; dsport's contract makes them 0, "
-        "so a backend wrapping DeepGEMM must zero them.",
+        "so a backend wrapping DeepGEMM must zero them. Rows of a at or beyond the count may hold anything (SPEC §10).",
 ))

@@ -90,6 +90,8 @@ act_quant = register(OpSpec(
     metric="exact", source=SRC,
     flops=lambda d: 0.0,
     cases=_act_quant_cases,
+    doc="SPEC §10: a group whose amax is inf or NaN gets an inf / NaN scale (never a finite stand-in such as 1) and NaN "
+        "codes where x / s is NaN; e4m3fnuz writes a value that rounds to -0 as 0x00 (0x80 is its NaN).",
 ))
 
 
