@@ -47,6 +47,11 @@ def act_quant_kernel(x_ptr, y_ptr, s_ptr, R, N,
     tl.store(s_ptr + rows.to(tl.int64) * (N // BLOCK) + g, s, mask=rmask)
 
 
+def nan_code(f: Fp8Format) -> int:
+    """The format's NaN byte: 0x80 is e4m3fnuz's only NaN, 0x7F one of e4m3fn's two."""
+    return 0x80 if f.dtype == torch.float8_e4m3fnuz else 0x7F
+
+
 def min_normal(f: Fp8Format) -> float:
     return float(torch.finfo(f.dtype).smallest_normal)
 
@@ -63,7 +68,7 @@ def act_quant(x: torch.Tensor, block: int = 128, fmt: str | Fp8Format = "e4m3fn"
         br = 16
         act_quant_kernel[(triton.cdiv(r, br), n // block)](
             x2, y, s, r, n, FMAX=f.max, MIN_NORMAL=min_normal(f), UE8M0=sf.name == "ue8m0", BLOCK=block, BR=br,
-            NAN_CODE=0x80 if f.dtype == torch.float8_e4m3fnuz else 0x7F)
+            NAN_CODE=nan_code(f))
     return y.reshape(x.shape), s.reshape(*x.shape[:-1], n // block)
 
 

@@ -162,7 +162,7 @@ def _experts_cases() -> list[Case]:
             _skewed_ids(g, t, e, k), g)), tags=EDGE, note="skewed, and half the slots on other ranks"),
         Case("moe_experts", "poison-unrouted-experts", _poison_unrouted(_experts_case(12, 32, 16, 8, 3, ids=_skip_expert)),
              tags=POISON, fill_uninitialized=True, note="NaN weights for every expert no token names: never read"),
-        Case("moe_experts", "poison-unrouted-ep", _poison_unrouted(_experts_case(16, 32, 16, 8, 3, ids=lambda g, t, e, k: (
+        Case("moe_experts", "poison-unrouted-ep", _poison_unrouted(_experts_case(16, 32, 16, 8, 2, ids=lambda g, t, e, k: (
             _half_remote_of(_skewed_ids(g, t, e, k), g)))), tags=POISON, fill_uninitialized=True,
              note="experts 4..7 unrouted (NaN weights), half the slots -1 (NaN routing weights)"),
         Case("moe_experts", "strided-views", strided_views(_experts_case(8, 32, 16, 4, 2)), tags=EDGE,
