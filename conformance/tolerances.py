@@ -16,6 +16,10 @@ a unit roundoff u (half an ulp at 1.0) of the dtype that causes it:
   sums over DQK for the logits, then over the keys for P.V): their sqrt add.
 * ``angle_ulps * u(fp32) * max|t * f|``: RoPE angles t * f formed in fp32
   are off by about one ulp of the angle itself, which grows with position.
+* ``cond_ulps * u(fp32) * condition``: an fp32 subtraction of nearly equal
+  numbers (layer_norm's x - mean) loses what the condition number says,
+  max over rows of |mean| / std; any fp32 two-pass kernel has this error,
+  a one-pass E[x^2] - E[x]^2 variance has its square.
 
 Their sum bounds the *peak-relative* max error, max|out - ref| / max|ref|.
 Cosine similarity must reach 1 - max(cos_floor(out dtype), peak^2): a
@@ -67,6 +71,7 @@ class Row:
     red_ulps: float = 1.0
     reduction: tuple[str, ...] | None = None   # dims summed over; None: the spec's ``reduction``
     angle_ulps: float = 0.0
+    cond_ulps: float = 0.0
     why: str = ""
 
     def specificity(self) -> int:
@@ -99,6 +104,8 @@ TABLE: tuple[Row, ...] = (
         why="fp8 q.k products exact in fp32 against the quant-mimicking reference; fp32 sum over heads and dims"),
     Row(op="moe_gate", red_ulps=2.0,
         why="gate scores in fp32 over dim; weights are sigmoid scores renormalized, compared where the expert sets agree"),
+    Row(op="layer_norm", cond_ulps=4.0,
+        why="x - mean in fp32 is off by ~u(fp32) * |mean| (a two-pass kernel; a one-pass variance is off by its square)"),
     Row(op="yarn_freqs", out_ulps=4.0,
         why="pow and the ramp blend in fp32"),
     Row(op="rope", out_ulps=4.0, inter_ulps=1.0, angle_ulps=2.0,
@@ -125,14 +132,15 @@ def row_for(op: str, dtype: str, fp8: str) -> Row:
 
 
 def tolerance(op: str, in_dtype: torch.dtype | None, out_dtype: torch.dtype, fp8: str | None,
-              n: int | Sequence[int], max_angle: float = 0.0) -> Tolerance:
+              n: int | Sequence[int], max_angle: float = 0.0, condition: float = 0.0) -> Tolerance:
     """The bound for one output of one case.
 
     ``in_dtype`` is the case's float input dtype (None when every input is
     fp8/integer), ``out_dtype`` the dtype the spec declares for this output,
     ``n`` the length(s) of the reduction dim(s) (1 when there is none; see
     :func:`row_for` and ``Row.reduction`` for which dims), ``max_angle`` the
-    largest RoPE angle of the case."""
+    largest RoPE angle of the case, ``condition`` the case's condition number
+    (rows with ``cond_ulps``)."""
     dtype_name = str(in_dtype).removeprefix("torch.") if in_dtype is not None else "-"
     row = row_for(op, dtype_name, fp8 or "-")
     u_out = UNIT_ROUNDOFF.get(out_dtype, 2.0 ** -24)
@@ -140,6 +148,52 @@ def tolerance(op: str, in_dtype: torch.dtype | None, out_dtype: torch.dtype, fp8
     u_acc = UNIT_ROUNDOFF[torch.float64] if in_dtype == torch.float64 and out_dtype == torch.float64 else UNIT_ROUNDOFF[torch.float32]
     lengths = [max(int(x), 1) for x in ([n] if isinstance(n, int) else n)] or [1]
     peak = (row.out_ulps * u_out + row.inter_ulps * u_in + row.red_ulps * u_acc * sum(math.sqrt(x) for x in lengths)
-            + row.angle_ulps * UNIT_ROUNDOFF[torch.float32] * abs(max_angle))
+            + row.angle_ulps * UNIT_ROUNDOFF[torch.float32] * abs(max_angle)
+            + row.cond_ulps * UNIT_ROUNDOFF[torch.float32] * abs(condition))
     floor = COS_FLOOR.get(out_dtype, COS_FLOOR[torch.float32])
     return Tolerance(peak_rel=peak, cos_min=1.0 - max(floor, peak * peak), n=sum(lengths), row=row)
+
+
+# -- log-scale statistics of attention (lse, max_logits) ------------------------------------------
+LSE_OUT_ULPS = 1.0
+"""Budget for an lse error, in units of the unit roundoff of the attention's ``out`` dtype (see
+:func:`log_scale_tolerance`)."""
+LSE_RED_ULPS = 2.0
+"""fp32 rounding of the logits (a dot product of length DQK) and of the sum of exponentials."""
+
+
+@dataclass(frozen=True)
+class LogScaleTolerance:
+    abs_err: float            # bound on |value - ref|, the same for every element of the case
+    budget: float             # the consumer's part: LSE_OUT_ULPS * u(out dtype)
+    fp32: float               # the arithmetic's part
+    why: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"abs_err": self.abs_err, "budget": self.budget, "fp32_rounding": self.fp32, "why": self.why}
+
+
+def log_scale_tolerance(out_dtype: torch.dtype, n: int | Sequence[int], peak: float) -> LogScaleTolerance:
+    """The absolute bound on lse and max_logits of one attention case.
+
+    Consumers use lse only through exp(lse_a - lse_b): the weights that combine
+    split-KV partial outputs (FlashMLA's combine kernel, FlashDecoding). An error
+    e in lse is a relative error of about e in the combined output, whatever
+    |lse| is, so the budget is what that output may lose anyway: one unit
+    roundoff of ``out``'s dtype (bf16: 2^-8 = 0.0039). A bound proportional to
+    |lse| would pass an lse off by 0.16 at lse = 10, a 17 % error in the combine
+    weights, and a softmax denominator accumulated in bf16.
+
+    On top of that budget, the legitimate fp32 error of the arithmetic:
+    ``LSE_RED_ULPS * u(fp32) * (sqrt(DQK) * max(1, peak) + sqrt(keys))`` — the
+    logits are fp32 dot products (bf16 x bf16 products are exact in fp32) of
+    size up to ``peak`` (the case's largest |reference value|), then a sum of
+    the exponentials over the keys. ``n`` is (DQK, keys) as in the attention
+    rows of :data:`TABLE`."""
+    lengths = [max(int(x), 1) for x in ([n] if isinstance(n, int) else n)] or [1]
+    u32 = UNIT_ROUNDOFF[torch.float32]
+    budget = LSE_OUT_ULPS * UNIT_ROUNDOFF.get(out_dtype, u32)
+    fp32 = LSE_RED_ULPS * u32 * (math.sqrt(lengths[0]) * max(1.0, abs(peak)) + math.sqrt(lengths[-1]))
+    return LogScaleTolerance(budget + fp32, budget, fp32,
+                             "absolute: an lse error e is a relative error e of the split-KV combine weights "
+                             "exp(lse_a - lse_b); budget one rounding of out's dtype, plus fp32 rounding of the logits")

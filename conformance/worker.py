@@ -129,7 +129,7 @@ def run_case(mod: BackendModule, ref_ops: dict[str, Callable[..., Any]], op: str
              contract: bool = False) -> dict[str, Any]:
     """Run and judge one case in this process; returns a result row (no reproduce/machine fields).
     With ``contract`` the backend's ``contract_ops`` run instead of ``OPS`` and a pass is ``contract``."""
-
+    from dsport.conformance.guard import InputGuard, uninitialized_memory_filled
     from dsport.conformance.metrics import judge
     from dsport.core.capabilities import query_of
     from dsport.core.spec import specs
@@ -165,16 +165,21 @@ def run_case(mod: BackendModule, ref_ops: dict[str, Callable[..., Any]], op: str
         refs = reference_outputs(ref_ops[op], case, ref_cache)
     except Exception as e:  # the oracle failing is not the backend's fault: the case cannot be judged
         return verdict("skip", f"reference raised {type(e).__name__}: {e}")
+    guard = InputGuard(spec, bound)
     t0 = time.perf_counter()
     try:
-        outs = _tuple(impl(**args))
+        with uninitialized_memory_filled(case.fill_uninitialized):
+            outs = _tuple(impl(**args))
     except NotImplementedError as e:
         return verdict("unsupported", f"raised NotImplementedError: {e}" if str(e) else "raised NotImplementedError")
     except Exception as e:
         tb = traceback.format_exc(limit=-3)
         return verdict("crash", f"raised {type(e).__name__}: {e}", metrics={"traceback": tb}, seconds=time.perf_counter() - t0)
     seconds = time.perf_counter() - t0
-    j = judge(spec, bound, dims, outs, refs, check_dtypes=not is_reference)
+    broken = guard.violations(outs)
+    if broken:
+        return verdict("fail", broken, metrics={"inputs": "modified or aliased"}, seconds=seconds)
+    j = judge(spec, guard.pristine, dims, outs, refs, check_dtypes=not is_reference)
     passed = CONTRACT if contract else "pass"
     return verdict(passed if j.ok else "fail", j.reason, metrics=j.metrics, tolerance=j.tolerance, seconds=seconds)
 

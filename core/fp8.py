@@ -50,7 +50,8 @@ class ScaleFormat:
     name: str
 
     def scale(self, amax: torch.Tensor, fmt: Fp8Format) -> torch.Tensor:
-        """Dequantization scale (float32) for groups with the given amax."""
+        """Dequantization scale (float32) for groups with the given amax; inf or NaN amax gives an inf
+        or NaN scale, never a finite stand-in (the clamp keeps NaN)."""
         amax = amax.float().clamp_min(AMAX_FLOOR)
         s = amax / fmt.max
         if self.name == "ue8m0":
@@ -67,13 +68,14 @@ def pow2_ceil(x: torch.Tensor) -> torch.Tensor:
     frexp gives x = m * 2**e with m in [0.5, 1): x is a power of two iff
     m == 0.5, in which case it is its own ceiling; otherwise the ceiling is
     2**e. No log2 rounding is involved, so this is bit-exact on any device.
-    Non-finite x stays as it is (SPEC §10: an inf/NaN amax gives a non-finite
-    scale); frexp alone would turn it into 2**0 = 1, a finite stand-in.
+    Non-finite x (the scale of a group whose amax is inf or NaN) stays
+    non-finite: frexp would report exponent 0 for it, i.e. a finite stand-in
+    of 1 that turns an inf input into a finite 448 (SPEC §10).
     """
-    xf = x.float()
-    m, e = torch.frexp(xf)
+    x = x.float()
+    m, e = torch.frexp(x)
     e = torch.where(m == 0.5, e - 1, e)
-    return torch.where(torch.isfinite(xf), torch.ldexp(torch.ones_like(xf), e), xf)
+    return torch.where(torch.isfinite(x), torch.ldexp(torch.ones_like(x), e), x)
 
 
 E4M3FN = Fp8Format("e4m3fn", torch.float8_e4m3fn, 448.0, ("sm_89", "sm_90a", "gfx950"))

@@ -59,6 +59,9 @@ class Tensor:
     optional: bool = False
     default: Any = REQUIRED
     doc: str = ""
+    inplace: bool = False
+    """The op may write this argument in place, and an output may share its storage (SPEC §10: every
+    other input is read-only and no output aliases it). No op declares one today."""
 
     @property
     def allowed(self) -> tuple[torch.dtype, ...]:
@@ -110,6 +113,10 @@ class Case:
     make: Callable[[torch.Generator], dict[str, Any]]
     tags: frozenset[str] = frozenset({"quick", "full"})
     note: str = ""
+    fill_uninitialized: bool = False
+    """Run the backend with torch's uninitialized-memory filling on (deterministic algorithms,
+    ``torch.empty`` filled with NaN / the largest integer): an output slot the backend forgot to write
+    comes out NaN, not lucky zeros."""
 
     @property
     def seed(self) -> int:
@@ -204,8 +211,8 @@ class OpSpec:
             raise ValidationError(self.name, p.name, f"type {'/'.join(t.__name__ for t in p.types)}", f"{type(v).__name__} {v!r}")
         if p.choices is not None and v not in p.choices and not any(str(v) == str(c) for c in p.choices):
             raise ValidationError(self.name, p.name, f"one of {list(p.choices)}", repr(v))
-        if p.minimum is not None and v < p.minimum:
-            raise ValidationError(self.name, p.name, f">= {p.minimum}", repr(v))
+        if p.minimum is not None and not v >= p.minimum:  # `not >=` also rejects NaN (nan < min is False)
+            raise ValidationError(self.name, p.name, f">= {p.minimum}" + (" (not NaN)" if v != v else ""), repr(v))
 
     def _bind_shape(self, a: Tensor, t: torch.Tensor, dims: dict[str, Any], exprs: list) -> None:
         shape = a.shape

@@ -170,8 +170,9 @@ def test_pytest_plugin_runs_cases_as_test_ids(pytester):
     pytester.makepyfile("def test_own():\n    assert True\n")
     res = pytester.runpytest_inprocess(*_plugin_args(), "--dsport-backend-module", PLANTED,
                                        "--dsport-ops", "act_quant,dequant", "-q", "-p", "no:cacheprovider")
-    # act_quant: every ue8m0 case fails (8), the two fp32 cases and T0 pass; dequant: fnuz fails, tiny and T0 pass
-    res.assert_outcomes(passed=1 + 3 + 2, failed=8 + 1)
+    # act_quant: every ue8m0 case fails (12), the four fp32-scale cases and T0 pass;
+    # dequant: the two fnuz cases fail, tiny, T0 and strided-views (e4m3fn) pass
+    res.assert_outcomes(passed=1 + 5 + 3, failed=12 + 2)
     res.stdout.fnmatch_lines(["*act_quant?planted_bugs-e4m3fn-ue8m0?*", "*differ bit-wise*"])
 
 

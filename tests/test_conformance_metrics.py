@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dsport.conformance import metrics as M
+from dsport.conformance import tolerances as T
 from dsport.conformance.tolerances import TABLE, row_for, tolerance
 
 
@@ -69,13 +70,35 @@ def test_topk_accepts_any_tied_choice_and_rejects_the_rest():
 
 
 def test_log_scale_needs_minus_inf_exactly_where_the_reference_has_it():
-    t = tolerance("sparse_mla_prefill", torch.bfloat16, torch.float32, None, 64)
+    n = (576, 64)
     ref = torch.tensor([1.5, float("-inf"), 3.0], dtype=torch.float64)
-    assert M.log_scale(ref.float(), ref, t, "lse").ok
-    assert not M.log_scale(torch.tensor([1.5, 0.0, 3.0]), ref, t, "lse").ok
-    assert not M.log_scale(torch.tensor([1.5, float("nan"), 3.0]), ref, t, "lse").ok
-    base2 = M.log_scale((ref / math.log(2)).float(), ref, t, "lse")
+    assert M.log_scale(ref.float(), ref, torch.bfloat16, n, "lse").ok
+    assert not M.log_scale(torch.tensor([1.5, 0.0, 3.0]), ref, torch.bfloat16, n, "lse").ok
+    assert not M.log_scale(torch.tensor([1.5, float("nan"), 3.0]), ref, torch.bfloat16, n, "lse").ok
+    base2 = M.log_scale((ref / math.log(2)).float(), ref, torch.bfloat16, n, "lse")
     assert not base2.ok and "max |err|" in base2.reason
+
+
+def test_log_scale_wants_nan_exactly_where_a_nan_input_put_it():
+    ref = torch.tensor([1.5, float("nan"), 3.0], dtype=torch.float64)
+    assert M.log_scale(ref.float(), ref, torch.bfloat16, (576, 64), "lse").ok
+    hidden = M.log_scale(torch.tensor([1.5, float("-inf"), 3.0]), ref, torch.bfloat16, (576, 64), "lse")
+    assert not hidden.ok and "NaN disagrees" in hidden.reason
+
+
+def test_lse_bound_is_absolute_not_proportional_to_lse():
+    """At lse = 10 an error of 0.16 (17 % in the split-KV combine weights) passed the old |lse|-relative
+    bound; the absolute bound is about one bf16 rounding, and a bf16-rounded softmax denominator
+    accumulated over 32 tiles (error ~ 32 * 2^-9) is far outside it."""
+    ref = torch.full((4,), 10.0, dtype=torch.float64)
+    assert not M.log_scale((ref + 0.16).float(), ref, torch.bfloat16, (576, 2048), "lse").ok
+    assert not M.log_scale((ref + 0.02).float(), ref, torch.bfloat16, (576, 2048), "lse").ok
+    assert M.log_scale((ref + 0.003).float(), ref, torch.bfloat16, (576, 2048), "lse").ok
+    # the same error at lse = 100 is no more acceptable than at 10: the bound grows only by fp32 rounding
+    big = ref * 10
+    assert not M.log_scale((big + 0.02).float(), big, torch.bfloat16, (576, 2048), "lse").ok
+    bound = T.log_scale_tolerance(torch.bfloat16, (576, 2048), 100.0)
+    assert 2.0 ** -8 < bound.abs_err < 2.0 ** -8 + 1e-3 and bound.why
 
 
 def test_routing_accepts_tied_experts_and_checks_weights():

@@ -42,7 +42,9 @@ def multiset_attention(q, keys, counts, sm_scale, d_v):
     peak = safe.amax(-1) if logits.shape[-1] else logits.new_full(logits.shape[:-1], NEG_INF)
     lse = torch.logsumexp(safe + torch.log(c), dim=-1) if logits.shape[-1] else peak.clone()
     w = torch.where(chosen, c * torch.exp(logits - lse.unsqueeze(-1)), torch.zeros_like(logits))
-    out = torch.einsum("nhs,sd->nhd", w, keys.double()[:, :d_v])
+    # keys a row does not select never enter its product (they may hold NaN: SPEC §10)
+    rows = torch.where((counts > 0)[:, :, None], keys.double()[None, :, :d_v], torch.zeros((), dtype=torch.float64))
+    out = torch.einsum("nhs,nsd->nhd", w, rows)
     return out, lse, peak
 
 

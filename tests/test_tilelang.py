@@ -88,8 +88,10 @@ def test_act_quant_bit_exact(tl, case):
     y, s = tl.act_quant(**inp)
     ry, rs = ref.act_quant(**inp)
     assert y.dtype == ry.dtype and s.dtype == torch.float32
-    assert torch.equal(s, rs)
-    assert torch.equal(y.view(torch.uint8), ry.view(torch.uint8))
+    torch.testing.assert_close(s, rs, rtol=0, atol=0, equal_nan=True)  # inf / NaN scales of non-finite groups too
+    # NaN where the reference has NaN agrees whatever its code (e4m3fn has two NaN bytes)
+    differ = (y.view(torch.uint8) != ry.view(torch.uint8)) & ~(y.float().isnan() & ry.float().isnan())
+    assert not differ.any()
 
 
 @pytest.mark.parametrize("case", _cases("fp8_gemm"))
@@ -318,7 +320,9 @@ def test_spec_cases_against_reference(tl, op, case):
     for o, g, w in zip(spec.outputs, got, want):
         assert g.shape == w.shape, o.name
     if op == "act_quant":
-        assert torch.equal(got[0].view(torch.uint8), want[0].view(torch.uint8)) and torch.equal(got[1], want[1])
+        nan = got[0].float().isnan() & want[0].float().isnan()  # any NaN code agrees with NaN
+        assert not ((got[0].view(torch.uint8) != want[0].view(torch.uint8)) & ~nan).any()
+        torch.testing.assert_close(got[1], want[1], rtol=0, atol=0, equal_nan=True)
     elif op == "topk_select":
         logits = inp["logits"]
         ks = inp.get("ks") if inp.get("ks") is not None else torch.zeros(logits.shape[0], dtype=torch.int32)

@@ -17,8 +17,10 @@ HERE = Path(__file__).parent
 EXPECTED = [
     *[f"act_quant/{c}" for c in ("tiny", "e4m3fn-fp32", "e4m3fn-ue8m0", "e4m3fnuz-fp32", "e4m3fnuz-ue8m0", "T0", "outlier",
                                  "zeros-and-fmax", "zeros-and-fmax-fnuz", "non-contiguous", "3d-heads",
-                                 "grid-e4m3fn", "grid-e4m3fnuz", "detects-wrong-format")],
-    *[f"fp8_gemm/{c}" for c in ("tiny", "ragged-n", "fnuz", "M0", "brute-force-fnuz")],
+                                 "grid-e4m3fn", "grid-e4m3fnuz", "detects-wrong-format",
+                                 "fnuz-negative-zero", "fnuz-negative-zero-fp32", "nonfinite-groups", "nonfinite-groups-fp32",
+                                 "strided-views", "fp32-strided-views")],
+    *[f"fp8_gemm/{c}" for c in ("tiny", "ragged-n", "fnuz", "M0", "brute-force-fnuz", "strided-views", "transposed-b")],
     *[f"rms_norm/{c}" for c in ("float32", "residual-float32", "bfloat16", "residual-bfloat16", "T0")],
     *[f"rope/{c}" for c in ("interleaved", "rotate-half", "interleaved-detects-mixed-pairing",
                             "rotate-half-detects-mixed-pairing")],

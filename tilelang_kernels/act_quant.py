@@ -33,22 +33,29 @@ def program(p: Profile, N: int | None = None, dtype: str = "bfloat16", fmt: str 
                   S: T.Tensor((M, NG), "float32")):
         with p.kernel(T.ceildiv(M, BM), NG, threads=128) as (bm, g):
             x = p.tile((BM, G), "float32")
+            nan = p.tile((BM, G), "float32")
             amax = p.tile((BM,), "float32")
+            nans = p.tile((BM,), "float32")
             s = p.tile((BM,), "float32")
             for i, j in p.loop(BM, G):
                 # rows past M read 0: their amax hits the floor and nothing is stored
                 x[i, j] = T.if_then_else(bm * BM + i < M, p.load(X[bm * BM + i, g * G + j], dtype), T.float32(0))
+                nan[i, j] = T.if_then_else(T.isnan(x[i, j]), x[i, j], T.float32(0))
             T.reduce_absmax(x, amax, dim=1)
+            # absmax may drop NaN (max semantics): the NaN-only sum (0 or NaN) puts it back, so a group
+            # holding NaN gets a NaN scale, never a finite one (SPEC §10)
+            T.reduce_sum(nan, nans, dim=1)
             for i in p.loop(BM):
-                s[i] = T.max(amax[i], T.float32(AMAX_FLOOR)) / T.float32(fmax)
+                s[i] = (T.max(amax[i], T.float32(AMAX_FLOOR)) + nans[i]) / T.float32(fmax)
                 if ue8m0:
                     s[i] = pow2_ceil(T, s[i])
                 if bm * BM + i < M:
                     S[bm * BM + i, g] = s[i]
             for i, j in p.loop(BM, G):
                 if bm * BM + i < M:
-                    Y[bm * BM + i, g * G + j] = p.store_fp8(
-                        T.clamp(x[i, j] / s[i], T.float32(-fmax), T.float32(fmax)), fmt)
+                    Y[bm * BM + i, g * G + j] = p.store_fp8(T.if_then_else(
+                        T.isnan(x[i, j] / s[i]), x[i, j] / s[i],  # NaN (inf / inf, NaN groups) stays NaN
+                        T.clamp(x[i, j] / s[i], T.float32(-fmax), T.float32(fmax))), fmt)
 
     return act_quant
 

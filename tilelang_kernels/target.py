@@ -142,7 +142,7 @@ def bf16_decode(T: ModuleType, bits: Any) -> Any:
 def bf16_encode(T: ModuleType, v: Any) -> Any:
     b = as_u32(T, v)
     rne = T.shift_right(b + T.uint32(0x7FFF) + T.bitwise_and(T.shift_right(b, T.uint32(16)), T.uint32(1)), T.uint32(16))
-    return T.Cast("uint16", T.if_then_else(v != v, T.uint32(0x7FC0), rne))
+    return T.Cast("uint16", T.if_then_else(T.isnan(v), T.uint32(0x7FC0), rne))  # isnan: v != v folds to False
 
 
 def fp8_decode(T: ModuleType, byte: Any, fmt: str) -> Any:
@@ -184,7 +184,8 @@ def fp8_encode(T: ModuleType, v: Any, fmt: str) -> Any:
     else:  # fnuz: no negative zero, so a zero magnitude drops the sign
         out = T.if_then_else(code == T.uint32(0), T.uint32(0), T.bitwise_or(T.shift_left(sign, T.uint32(7)), code))
         nan_code = T.uint32(0x80)
-    return T.Cast("uint8", T.if_then_else(v != v, nan_code, out))
+    # T.isnan, not v != v: the TIR simplifier folds v != v to False, which encoded NaN as a finite code
+    return T.Cast("uint8", T.if_then_else(T.isnan(v), nan_code, out))
 
 
 def pow2_ceil(T: ModuleType, s: Any) -> Any:
@@ -193,7 +194,10 @@ def pow2_ceil(T: ModuleType, s: Any) -> Any:
     Exact on every target, unlike a log2/ceil/exp2 round trip."""
     b = as_u32(T, s)
     bumped = T.shift_left(T.shift_right(b, T.uint32(23)) + T.uint32(1), T.uint32(23))
-    return as_f32(T, T.if_then_else(T.bitwise_and(b, T.uint32(0x7FFFFF)) == T.uint32(0), b, bumped))
+    # a zero mantissa (a power of two) and an all-ones exponent (inf, NaN: SPEC §10) keep their bits
+    keep = T.Or(T.bitwise_and(b, T.uint32(0x7FFFFF)) == T.uint32(0),
+                T.bitwise_and(T.shift_right(b, T.uint32(23)), T.uint32(0xFF)) == T.uint32(0xFF))
+    return as_f32(T, T.if_then_else(keep, b, bumped))
 
 
 PROFILES: dict[str, Profile] = {name: Profile(name) for name in TARGETS}

@@ -7,6 +7,10 @@ Everything is float64. Conventions shared by every op here:
   of those scaled logits.
 * A query row that attends no key gets ``out = 0``, ``lse = -inf`` and
   ``max_logits = -inf``; nothing is ever NaN unless an input is.
+* Memory an op must not read never matters (SPEC §10): rows behind -1
+  indices and positions at or past ``cache_seqlens`` are replaced by zeros
+  before any arithmetic, so NaN or 0xFF bytes there cannot reach an output.
+  NaN in a query or in a referenced row makes that output row NaN.
 * Sparse ops treat every index entry as its own softmax term: an index that
   appears twice in a row contributes its key twice (weight doubled), exactly
   as a gather-then-softmax kernel does. Index -1 means "no key".
@@ -32,7 +36,9 @@ def softmax_with_stats(logits: torch.Tensor, valid: torch.Tensor) -> tuple[torch
 
     Returns (weights, lse, max_logits). Rows with no valid entry get all-zero
     weights and -inf for lse and max; the max used for stability is replaced
-    by 0 there so no ``-inf - -inf`` is ever formed.
+    by 0 there so no ``-inf - -inf`` is ever formed. A NaN logit among the
+    valid entries makes its whole row NaN (weights, lse and max): non-finite
+    in, non-finite out (SPEC §10).
     """
     masked = logits.masked_fill(~valid, NEG_INF)
     if masked.shape[-1] == 0:
@@ -43,7 +49,8 @@ def softmax_with_stats(logits: torch.Tensor, valid: torch.Tensor) -> tuple[torch
     p = torch.exp(masked - shift.unsqueeze(-1))
     total = p.sum(dim=-1)
     lse = shift + torch.log(total)
-    weights = torch.where(total.unsqueeze(-1) > 0, p / total.unsqueeze(-1), torch.zeros_like(p))
+    # only an empty row (total exactly 0) is zeroed: a NaN total (NaN in q or a referenced key) stays NaN
+    weights = torch.where(total.unsqueeze(-1) == 0, torch.zeros_like(p), p / total.unsqueeze(-1))
     return weights, lse, peak
 
 
@@ -126,5 +133,7 @@ def mla_decode_dense(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch
     valid = pos.view(1, 1, -1) < limit  # [B, SQ, P] (or [B, 1, P])
     logits = torch.einsum("bqhd,bpd->bqhp", q.double(), rows) * sm_scale
     weights, lse, _ = softmax_with_stats(logits, valid.unsqueeze(2))
-    out = torch.einsum("bqhp,bpd->bqhd", weights, rows[..., :d_v])
+    # a row a query does not attend (causal) never enters its product, not even times p = 0
+    seen = torch.where(valid.unsqueeze(-1), rows[..., :d_v].unsqueeze(1), torch.zeros((), dtype=rows.dtype))
+    out = torch.einsum("bqhp,bqpd->bqhd", weights, seen.expand(-1, sq, -1, -1))
     return out, lse.transpose(1, 2).contiguous()

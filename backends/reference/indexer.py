@@ -93,8 +93,9 @@ def index_cache_unpack(cache: torch.Tensor, fmt: str | Fp8Format = "e4m3fn") -> 
     f = fp8_format(fmt, "index_cache_unpack")
     nb, bs, _ = cache.shape
     flat = cache.reshape(nb, bs * (KEY_DIM + 4))
-    k8 = flat[:, : bs * KEY_DIM].contiguous().view(f.dtype).reshape(nb, bs, KEY_DIM)
-    scale = flat[:, bs * KEY_DIM:].contiguous().view(torch.float32).reshape(nb, bs)
+    # clone: with one block the slices are contiguous views of the cache, and an output never aliases an input
+    k8 = flat[:, : bs * KEY_DIM].clone().view(f.dtype).reshape(nb, bs, KEY_DIM)
+    scale = flat[:, bs * KEY_DIM:].clone().view(torch.float32).reshape(nb, bs)
     return k8, scale
 
 

@@ -2,8 +2,8 @@
 
 The sparse paths gather only the KV rows the indices name, one query block
 at a time: time and memory scale with T * k, independent of the context S.
-Scores, softmax and lse are fp32; the matmul operand dtype comes from
-:mod:`policy` (fp32 on CPUs without bf16 matrix units)."""
+Scores (q.k matmuls), softmax and lse are fp32; the P.V matmul operand dtype
+comes from :mod:`policy` (fp32 on CPUs without bf16 matrix units)."""
 from __future__ import annotations
 
 import torch
@@ -40,15 +40,26 @@ def attend(q: torch.Tensor, kv: torch.Tensor, valid: torch.Tensor, sm_scale: flo
 
     q [n, H, D], kv [n, L, D] (value = kv[..., :d_v]), valid bool [n, L] or [n, Hq, L] broadcastable to the
     scores [n, H, L]. Returns (out fp32 [n, H, d_v], lse [n, H], max_logit [n, H]); a row with nothing valid
-    gives out 0, lse -inf, max -inf."""
+    gives out 0, lse -inf, max -inf.
+
+    Rows of ``kv`` that are not valid must already be zeros: p = 0 times a NaN row is NaN (SPEC §10),
+    so the callers zero what their indices, tables and lengths do not name (see :func:`named_rows`)."""
     kvm = kv.to(mdt)
-    # the scale rides on q ([n, H, D]) instead of costing a pass over the [n, H, L] scores
-    s = torch.matmul((q.float() * sm_scale).to(mdt), kvm.transpose(1, 2)).float()   # [n, H, L]
+    # The scores are fp32 matmuls whatever mdt is: a half-precision matmul returns half-precision scores,
+    # a 2^-9 relative error on every logit that lse (judged absolutely, SPEC §10) cannot absorb at the
+    # logits outlier heads reach. The scale rides on q ([n, H, D]) instead of a pass over [n, H, L].
+    s = torch.matmul(q.float() * sm_scale, kv.float().transpose(1, 2))                  # [n, H, L]
     if not bool(valid.all()):  # prefill indices are usually all valid: skip the masking pass then
         s.masked_fill_(~(valid.unsqueeze(1) if valid.dim() == 2 else valid), NEG_INF)
     p, lse, m, _ = softmax_lse(s)
     out = torch.matmul(p.to(mdt), kvm[..., :d_v]).float()
     return out, lse, m
+
+
+def named_rows(g: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Gathered rows [n, L, D] with the rows no index names ([n, L] False) replaced by zeros: unused
+    cache slots may hold NaN or 0xFF bytes (FlashMLA's tests fill them so on purpose)."""
+    return g if bool(valid.all()) else g.masked_fill(~valid.unsqueeze(-1), 0.0)
 
 
 def _step(h: int, k: int, d: int, mdt: torch.dtype) -> int:
@@ -76,7 +87,7 @@ def sparse_mla_prefill(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor,
         bi = idx[t0:t0 + step]
         valid = (bi >= 0) & (bi < s)
         g = rows.index_select(0, torch.where(valid, bi, 0).reshape(-1)).view(*bi.shape, d)   # only the named rows
-        o, l, m = attend(q[t0:t0 + step], g, valid, sm_scale, d_v, mdt)
+        o, l, m = attend(q[t0:t0 + step], named_rows(g, valid), valid, sm_scale, d_v, mdt)
         out[t0:t0 + step], lse[t0:t0 + step], mx[t0:t0 + step] = o.to(q.dtype), l, m
     return out, lse, mx
 
@@ -100,7 +111,7 @@ def sparse_mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, indices: torch.Te
             valid = (bi >= 0) & (bi < nb * bs)
             g = pool.index_select(0, torch.where(valid, bi, 0).reshape(-1)).view(*bi.shape, w)  # gather first ...
             g = unpack_rows(g, fmt) if fp8 else g                               # ... then dequantize only those rows
-            o, l, _ = attend(qf[r0:r0 + step], g, valid, sm_scale, d_v, mdt)
+            o, l, _ = attend(qf[r0:r0 + step], named_rows(g, valid), valid, sm_scale, d_v, mdt)
             out[r0:r0 + step], lse[r0:r0 + step] = o.to(q.dtype), l
     return out.reshape(b, sq, h, d_v), lse.reshape(b, sq, h).transpose(1, 2).contiguous()
 
@@ -117,13 +128,13 @@ def mla_prefill_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if t == 0:
         return out, lse
     off = s - t
-    kh, vh = k.transpose(0, 1).to(mdt), v.transpose(0, 1).to(mdt)             # [H, S, D]
+    kf, vh = k.transpose(0, 1).float(), v.transpose(0, 1).to(mdt)             # [H, S, D]
     step = policy.rows_per_block(3 * 4 * h * s)
     for t0 in range(0, t, step):
         t1 = min(t, t0 + step)
         end = off + t1                                                          # keys this block can see
-        qb = (q[t0:t1].float() * sm_scale).transpose(0, 1).to(mdt)              # [H, b, D], scale folded into q
-        sc = torch.matmul(qb, kh[:, :end].transpose(1, 2)).float()
+        qb = (q[t0:t1].float() * sm_scale).transpose(0, 1)                          # [H, b, D], scale folded into q
+        sc = torch.matmul(qb, kf[:, :end].transpose(1, 2))                            # fp32 scores: see attend()
         pos_q = torch.arange(off + t0, off + t1, device=q.device)
         sc.masked_fill_(torch.arange(end, device=q.device)[None, None, :] > pos_q[None, :, None], NEG_INF)
         p, l, _, _ = softmax_lse(sc)                                           # every query sees key 0: no empty row
@@ -153,6 +164,7 @@ def mla_decode_dense(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch
         n = bt.shape[0]
         kv = kv_cache[bt.clamp(min=0).long()].reshape(n, mb * bs, d).to(mdt)       # widened once per sequence block
         live = (bt >= 0).repeat_interleave(bs, 1)[:, None, :]
+        kv = named_rows(kv, live[:, 0] & (pos[None, :] < sl[:, None]))            # nothing past cache_seqlens enters
         for s0 in range(0, sq, q_step):
             s1 = min(sq, s0 + q_step)
             limit = sl[:, None].expand(n, s1 - s0)

@@ -88,7 +88,11 @@ def _split_blocks(blocks: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tenso
 
 
 def index_cache_unpack(cache: torch.Tensor, fmt: str | Fp8Format = "e4m3fn") -> tuple[torch.Tensor, torch.Tensor]:
-    return _split_blocks(cache, fp8_format(fmt, "index_cache_unpack").dtype)
+    kb, sc = _split_blocks(cache, fp8_format(fmt, "index_cache_unpack").dtype)
+    # with one block the byte slices are already contiguous and come back as views of the cache: an
+    # output must never alias an input (SPEC §10), so those are copied
+    shared = cache.untyped_storage().data_ptr()
+    return tuple(t.clone() if t.numel() and t.untyped_storage().data_ptr() == shared else t for t in (kb, sc))
 
 
 def indexer_logits_paged(q: torch.Tensor, k_cache: torch.Tensor, weights: torch.Tensor, block_table: torch.Tensor,

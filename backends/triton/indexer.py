@@ -53,10 +53,13 @@ def indexer_logits(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, ks: 
         return out
     if q.dtype != k.dtype:  # two float dtypes: one product dtype
         q, k = q.float(), k.float()
-    grid = (t, triton.cdiv(s, 64))
+    # The interpreter pays per program, not per key: past 8192 keys it takes 1024-key tiles (a 70000-key
+    # context is then 69 programs, not 1094); shorter contexts keep the GPU tile so its edges stay covered.
+    bn = 1024 if INTERPRETED and s > 8192 else 64
+    grid = (t, triton.cdiv(s, bn))
     indexer_logits_kernel[grid](q.contiguous(), k.contiguous(), weights.contiguous(), ks.contiguous(), ke.contiguous(),
                                 k_scale.contiguous() if k_scale is not None else weights, out, s, h, d,
                                 HAS_SCALE=k_scale is not None, INTERP=INTERPRETED,
-                                BH=max(16, triton.next_power_of_2(h)), BD=max(16, triton.next_power_of_2(d)), BN=64,
+                                BH=max(16, triton.next_power_of_2(h)), BD=max(16, triton.next_power_of_2(d)), BN=bn,
                                 num_warps=WARPS, num_stages=STAGES)
     return out

@@ -16,7 +16,8 @@ from dsport.core.fp8 import Fp8Format, ScaleFormat, fp8_format, scale_format
 
 @triton.jit
 def act_quant_kernel(x_ptr, y_ptr, s_ptr, R, N,
-                     FMAX: tl.constexpr, MIN_NORMAL: tl.constexpr, UE8M0: tl.constexpr, BLOCK: tl.constexpr, BR: tl.constexpr):
+                     FMAX: tl.constexpr, MIN_NORMAL: tl.constexpr, UE8M0: tl.constexpr, BLOCK: tl.constexpr, BR: tl.constexpr,
+                     NAN_CODE: tl.constexpr):
     # One program quantizes BR rows of one BLOCK-wide group; scale math is fp32 by contract.
     pid_r = tl.program_id(0)
     g = tl.program_id(1)
@@ -26,17 +27,29 @@ def act_quant_kernel(x_ptr, y_ptr, s_ptr, R, N,
     offs = rows[:, None].to(tl.int64) * N + cols[None, :]
     x = tl.load(x_ptr + offs, mask=rmask[:, None], other=0.0).to(tl.float32)
     amax = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-4)
+    # max/maximum/minimum may drop NaN (fmaxf semantics): a group holding NaN gets a NaN scale and NaN
+    # codes, an inf group an inf scale (SPEC §10, non-finite in, non-finite out), never a finite stand-in
+    has_nan = tl.max((x != x).to(tl.int32), axis=1) > 0
+    amax = tl.where(has_nan, float("nan"), amax)
     s = tl.math.div_rn(amax, FMAX)
     if UE8M0:
-        # 2**ceil(log2(s)) from the bits: exact, unlike exp2(ceil(log2(s))) on device.
+        # 2**ceil(log2(s)) from the bits: exact, unlike exp2(ceil(log2(s))) on device; inf/NaN kept.
         bits = s.to(tl.int32, bitcast=True)
         e = (bits >> 23) & 0xFF
         e = e + ((bits & 0x7FFFFF) != 0).to(tl.int32)
-        s = (e << 23).to(tl.float32, bitcast=True)
+        s = tl.where(((bits >> 23) & 0xFF) == 0xFF, s, (e << 23).to(tl.float32, bitcast=True))
     q = tl.math.div_rn(x, s[:, None])
-    q = round_fp8(tl.minimum(tl.maximum(q, -FMAX), FMAX), MIN_NORMAL)
-    tl.store(y_ptr + offs, q.to(y_ptr.dtype.element_ty), mask=rmask[:, None])
+    q = round_fp8(tl.where(q != q, q, tl.minimum(tl.maximum(q, -FMAX), FMAX)), MIN_NORMAL)
+    # NaN gets the format's NaN code explicitly: the interpreter's fp32 -> fp8 conversion turns NaN into a
+    # finite code (the hardware cvt keeps it), and e4m3fnuz has one NaN, 0x80
+    nan8 = tl.full(q.shape, NAN_CODE, tl.uint8).to(y_ptr.dtype.element_ty, bitcast=True)
+    tl.store(y_ptr + offs, tl.where(q != q, nan8, q.to(y_ptr.dtype.element_ty)), mask=rmask[:, None])
     tl.store(s_ptr + rows.to(tl.int64) * (N // BLOCK) + g, s, mask=rmask)
+
+
+def nan_code(f: Fp8Format) -> int:
+    """The format's NaN byte: 0x80 is e4m3fnuz's only NaN, 0x7F one of e4m3fn's two."""
+    return 0x80 if f.dtype == torch.float8_e4m3fnuz else 0x7F
 
 
 def min_normal(f: Fp8Format) -> float:
@@ -54,7 +67,8 @@ def act_quant(x: torch.Tensor, block: int = 128, fmt: str | Fp8Format = "e4m3fn"
     if r and n:
         br = 16
         act_quant_kernel[(triton.cdiv(r, br), n // block)](
-            x2, y, s, r, n, FMAX=f.max, MIN_NORMAL=min_normal(f), UE8M0=sf.name == "ue8m0", BLOCK=block, BR=br)
+            x2, y, s, r, n, FMAX=f.max, MIN_NORMAL=min_normal(f), UE8M0=sf.name == "ue8m0", BLOCK=block, BR=br,
+            NAN_CODE=nan_code(f))
     return y.reshape(x.shape), s.reshape(*x.shape[:-1], n // block)
 
 

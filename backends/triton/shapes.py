@@ -15,7 +15,8 @@ def _quant() -> list[AotSpec]:
     for sf in ("ue8m0", "fp32"):
         out.append(AotSpec(f"act_quant_{sf}", quant.act_quant_kernel, ("act_quant",),
                            {"x_ptr": "*bf16", "y_ptr": "*fp8", "s_ptr": "*fp32", "R": TOKENS, "N": C.dim},
-                           {"FMAX": lambda t: format_for_arch(t).max, "MIN_NORMAL": lambda t: quant.min_normal(format_for_arch(t)), "UE8M0": sf == "ue8m0", "BLOCK": C.fp8_block, "BR": 16},
+                           {"FMAX": lambda t: format_for_arch(t).max, "MIN_NORMAL": lambda t: quant.min_normal(format_for_arch(t)), "UE8M0": sf == "ue8m0", "BLOCK": C.fp8_block, "BR": 16,
+                            "NAN_CODE": lambda t: quant.nan_code(format_for_arch(t))},
                            shape=f"x [{TOKENS}, {C.dim}] bf16"))
     # One build serves every projection: codegen sees only N, K % 16 == 0.
     for label, n, k in (("wq_b", C.n_heads * C.qk_head_dim, C.q_lora_rank),):

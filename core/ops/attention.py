@@ -12,11 +12,15 @@ import torch
 from dsport.core.constants import DEEPSEEK_V32 as V32
 from dsport.core.fp8 import FP8_FORMATS, Fp8Format
 from dsport.core.ops.cache import fp8_cache_bytes
+from dsport.core.ops.hostile import poison, strided_views
 from dsport.core.spec import Case, Check, OpSpec, Output, Param, Tensor, cdiv, register
 
 SM_SCALE = Param("sm_scale", (float,), minimum=0.0, doc="softmax scale (192^-0.5 * mscale^2 in V3.2)")
 D_V = Param("d_v", (int,), 512, minimum=1, doc="value dims: the first d_v dims of each KV row")
 FLASHMLA = "FlashMLA flash_mla_sparse_fwd / flash_mla_with_kvcache"
+NONFINITE = ("SPEC §10: slots no index, table or length names (rows behind -1, positions at or past cache_seqlens, unused "
+             "blocks) may hold anything, NaN or 0xFF bytes included, and never change the result: masked rows do not enter "
+             "the P.V product, not even as p = 0. NaN in a query or a referenced key row makes that output row (out, lse) NaN.")
 
 
 def _index_rule(arg: str, limit: str) -> Check:
@@ -43,6 +47,7 @@ sparse_mla_prefill = register(OpSpec(
     metric="attention", reduction="k", source=FLASHMLA,
     flops=lambda d: 2.0 * d["T"] * d["k"] * d["H"] * (d["DQK"] + d["d_v"]),
     cases=lambda: _sparse_prefill_cases(),
+    doc=NONFINITE,
     # bf16 q, out and the KV rows read (each at most once), int32 indices, fp32 lse and max_logits
     bytes=lambda d: 2.0 * (d["T"] * d["H"] * (d["DQK"] + d["d_v"]) + min(d["S"], d["T"] * d["k"]) * d["DQK"])
     + 4.0 * d["T"] * (d["k"] + 2 * d["H"]),
@@ -72,6 +77,7 @@ sparse_mla_decode = register(OpSpec(
     metric="attention", reduction="k", source=FLASHMLA,
     flops=lambda d: 2.0 * d["B"] * d["SQ"] * d["k"] * d["H"] * (d["DQK"] + d["d_v"]),
     cases=lambda: _sparse_decode_cases(),
+    doc=NONFINITE,
     # bf16 q and out, one cache row per index (656 B FP8 or bf16 W), int32 indices, fp32 lse
     bytes=lambda d: 2.0 * d["B"] * d["SQ"] * d["H"] * (d["DQK"] + d["d_v"])
     + d["B"] * d["SQ"] * d["k"] * ((d["W"] if d["W"] == 656 else 2 * d["W"]) + 4) + 4.0 * d["B"] * d["SQ"] * d["H"],
@@ -87,6 +93,7 @@ mla_prefill_dense = register(OpSpec(
     metric="attention", reduction="S", source="DeepSeek-V3.2-Exp inference/model.py MLA (naive path); FlashAttention varlen contract",
     flops=lambda d: 2.0 * d["H"] * (d["DQK"] + d["DV"]) * (d["T"] * (d["S"] - d["T"]) + d["T"] * (d["T"] + 1) / 2),
     cases=lambda: _dense_prefill_cases(),
+    doc=NONFINITE,
 ))
 
 
@@ -123,6 +130,7 @@ mla_decode_dense = register(OpSpec(
     metric="attention", reduction="MB * BS", source="FlashMLA flash_mla_with_kvcache (dense)",
     flops=lambda d: 2.0 * d["B"] * d["SQ"] * d["H"] * (d["DQK"] + d["d_v"]) * d["MB"] * d["BS"],
     cases=lambda: _dense_decode_cases(),
+    doc=NONFINITE,
 ))
 
 
@@ -133,6 +141,9 @@ mla_decode_dense = register(OpSpec(
 
 QUICK, EDGE, TINY = frozenset({"quick", "full"}), frozenset({"quick", "full", "edge"}), frozenset({"quick", "full", "tiny"})
 DEEP_QUICK, DEEP_FULL = frozenset({"quick", "full", "deepseek"}), frozenset({"full", "deepseek"})
+POISON = frozenset({"quick", "full", "edge", "poison"})
+OUTLIER_LOGIT = 120.0
+"""Scaled logit of an outlier head: past 88.7, where exp() overflows fp32 without the max subtracted."""
 TP_HEADS = (128, 64, 32, 16, 8)
 DQK, DV, SCALE = V32.d_qk, V32.d_v, V32.softmax_scale
 
@@ -190,6 +201,47 @@ def _non_contiguous_prefill(gen, a):
     return a
 
 
+def _some_invalid(gen, idx: torch.Tensor) -> torch.Tensor:
+    """About a quarter of the index slots set to -1 (kernels must skip them, not read row 0 or row -1)."""
+    idx = idx.clone()
+    idx[torch.rand(idx.shape, generator=gen) < 0.25] = -1
+    return idx
+
+
+def _spare_ends(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """No index names row 0 or row n - 1, so both get poisoned: a kernel that reads -1 as row 0
+    (clamped) or as the last row (wrapped) reads NaN."""
+    return idx.masked_fill((idx == 0) | (idx == n - 1), -1)
+
+
+def _poison_unreferenced_prefill(gen, a):
+    """NaN in every KV row no valid index names (SPEC §10): the result must not change."""
+    a["indices"] = _some_invalid(gen, _spare_ends(a["indices"], a["kv"].shape[0]))
+    named = torch.zeros(a["kv"].shape[0], dtype=torch.bool)
+    named[a["indices"][a["indices"] >= 0].long()] = True
+    a["kv"] = poison(a["kv"], ~named[:, None, None])
+    return a
+
+
+def _outlier_query(q: torch.Tensor, key: torch.Tensor, sm_scale: float, logit: float = OUTLIER_LOGIT) -> torch.Tensor:
+    """A query aligned with ``key`` so that its scaled logit is about ``logit`` (outlier heads do this)."""
+    k = key.double()
+    return (k * (logit / (sm_scale * float((k * k).sum())))).to(q.dtype)
+
+
+def _outlier_prefill(gen, a):
+    """Head 0 of every query meets its first valid key at a scaled logit of ~120; head 1 at ~-100
+    against every key it names but one."""
+    idx, kv = a["indices"][:, 0], a["kv"][:, 0]
+    for t in range(idx.shape[0]):
+        ok = idx[t][idx[t] >= 0]
+        if ok.numel():
+            a["q"][t, 0] = _outlier_query(a["q"][t, 0], kv[ok[0]], a["sm_scale"])
+            if a["q"].shape[1] > 1:
+                a["q"][t, 1] = _outlier_query(a["q"][t, 1], kv[ok[-1]], a["sm_scale"], logit=100.0)
+    return a
+
+
 def _sparse_prefill_cases() -> list[Case]:
     op = "sparse_mla_prefill"
     cases = [
@@ -210,6 +262,15 @@ def _sparse_prefill_cases() -> list[Case]:
         Case(op, "non-contiguous", _prefill(6, 8, 32, 16, edit=_non_contiguous_prefill), tags=EDGE),
         Case(op, "ds-topk2048", _prefill(2, 16, 4096, 2048), tags=DEEP_QUICK),
         Case(op, "ds-topk2048-h128", _prefill(4, 128, 4096, 2048), tags=DEEP_FULL),
+        Case(op, "poison-nan", _prefill(2, 16, 128, 64, edit=_poison_unreferenced_prefill), tags=POISON, fill_uninitialized=True,
+             note="NaN in every KV row no index names, a quarter of the slots -1: as if those rows were absent"),
+        Case(op, "poison-nan-fp32", _prefill(4, 8, 32, 16, dtype=torch.float32, edit=_poison_unreferenced_prefill), tags=POISON,
+             fill_uninitialized=True),
+        Case(op, "outlier-logits", _prefill(2, 16, 128, 64, edit=_outlier_prefill), tags=EDGE,
+             note="scaled logits of ~120 and ~100: exp overflows fp32 unless the row max is subtracted"),
+        Case(op, "outlier-logits-fp32", _prefill(4, 8, 32, 16, dtype=torch.float32, edit=_outlier_prefill), tags=EDGE),
+        Case(op, "strided-views", strided_views(_prefill(2, 16, 128, 64)), tags=EDGE,
+             note="q, kv and indices as offset views of padded, NaN-filled buffers"),
     ]
     cases += [Case(op, f"heads-{h}", _prefill(2, h, 128, 64), tags=EDGE) for h in TP_HEADS]
     return cases
@@ -282,6 +343,35 @@ def _non_contiguous_decode(gen, a):
     return a
 
 
+def _poison_unreferenced_decode(gen, a):
+    """Every cache slot no valid index names: 0xFF bytes (FP8 cache) or NaN (float cache)."""
+    c = a["kv_cache"]
+    a["indices"] = _some_invalid(gen, _spare_ends(a["indices"], c.shape[0] * c.shape[1]))
+    named = torch.zeros(c.shape[0] * c.shape[1], dtype=torch.bool)
+    named[a["indices"][a["indices"] >= 0].long()] = True
+    a["kv_cache"] = poison(c, ~named.view(c.shape[0], c.shape[1], 1, 1))
+    return a
+
+
+def _decode_rows(a) -> torch.Tensor:
+    """The cache as float rows [NB * BS, 576] (FP8 rows dequantized), to aim outlier queries."""
+    c = a["kv_cache"]
+    if c.dtype != torch.uint8:
+        return c.reshape(-1, c.shape[-1]).float()
+    from dsport.backends.reference.mla_cache import unpack64
+    return unpack64(c.reshape(-1, c.shape[-1]), a.get("fmt", "e4m3fn"), "sparse_mla_decode").float()
+
+
+def _outlier_decode(gen, a):
+    rows, idx = _decode_rows(a), a["indices"]
+    for b in range(idx.shape[0]):
+        for j in range(idx.shape[1]):
+            ok = idx[b, j][idx[b, j] >= 0]
+            if ok.numel():
+                a["q"][b, j, 0] = _outlier_query(a["q"][b, j, 0], rows[ok[0]], a["sm_scale"])
+    return a
+
+
 def _sparse_decode_cases() -> list[Case]:
     op = "sparse_mla_decode"
     cases = [
@@ -303,6 +393,15 @@ def _sparse_decode_cases() -> list[Case]:
         Case(op, "non-contiguous", _sparse_decode(2, 2, 8, 32, 4, 64, 100, edit=_non_contiguous_decode), tags=EDGE),
         Case(op, "ds-topk2048", _sparse_decode(2, 1, 16, 2048, 80, 64, 2500), tags=DEEP_QUICK),
         Case(op, "ds-topk2048-h128", _sparse_decode(4, 1, 128, 2048, 192, 64, 3000), tags=DEEP_FULL),
+        Case(op, "poison-fp8-0xff", _sparse_decode(2, 1, 16, 64, 4, 64, 100, edit=_poison_unreferenced_decode), tags=POISON,
+             fill_uninitialized=True, note="0xFF bytes (NaN latents, scales, rope) in every slot no index names"),
+        Case(op, "poison-float-nan", _sparse_decode(2, 2, 8, 32, 4, 64, 100, "float", edit=_poison_unreferenced_decode),
+             tags=POISON, fill_uninitialized=True),
+        Case(op, "outlier-logits", _sparse_decode(2, 1, 16, 64, 4, 64, 100, edit=_outlier_decode), tags=EDGE,
+             note="head 0 at a scaled logit of ~120"),
+        Case(op, "outlier-logits-float", _sparse_decode(2, 1, 16, 64, 4, 64, 100, "float", edit=_outlier_decode), tags=EDGE),
+        Case(op, "strided-views", strided_views(_sparse_decode(2, 1, 16, 64, 4, 64, 100)), tags=EDGE,
+             note="q, the FP8 cache and indices as offset views of padded, poisoned buffers"),
     ]
     cases += [Case(op, f"heads-{h}", _sparse_decode(1, 1, h, 64, 2, 64, 128), tags=EDGE) for h in TP_HEADS]
     return cases
@@ -330,6 +429,12 @@ def _absorbed_shared_kv(gen, a):
     return a
 
 
+def _outlier_dense(gen, a):
+    for t in range(a["q"].shape[0]):
+        a["q"][t, 0] = _outlier_query(a["q"][t, 0], a["k"][0, 0], a["sm_scale"])
+    return a
+
+
 def _dense_prefill_cases() -> list[Case]:
     op = "mla_prefill_dense"
     cases = [
@@ -343,6 +448,10 @@ def _dense_prefill_cases() -> list[Case]:
         Case(op, "absorbed-576", _dense_prefill(6, 4, 10, edit=_absorbed_shared_kv), tags=EDGE),
         Case(op, "ds-mha-512", _dense_prefill(64, 16, 512), tags=DEEP_QUICK),
         Case(op, "ds-mha-h128", _dense_prefill(64, 128, 1024), tags=DEEP_FULL),
+        Case(op, "outlier-logits", _dense_prefill(6, 4, 10, edit=_outlier_dense), tags=EDGE,
+             note="head 0 of every query meets key 0 at a scaled logit of ~120"),
+        Case(op, "outlier-logits-prefix", _dense_prefill(8, 4, 40, edit=_outlier_dense), tags=EDGE),
+        Case(op, "strided-views", strided_views(_dense_prefill(6, 4, 10)), tags=EDGE),
     ]
     cases += [Case(op, f"heads-{h}", _dense_prefill(4, h, 12), tags=EDGE) for h in TP_HEADS]
     return cases
@@ -361,6 +470,27 @@ def _dense_decode(seqlens: list[int], sq: int, h: int, nb: int, bs: int, causal:
     return make
 
 
+def _poison_past_seqlens(gen, a):
+    """NaN in every cache slot at or past cache_seqlens: the tail of each last block and every block
+    no table entry names."""
+    c, bt, sl = a["kv_cache"], a["block_table"], a["cache_seqlens"]
+    nb, bs = c.shape[:2]
+    live = torch.zeros(nb, bs, dtype=torch.bool)
+    for b in range(bt.shape[0]):
+        for p in range(int(sl[b])):
+            live[int(bt[b, p // bs]), p % bs] = True
+    a["kv_cache"] = poison(c, ~live[:, :, None, None])
+    return a
+
+
+def _outlier_dense_decode(gen, a):
+    c, bt, sl = a["kv_cache"], a["block_table"], a["cache_seqlens"]
+    for b in range(bt.shape[0]):
+        if int(sl[b]):
+            a["q"][b, :, 0] = _outlier_query(a["q"][b, 0, 0], c[int(bt[b, 0]), 0, 0], a["sm_scale"])
+    return a
+
+
 def _dense_decode_cases() -> list[Case]:
     op = "mla_decode_dense"
     cases = [
@@ -376,6 +506,17 @@ def _dense_decode_cases() -> list[Case]:
         Case(op, "non-contiguous", _dense_decode([20, 33], 2, 8, 16, 4, edit=_non_contiguous_decode), tags=EDGE),
         Case(op, "ds-2k", _dense_decode([2048, 1500], 1, 16, 64, 64), tags=DEEP_QUICK),
         Case(op, "ds-h128-4k", _dense_decode([4096, 3000], 1, 128, 128, 64), tags=DEEP_FULL),
+        Case(op, "poison-nan", _dense_decode([5, 17], 1, 8, 10, 4, extra_blocks=3, edit=_poison_past_seqlens), tags=POISON,
+             fill_uninitialized=True, note="NaN at and past cache_seqlens and in every unused block"),
+        Case(op, "poison-nan-mtp", _dense_decode([20, 33], 3, 8, 16, 4, extra_blocks=1, edit=_poison_past_seqlens),
+             tags=POISON, fill_uninitialized=True),
+        Case(op, "poison-nan-page64", _dense_decode([70, 130], 1, 16, 6, 64, edit=_poison_past_seqlens), tags=POISON,
+             fill_uninitialized=True),
+        Case(op, "outlier-logits", _dense_decode([20, 33], 3, 8, 16, 4, edit=_outlier_dense_decode), tags=EDGE,
+             note="head 0 meets position 0 at a scaled logit of ~120"),
+        Case(op, "outlier-logits-page64", _dense_decode([70, 130], 1, 16, 6, 64, edit=_outlier_dense_decode), tags=EDGE),
+        Case(op, "strided-views", strided_views(_dense_decode([20, 33], 2, 8, 16, 4)), tags=EDGE,
+             note="q, the cache, block_table and cache_seqlens as offset views of padded, poisoned buffers"),
     ]
     cases += [Case(op, f"heads-{h}", _dense_decode([40], 1, h, 2, 64), tags=EDGE) for h in TP_HEADS]
     return cases

@@ -6,6 +6,7 @@ import torch
 
 from dsport.core.constants import DEEPSEEK_V32 as V32
 from dsport.core.fp8 import FP8_FORMATS, Fp8Format
+from dsport.core.ops.hostile import strided_views
 from dsport.core.spec import Case, OpSpec, Output, Param, Tensor, register
 
 FMT = Param("fmt", (str, Fp8Format), "e4m3fn", tuple(FP8_FORMATS))
@@ -24,9 +25,18 @@ def fp8_cache_bytes(gen: torch.Generator, n: int, fmt: str = "e4m3fn") -> torch.
     fp8 latent values, power-of-two fp32 tile scales, bf16 rope."""
     f = FP8_FORMATS[fmt]
     latent = (torch.randn(n, 512, generator=gen) * f.max / 4).clamp(-f.max, f.max).to(f.dtype)
-    scales = torch.exp2(torch.randint(-10, -5, (n, 4), generator=gen).float())
+    # four DISTINCT power-of-two tile scales per row, so a swapped tile order shows in every row
+    exps = torch.rand(n, 6, generator=gen).argsort(-1)[:, :4] - 11
+    scales = torch.exp2(exps.float())
     rope = torch.randn(n, 64, generator=gen).bfloat16()
     return torch.cat([latent.view(torch.uint8), scales.view(torch.uint8), rope.view(torch.uint8)], dim=-1)
+
+
+def _signed_zeros(gen: torch.Generator, n: int) -> torch.Tensor:
+    kv = latent_rows(gen, n, torch.float32)
+    kv[:, 1:512:2] = -1e-5 * kv[:, 1:512:2].abs()
+    kv[:, 0:512:128] = 50.0  # sets each tile's scale
+    return kv.bfloat16()
 
 
 def _pack_cases() -> list[Case]:
@@ -46,6 +56,10 @@ def _pack_cases() -> list[Case]:
         Case("mla_cache_pack", "special-tiles", special_tiles, tags=EDGE),
         Case("mla_cache_pack", "special-tiles-fnuz", lambda g: {**special_tiles(g), "fmt": "e4m3fnuz"}, tags=EDGE),
         Case("mla_cache_pack", "non-contiguous", lambda g: {"kv": latent_rows(g, 12).t().contiguous().t()}, tags=EDGE),
+        Case("mla_cache_pack", "fnuz-negative-zero", lambda g: {"kv": _signed_zeros(g, 6), "fmt": "e4m3fnuz"}, tags=EDGE,
+             note="tiny negatives that round to zero: 0x00 in e4m3fnuz, never 0x80 (its NaN)"),
+        Case("mla_cache_pack", "fnuz-negative-zero-fp32", lambda g: {"kv": _signed_zeros(g, 3).float(), "fmt": "e4m3fnuz"}, tags=EDGE),
+        Case("mla_cache_pack", "strided-views", strided_views(lambda g: {"kv": latent_rows(g, 5)}), tags=EDGE),
         Case("mla_cache_pack", "ds-4k-tokens", lambda g: {"kv": latent_rows(g, 4096)}, tags=DEEP_QUICK),
     ]
 
@@ -56,6 +70,9 @@ def _unpack_cases() -> list[Case]:
         Case("mla_cache_unpack", "N0", lambda g: {"cache": fp8_cache_bytes(g, 0)}, tags=EDGE),
         Case("mla_cache_unpack", "fnuz", lambda g: {"cache": fp8_cache_bytes(g, 16, "e4m3fnuz"), "fmt": "e4m3fnuz"}),
         Case("mla_cache_unpack", "non-contiguous", lambda g: {"cache": fp8_cache_bytes(g, 8)[::2]}, tags=EDGE),
+        Case("mla_cache_unpack", "strided-views", strided_views(lambda g: {"cache": fp8_cache_bytes(g, 6)}), tags=EDGE),
+        Case("mla_cache_unpack", "fnuz-4-tiles", lambda g: {"cache": fp8_cache_bytes(g, 5, "e4m3fnuz"), "fmt": "e4m3fnuz"},
+             tags=EDGE, note="four distinct tile scales per row: a tile-order swap shows"),
         Case("mla_cache_unpack", "ds-4k-tokens", lambda g: {"cache": fp8_cache_bytes(g, 4096)}, tags=DEEP_QUICK),
     ]
 

@@ -5,6 +5,7 @@ import torch
 
 from dsport.core.constants import DEEPSEEK_V32 as V32
 from dsport.core.fp8 import FP8_FORMATS, Fp8Format
+from dsport.core.ops.hostile import poison, strided_views
 from dsport.core.ops.norm import DEEPSEEK, EDGE, TINY, _rand
 from dsport.core.spec import DTYPE_GROUPS, Case, Check, OpSpec, Output, Param, Tensor, register
 
@@ -12,6 +13,9 @@ SRC = "DeepGEMM fp8_mqa_logits / fp8_paged_mqa_logits; DeepSeek-V3.2-Exp inferen
 FULL_DEEPSEEK = frozenset({"full", "deepseek"})
 KEY_DIM = V32.index_head_dim
 HEADS_PER_RANK = (64, 32, 16, 8)
+POISON = frozenset({"quick", "full", "edge", "poison"})
+LONG = 70_000
+"""A context past 65536 (the model runs to 163840): int16 / fp16 position arithmetic breaks here."""
 
 
 # -- case builders ---------------------------------------------------------------
@@ -80,6 +84,25 @@ def _indexer_cases() -> list[Case]:
         args["weights"] = args["weights"].t().contiguous().t()
         return args
 
+    def poison_outside_windows(fmt):
+        def make(gen):
+            args = _indexer_case(5, 48, 4, fmt=fmt, window="random")(gen)
+            pos = torch.arange(args["k"].shape[0])
+            inside = ((pos[None, :] >= args["ks"][:, None]) & (pos[None, :] < args["ke"][:, None])).any(0)
+            args["k"] = poison(args["k"], ~inside[:, None])
+            if "k_scale" in args:
+                args["k_scale"] = poison(args["k_scale"], ~inside)
+            return args
+        return make
+
+    def long_context(fmt, s=LONG):
+        def make(gen):
+            # one query row keeps the Triton interpreter (a program per 64 keys) at a few seconds
+            args = _indexer_case(1, s, 2, 16, fmt=fmt)(gen)
+            args["ks"] = torch.tensor([3], dtype=torch.int32)
+            return args
+        return make
+
     cases = [
         Case(c, "tiny-float", _indexer_case(2, 8, 2, 16, fmt=None), tags=TINY),
         Case(c, "tiny-fp8", _indexer_case(3, 16, 4, fmt="e4m3fn"), tags=TINY),
@@ -92,6 +115,13 @@ def _indexer_cases() -> list[Case]:
         Case(c, "zero-rows", zero_rows, tags=EDGE),
         Case(c, "nan", nan_q, tags=EDGE),
         Case(c, "non-contiguous", non_contiguous, tags=EDGE),
+        Case(c, "poison-outside-windows", poison_outside_windows(None), tags=POISON, fill_uninitialized=True,
+             note="NaN in every key no window covers: logits there are -inf, elsewhere unchanged"),
+        Case(c, "poison-outside-windows-fp8", poison_outside_windows("e4m3fn"), tags=POISON, fill_uninitialized=True),
+        Case(c, "long-context-fp8", long_context("e4m3fn"), tags=EDGE, note="S = 70000 keys (H = 2, D = 16 keep it CPU-sized)"),
+        Case(c, "context-5000", long_context(None, 5000), tags=EDGE, note="S = 5000, past 4096 (original_seq_len)"),
+        Case(c, "strided-views", strided_views(_indexer_case(5, 40, 4, fmt="e4m3fn", window="random")), tags=EDGE,
+             note="every argument an offset view of a padded, poisoned buffer"),
         Case(c, "ds-shape", _indexer_case(4, 256, V32.index_n_heads, fmt="e4m3fn", window="causal", prefix=252), tags=DEEPSEEK),
         Case(c, "ds-prefill", _indexer_case(64, 0, V32.index_n_heads, fmt="e4m3fn", window="causal", prefix=4032),
              tags=FULL_DEEPSEEK, note="64 heads x 128 dims, 4096 keys: 4.3 GFLOP, about a second in float64"),
@@ -133,9 +163,35 @@ def _paged_case(b: int, h: int, bs: int, max_blocks: int, spare: int = 2, fmt: s
     return make
 
 
+def _poison_paged(make):
+    """0xFF bytes (NaN keys and scales) in every pool slot at or past seqlens: the tail of each last
+    block and every spare block."""
+    def wrapped(gen):
+        a = make(gen)
+        cache, bt, sl = a["k_cache"], a["block_table"], a["seqlens"]
+        nb, bs, _ = cache.shape
+        live = torch.zeros(nb, bs, dtype=torch.bool)
+        for b in range(bt.shape[0]):
+            for p in range(int(sl[b])):
+                live[int(bt[b, p // bs]), p % bs] = True
+        # the block layout keeps keys and scales apart: poison both parts of each dead slot
+        keys = cache.reshape(nb, bs * 132)[:, : bs * KEY_DIM].reshape(nb, bs, KEY_DIM)
+        scales = cache.reshape(nb, bs * 132)[:, bs * KEY_DIM:].reshape(nb, bs, 4)
+        a["k_cache"] = torch.cat([poison(keys, ~live[..., None]).reshape(nb, -1),
+                                  poison(scales, ~live[..., None]).reshape(nb, -1)], 1).reshape(nb, bs, 132)
+        return a
+    return wrapped
+
+
 def _paged_cases() -> list[Case]:
     c = "indexer_logits_paged"
     return [
+        Case(c, "poison-0xff", _poison_paged(_paged_case(3, 8, 64, 4, spare=3, seqlens=[70, 5, 200])), tags=POISON,
+             fill_uninitialized=True, note="0xFF bytes past seqlens and in spare blocks: logits there -inf, elsewhere unchanged"),
+        Case(c, "poison-0xff-page16-fnuz", _poison_paged(_paged_case(3, 4, 16, 3, fmt="e4m3fnuz", seqlens=[0, 17, 40])),
+             tags=POISON, fill_uninitialized=True),
+        Case(c, "strided-views", strided_views(_paged_case(3, 8, 64, 4)), tags=EDGE,
+             note="q, the cache (an offset view of a padded pool), weights, block_table, seqlens"),
         Case(c, "tiny", _paged_case(2, 4, 64, 2, seqlens=[70, 5]), tags=TINY),
         Case(c, "page-size-1", _paged_case(3, 4, 1, 40), tags=EDGE),
         Case(c, "page-size-64", _paged_case(3, 8, 64, 4)),
@@ -167,12 +223,28 @@ def _pack_cases() -> list[Case]:
         Case(c, "NB0", lambda g: {"k": _rand(g, 0, 64, KEY_DIM)}, tags=EDGE),
         Case(c, "non-contiguous", lambda g: {"k": _rand(g, 64, 2, KEY_DIM).transpose(0, 1)}, tags=EDGE),
         Case(c, "ds-pool", lambda g: {"k": _rand(g, 32, 64, KEY_DIM)}, tags=DEEPSEEK),
+        Case(c, "fnuz-negative-zero", lambda g: {"k": _signed_zeros(g, 2, 8), "fmt": "e4m3fnuz"}, tags=EDGE,
+             note="negative values that round to zero: e4m3fnuz has no -0, its 0x80 is NaN"),
+        Case(c, "fnuz-negative-zero-page1", lambda g: {"k": _signed_zeros(g, 5, 1), "fmt": "e4m3fnuz"}, tags=EDGE),
+        Case(c, "strided-views", strided_views(lambda g: {"k": _rand(g, 3, 16, KEY_DIM)}), tags=EDGE),
     ]
+
+
+def _signed_zeros(gen: torch.Generator, nb: int, bs: int) -> torch.Tensor:
+    """Keys whose amax is ~100 and half of whose values are tiny negatives (-1e-4): those round to zero."""
+    k = torch.randn(nb, bs, KEY_DIM, generator=gen)
+    k[..., 1::2] = -1e-4 * k[..., 1::2].abs()
+    k[..., 0] = 100.0
+    return k.bfloat16()
 
 
 def _unpack_cases() -> list[Case]:
     c = "index_cache_unpack"
     return [
+        Case(c, "NB1", lambda g: {"cache": _cache(g, 1, 64)}, tags=EDGE,
+             note="one block: the byte slices are contiguous, a returned view would alias the cache"),
+        Case(c, "NB1-fnuz", lambda g: {"cache": _cache(g, 1, 16, "e4m3fnuz"), "fmt": "e4m3fnuz"}, tags=EDGE),
+        Case(c, "strided-views", strided_views(lambda g: {"cache": _cache(g, 3, 16)}), tags=EDGE),
         Case(c, "tiny", lambda g: {"cache": _cache(g, 2, 64)}, tags=TINY),
         Case(c, "page-size-1", lambda g: {"cache": _cache(g, 7, 1)}, tags=EDGE),
         Case(c, "fnuz", lambda g: {"cache": _cache(g, 3, 64, "e4m3fnuz"), "fmt": "e4m3fnuz"}),

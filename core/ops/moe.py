@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from dsport.core.constants import DEEPSEEK_V32
+from dsport.core.ops.hostile import poison, strided_views
 from dsport.core.spec import Case, Check, OpSpec, Output, Param, Tensor, register
 
 SRC = "DeepSeek-V3.2-Exp inference/model.py (Gate, MoE, Expert); DeepGEMM m_grouped_fp8_gemm_nt_contiguous/masked"
@@ -12,6 +13,9 @@ DS = DEEPSEEK_V32
 ALIGN = 128  # DeepGEMM's get_mk_alignment_for_contiguous_layout(): one M tile never mixes two groups
 EDGE = frozenset({"quick", "full", "edge"})
 TINY = frozenset({"quick", "full", "tiny"})
+POISON = frozenset({"quick", "full", "edge", "poison"})
+SKEWED = [300, 0, 2, 0, 41, 1]
+"""Real routing is skewed: hundreds of rows on a hot expert, some experts empty."""
 
 
 def _ids_rule(arg: str, limit: str) -> Check:
@@ -71,7 +75,15 @@ def _gate_ties(gen):
 def _gate_cases() -> list[Case]:
     ds = (DS.n_routed_experts, DS.n_expert_groups, DS.n_limited_groups, DS.n_activated_experts)
     e, g, tg, k = ds
+
+    def fp32(gen):
+        a = _gate_case(16, 64, 64, 8, 3, 6)(gen)
+        return {**a, "x": a["x"].float(), "weight": a["weight"].float()}
+
     return [
+        Case("moe_gate", "fp32", fp32, note="fp32 activations and gate weight"),
+        Case("moe_gate", "strided-views", strided_views(_gate_case(16, 64, 64, 8, 3, 6)), tags=EDGE),
+        Case("moe_gate", "fp32-strided-views", strided_views(fp32), tags=EDGE),
         Case("moe_gate", "tiny", _gate_case(4, 32, 16, 4, 2, 4), tags=TINY),
         Case("moe_gate", "T0", _gate_case(0, 64, e, g, tg, k), tags=EDGE),
         Case("moe_gate", "T1", _gate_case(1, 64, e, g, tg, k), tags=EDGE),
@@ -111,13 +123,50 @@ def _skip_expert(gen, t, e, k, skipped=3):
     return torch.where(ids >= skipped, ids + 1, ids)  # expert `skipped` receives no token
 
 
+def _half_remote_of(ids, gen):
+    ids = ids.clone()
+    ids[:, 1:] = ids[:, 1:].masked_fill(torch.rand(ids[:, 1:].shape, generator=gen) < 0.5, -1)
+    return ids
+
+
 def _half_remote(gen, t, e, k):
     ids = _unique_ids(gen, t, e, k)
     return ids.masked_fill(torch.rand(t, k, generator=gen) < 0.5, -1)
 
 
+def _skewed_ids(gen, t, e, k):
+    """Slot 0 of 300+ tokens on expert 0, the rest spread over half the experts; the others stay empty."""
+    ids = _unique_ids(gen, t, e // 2 - 1, k) + 1
+    ids[:, 0] = 0
+    return ids
+
+
+def _poison_unrouted(make):
+    """NaN in the weights of every expert no token names, and in the routing weights of -1 slots."""
+    def wrapped(gen):
+        a = make(gen)
+        used = torch.zeros(a["w1"].shape[0], dtype=torch.bool)
+        used[a["ids"][a["ids"] >= 0].long()] = True
+        for w in ("w1", "w3", "w2"):
+            a[w] = poison(a[w], ~used[:, None, None])
+        a["weights"] = poison(a["weights"], a["ids"] < 0)
+        return a
+    return wrapped
+
+
 def _experts_cases() -> list[Case]:
     return [
+        Case("moe_experts", "skewed-routing", _experts_case(320, 32, 16, 8, 2, ids=_skewed_ids), tags=EDGE,
+             note="320 tokens on expert 0, experts 4..7 empty"),
+        Case("moe_experts", "skewed-routing-ep", _experts_case(320, 32, 16, 8, 3, ids=lambda g, t, e, k: _half_remote_of(
+            _skewed_ids(g, t, e, k), g)), tags=EDGE, note="skewed, and half the slots on other ranks"),
+        Case("moe_experts", "poison-unrouted-experts", _poison_unrouted(_experts_case(12, 32, 16, 8, 3, ids=_skip_expert)),
+             tags=POISON, fill_uninitialized=True, note="NaN weights for every expert no token names: never read"),
+        Case("moe_experts", "poison-unrouted-ep", _poison_unrouted(_experts_case(16, 32, 16, 8, 2, ids=lambda g, t, e, k: (
+            _half_remote_of(_skewed_ids(g, t, e, k), g)))), tags=POISON, fill_uninitialized=True,
+             note="experts 4..7 unrouted (NaN weights), half the slots -1 (NaN routing weights)"),
+        Case("moe_experts", "strided-views", strided_views(_experts_case(8, 32, 16, 4, 2)), tags=EDGE,
+             note="x, ids, weights and the expert weights as offset views of padded, poisoned buffers"),
         Case("moe_experts", "tiny", _experts_case(4, 32, 16, 4, 2), tags=TINY),
         Case("moe_experts", "T0", _experts_case(0, 32, 16, 4, 2), tags=EDGE),
         Case("moe_experts", "T1", _experts_case(1, 32, 16, 8, 4), tags=EDGE),
@@ -155,8 +204,36 @@ def _contiguous_case(counts: list[int], n: int, k: int, transposed: bool = False
     return make
 
 
+def _poison_padding(make, arg="a"):
+    """NaN in every padding row of ``a`` (m_indices -1): c there is 0, never NaN."""
+    def wrapped(gen):
+        a = make(gen)
+        a[arg] = poison(a[arg], (a["m_indices"] < 0)[:, None])
+        return a
+    return wrapped
+
+
+def _poison_beyond_count(make):
+    def wrapped(gen):
+        a = make(gen)
+        rows = torch.arange(a["a"].shape[1])[None, :] >= a["masked_m"][:, None]
+        a["a"] = poison(a["a"], rows[..., None])
+        return a
+    return wrapped
+
+
 def _contiguous_cases() -> list[Case]:
     return [
+        Case("moe_grouped_gemm_contiguous", "poison-padding-nan", _poison_padding(_contiguous_case([3, 130], 64, 32)),
+             tags=POISON, fill_uninitialized=True, note="NaN in every -1 padding row: c = 0 there"),
+        Case("moe_grouped_gemm_contiguous", "poison-padding-nan-empty-group", _poison_padding(_contiguous_case([5, 0, 200, 1], 32, 64)),
+             tags=POISON, fill_uninitialized=True),
+        Case("moe_grouped_gemm_contiguous", "skewed", _contiguous_case(SKEWED, 32, 64), tags=EDGE,
+             note="300 rows on group 0, empty groups"),
+        Case("moe_grouped_gemm_contiguous", "skewed-poison", _poison_padding(_contiguous_case(SKEWED[::-1], 32, 64)),
+             tags=POISON, fill_uninitialized=True),
+        Case("moe_grouped_gemm_contiguous", "strided-views", strided_views(_contiguous_case([7, 60], 32, 64)), tags=EDGE,
+             note="a, b (the expert weights) and m_indices as offset views of padded, poisoned buffers"),
         Case("moe_grouped_gemm_contiguous", "tiny", _contiguous_case([3, 130], 64, 32), tags=TINY),
         Case("moe_grouped_gemm_contiguous", "M0", _contiguous_case([0, 0, 0], 64, 32), tags=EDGE),
         Case("moe_grouped_gemm_contiguous", "empty-group", _contiguous_case([5, 0, 200, 1], 32, 64), tags=EDGE),
@@ -183,6 +260,13 @@ def _masked_case(counts: list[int], m_max: int, n: int, k: int, transposed: bool
 
 def _masked_cases() -> list[Case]:
     return [
+        Case("moe_grouped_gemm_masked", "poison-beyond-count", _poison_beyond_count(_masked_case([3, 9, 0], 12, 32, 64)),
+             tags=POISON, fill_uninitialized=True, note="NaN in every row at or beyond masked_m: c = 0 there"),
+        Case("moe_grouped_gemm_masked", "poison-beyond-count-tiny", _poison_beyond_count(_masked_case([3, 8], 8, 32, 32)),
+             tags=POISON, fill_uninitialized=True),
+        Case("moe_grouped_gemm_masked", "skewed", _poison_beyond_count(_masked_case([310, 0, 3], 320, 32, 64)), tags=POISON,
+             fill_uninitialized=True, note="310 rows on group 0, an empty group"),
+        Case("moe_grouped_gemm_masked", "strided-views", strided_views(_masked_case([3, 9], 12, 32, 64)), tags=EDGE),
         Case("moe_grouped_gemm_masked", "tiny", _masked_case([3, 8], 8, 32, 32), tags=TINY),
         Case("moe_grouped_gemm_masked", "empty-groups", _masked_case([0, 5, 0], 16, 32, 64), tags=EDGE),
         Case("moe_grouped_gemm_masked", "all-zero", _masked_case([0, 0], 16, 32, 64), tags=EDGE, note="c = 0"),
@@ -232,7 +316,8 @@ moe_experts = register(OpSpec(
     # counts every slot, -1 included: the work issued, an upper bound on the useful work
     flops=lambda d: 6.0 * d["T"] * d["K"] * d["D"] * d["I"],
     cases=_experts_cases,
-    doc="The weights of -1 slots are never read (they may hold anything). The shared expert is added by the layer, not here.",
+    doc="The weights of -1 slots and the weights of experts no token names are never read (they may hold anything, NaN "
+        "included: SPEC §10). The shared expert is added by the layer, not here.",
 ))
 
 moe_grouped_gemm_contiguous = register(OpSpec(
@@ -250,7 +335,8 @@ moe_grouped_gemm_contiguous = register(OpSpec(
     flops=lambda d: 2.0 * d["M"] * d["N"] * d["K"],
     cases=_contiguous_cases,
     doc="DeepGEMM leaves the output rows of -1 padding unwritten; dsport's contract makes them 0, so a backend "
-        "wrapping DeepGEMM must zero them. Rows of one group need not be adjacent tiles, but no tile mixes groups.",
+        "wrapping DeepGEMM must zero them. Rows of one group need not be adjacent tiles, but no tile mixes groups. "
+        "Padding rows of a may hold anything, NaN included (SPEC §10): they never enter a product.",
 ))
 
 moe_grouped_gemm_masked = register(OpSpec(
@@ -266,5 +352,5 @@ moe_grouped_gemm_masked = register(OpSpec(
     flops=lambda d: 2.0 * d["G"] * d["MM"] * d["N"] * d["K"],
     cases=_masked_cases,
     doc="DeepGEMM's masked GEMM leaves rows at or beyond masked_m[g] undefined; dsport's contract makes them 0, "
-        "so a backend wrapping DeepGEMM must zero them.",
+        "so a backend wrapping DeepGEMM must zero them. Rows of a at or beyond the count may hold anything (SPEC §10).",
 ))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from dsport.core.constants import DEEPSEEK_V32 as V32
+from dsport.core.ops.hostile import strided_views
 from dsport.core.spec import Case, OpSpec, Output, Param, Tensor, register
 
 SRC = "DeepSeek-V3.2-Exp inference/model.py (RMSNorm, Indexer.k_norm LayerNorm)"
@@ -39,6 +40,12 @@ def _special_rows(gen: torch.Generator, d: int) -> torch.Tensor:
     return x.bfloat16()
 
 
+def _tiny_rows(gen: torch.Generator, n: int, d: int, dtype=torch.bfloat16) -> torch.Tensor:
+    """Rows whose magnitudes step from 1e-3 down to 1e-5 (tiny activations, e.g. after a small residual)."""
+    mags = torch.logspace(-3, -5, n).unsqueeze(1)
+    return (torch.randn(n, d, generator=gen) * mags).to(dtype)
+
+
 def _rms_cases() -> list[Case]:
     c = "rms_norm"
     return [
@@ -52,6 +59,12 @@ def _rms_cases() -> list[Case]:
              note="zero row -> 0 (eps keeps rsqrt finite); NaN and inf rows -> NaN, reported not hidden"),
         Case(c, "non-contiguous", lambda g: {"x": _rand(g, 512, 8).t(), "w": _weight(g, 512),
                                               "residual": _rand(g, 512, 8).t()}, tags=EDGE),
+        Case(c, "tiny-rows", lambda g: {"x": _tiny_rows(g, 6, 512), "w": _weight(g, 512)}, tags=EDGE,
+             note="rows of magnitude 1e-3 .. 1e-5: mean(x^2) at or below eps, where eps inside the sqrt matters"),
+        Case(c, "tiny-rows-fp32-residual", lambda g: {"x": _tiny_rows(g, 6, 256, torch.float32), "w": _weight(g, 256),
+                                                      "residual": _tiny_rows(g, 6, 256, torch.float32)}, tags=EDGE),
+        Case(c, "strided-views", strided_views(lambda g: {"x": _rand(g, 6, 512), "w": _weight(g, 512),
+                                                          "residual": _rand(g, 6, 512)}), tags=EDGE),
         Case(c, "ds-q-norm", lambda g: {"x": _rand(g, 16, V32.q_lora_rank), "w": _weight(g, V32.q_lora_rank)}, tags=DEEPSEEK),
         Case(c, "ds-kv-norm", lambda g: {"x": _rand(g, 16, V32.kv_lora_rank), "w": _weight(g, V32.kv_lora_rank)}, tags=DEEPSEEK),
         Case(c, "ds-hidden-residual", lambda g: {"x": _rand(g, 16, V32.dim), "w": _weight(g, V32.dim),
@@ -81,6 +94,11 @@ def _ln_cases() -> list[Case]:
         Case(c, "constant-rows", constant_rows, tags=EDGE),
         Case(c, "nan-inf-rows", lambda g: {"x": _special_rows(g, d), **wb(g)}, tags=EDGE),
         Case(c, "non-contiguous", lambda g: {"x": _rand(g, 4, d, 6).transpose(1, 2), **wb(g)}, tags=EDGE),
+        Case(c, "fp32-offset", lambda g: {"x": torch.randn(8, d, generator=g) + 100.0, **wb(g)},
+             note="fp32 input, mean 100: a one-pass variance E[x^2] - E[x]^2 loses ~4 digits of 7"),
+        Case(c, "fp32-offset-1000", lambda g: {"x": torch.randn(8, d, generator=g) * 3.0 - 1000.0, **wb(g)}, tags=EDGE),
+        Case(c, "tiny-rows", lambda g: {"x": _tiny_rows(g, 6, d), **wb(g)}, tags=EDGE, note="variance at or below eps"),
+        Case(c, "strided-views", strided_views(lambda g: {"x": _rand(g, 6, d, scale=3.0), **wb(g)}), tags=EDGE),
         Case(c, "ds-k-norm", lambda g: {"x": _rand(g, 2, 256, d, scale=2.0), **wb(g)}, tags=DEEPSEEK),
     ]
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 
 from dsport.core.fp8 import FP8_FORMATS, SCALE_FORMATS, Fp8Format, ScaleFormat, fp8_format
+from dsport.core.ops.hostile import strided_views
 from dsport.core.spec import Case, Check, OpSpec, Output, Param, Tensor, register
 
+EDGE = frozenset({"quick", "full", "edge"})
 SRC = "DeepSeek-V3.2-Exp inference/kernel.py (act_quant, fp8_gemm, weight_dequant); DeepGEMM fp8 scaling"
 FMT = Param("fmt", (str, Fp8Format), "e4m3fn", tuple(FP8_FORMATS), doc="FP8 element format")
 SCALE = Param("scale_fmt", (str, ScaleFormat), "ue8m0", tuple(SCALE_FORMATS), doc="scale format")
@@ -38,7 +40,30 @@ def _act_quant_cases() -> list[Case]:
         x[2, ::2], x[2, 1::2] = 448.0, -448.0
         return {"x": x}
 
+    def signed_zeros(gen):
+        """Groups with amax ~200 and many tiny negatives that round to zero (-0 in e4m3fn, 0x00 in fnuz)."""
+        x = torch.randn(4, 256, generator=gen)
+        x[:, 1::2] = -1e-5 * x[:, 1::2].abs()
+        x[:, 0], x[:, 128] = 200.0, -200.0
+        return {"x": x.bfloat16()}
+
+    def nonfinite(gen):
+        """A group holding +inf, one holding NaN, one -inf: their scales are non-finite (never 1)."""
+        x = _rand(gen, 3, 384, dtype=torch.float32)
+        x[0, 5], x[1, 130], x[2, 300] = float("inf"), float("nan"), float("-inf")
+        return {"x": x}
+
     cases = [Case("act_quant", "tiny", lambda g: {"x": _rand(g, 2, 128)}, tags=frozenset({"quick", "full", "tiny"}))]
+    cases += [
+        Case("act_quant", "fnuz-negative-zero", lambda g: {**signed_zeros(g), "fmt": "e4m3fnuz"}, tags=EDGE,
+             note="e4m3fnuz has no -0 (0x80 is its NaN): a value rounding to -0 is written 0x00"),
+        Case("act_quant", "fnuz-negative-zero-fp32", lambda g: {**signed_zeros(g), "fmt": "e4m3fnuz", "scale_fmt": "fp32"}, tags=EDGE),
+        Case("act_quant", "nonfinite-groups", nonfinite, tags=EDGE, note="inf / NaN amax: non-finite scale, NaN codes"),
+        Case("act_quant", "nonfinite-groups-fp32", lambda g: {**nonfinite(g), "scale_fmt": "fp32"}, tags=EDGE),
+        Case("act_quant", "strided-views", strided_views(lambda g: {"x": _rand(g, 6, 256, scale=3.0)}), tags=EDGE),
+        Case("act_quant", "fp32-strided-views", strided_views(lambda g: {"x": _rand(g, 6, 256, scale=3.0, dtype=torch.float32),
+                                                                         "fmt": "e4m3fnuz"}), tags=EDGE),
+    ]
     for fmt in FP8_FORMATS:
         for sf in SCALE_FORMATS:
             cases.append(Case("act_quant", f"{fmt}-{sf}", lambda g, fmt=fmt, sf=sf: {
@@ -65,6 +90,8 @@ act_quant = register(OpSpec(
     metric="exact", source=SRC,
     flops=lambda d: 0.0,
     cases=_act_quant_cases,
+    doc="SPEC §10: a group whose amax is inf or NaN gets an inf / NaN scale (never a finite stand-in such as 1) and NaN "
+        "codes where x / s is NaN; e4m3fnuz writes a value that rounds to -0 as 0x00 (0x80 is its NaN).",
 ))
 
 
@@ -73,6 +100,11 @@ def _quantized(gen: torch.Generator, rows: int, n: int, fmt: str = "e4m3fn", spr
     y = (torch.randn(rows, n, generator=gen) * f.max / spread).clamp(-f.max, f.max).to(f.dtype)
     s = torch.exp2(torch.randint(-8, 3, (rows, n // 128), generator=gen).float())
     return y, s
+
+
+def _transposed_y(gen):
+    y, s = _quantized(gen, 6, 384, "e4m3fnuz")
+    return {"y": y.t().contiguous().t(), "s": s.t().contiguous().t()}
 
 
 dequant = register(OpSpec(
@@ -86,6 +118,9 @@ dequant = register(OpSpec(
         Case("dequant", "tiny", lambda g: dict(zip("ys", _quantized(g, 2, 256)))),
         Case("dequant", "fnuz", lambda g: dict(zip("ys", _quantized(g, 9, 512, "e4m3fnuz")))),
         Case("dequant", "T0", lambda g: dict(zip("ys", _quantized(g, 0, 256))), tags=frozenset({"quick", "full", "edge"})),
+        Case("dequant", "strided-views", strided_views(lambda g: dict(zip("ys", _quantized(g, 5, 384)))), tags=EDGE,
+             note="y and s as offset views of padded, poisoned buffers"),
+        Case("dequant", "transposed", _transposed_y, tags=EDGE, note="y and s column-major"),
     ],
 ))
 
@@ -107,6 +142,10 @@ weight_dequant = register(OpSpec(
         Case("weight_dequant", "tiny", lambda g: dict(zip("ws", _weight(g, 256, 384)))),
         Case("weight_dequant", "ragged-edges", lambda g: dict(zip("ws", _weight(g, 200, 130))), tags=frozenset({"quick", "full", "edge"})),
         Case("weight_dequant", "fnuz", lambda g: dict(zip("ws", _weight(g, 128, 256, "e4m3fnuz")))),
+        Case("weight_dequant", "strided-views", strided_views(lambda g: dict(zip("ws", _weight(g, 200, 256)))), tags=EDGE,
+             note="w and s as offset views of padded, poisoned buffers"),
+        Case("weight_dequant", "transposed", lambda g: {"w": _weight(g, 256, 130)[0].t().contiguous().t(),
+                                                        "s": _weight(g, 256, 130)[1].t().contiguous().t()}, tags=EDGE),
     ],
 ))
 
@@ -117,6 +156,13 @@ def _gemm_case(m: int, n: int, k: int, fmt: str = "e4m3fn"):
         b, sb = _weight(gen, n, k, fmt)
         return {"a": a, "sa": sa, "b": b, "sb": sb}
     return make
+
+
+def _transposed_b(make):
+    def wrapped(gen):
+        a = make(gen)
+        return {**a, "b": a["b"].t().contiguous().t(), "sb": a["sb"].t().contiguous().t()}
+    return wrapped
 
 
 fp8_gemm = register(OpSpec(
@@ -133,6 +179,10 @@ fp8_gemm = register(OpSpec(
         Case("fp8_gemm", "ragged-n", _gemm_case(7, 200, 384), tags=frozenset({"quick", "full", "edge"})),
         Case("fp8_gemm", "fnuz", _gemm_case(16, 256, 512, "e4m3fnuz")),
         Case("fp8_gemm", "M0", _gemm_case(0, 128, 128), tags=frozenset({"quick", "full", "edge"})),
+        Case("fp8_gemm", "strided-views", strided_views(_gemm_case(7, 200, 384)), tags=EDGE,
+             note="a, sa, b (the weight) and sb as offset views of padded, poisoned buffers"),
+        Case("fp8_gemm", "transposed-b", _transposed_b(_gemm_case(4, 256, 256, "e4m3fnuz")), tags=EDGE,
+             note="b (and sb) column-major, as a weight stored transposed"),
         Case("fp8_gemm", "ds-wq-b", _gemm_case(32, 1536, 1536), tags=frozenset({"full", "deepseek"})),
     ],
 ))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from dsport.core.constants import DEEPSEEK_V32 as V32
+from dsport.core.ops.hostile import strided_views
 from dsport.core.ops.norm import DEEPSEEK, EDGE, TINY, _rand, _rows
 from dsport.core.spec import Case, Check, OpSpec, Output, Param, Tensor, register
 
@@ -62,6 +63,10 @@ def _rope_cases() -> list[Case]:
         Case(c, "indexer-k", _rope_case(8, 1, r, False), tags=DEEPSEEK),
         Case(c, "long-positions", _rope_case(16, 2, r, True, max_pos=V32.original_seq_len * int(V32.rope_factor), dtype=torch.float32),
              tags=EDGE, note="positions up to 163840: a float32 angle is off by up to |angle| * 2^-24 here"),
+        Case(c, "long-positions-rotate-half", _rope_case(16, 2, r, False, max_pos=V32.original_seq_len * int(V32.rope_factor)),
+             tags=EDGE, note="bf16, positions up to 163840: positions held in fp16/bf16 lose them"),
+        Case(c, "strided-views", strided_views(_rope_case(6, 4, 32, False)), tags=EDGE,
+             note="x, positions and freqs as offset views of padded, poisoned buffers"),
         Case(c, "T0", _rope_case(0, 4, r, True), tags=EDGE),
         Case(c, "T1", _rope_case(1, 4, r, False), tags=EDGE),
         Case(c, "D2", _rope_case(4, 1, 2, False), tags=EDGE),
@@ -91,6 +96,7 @@ def _hadamard_cases() -> list[Case]:
         Case(c, "outlier-zero-nan-rows", outliers, tags=EDGE),
         Case(c, "non-contiguous", lambda g: {"x": _rand(g, d, 6).t()}, tags=EDGE),
         Case(c, "fp32-256", lambda g: {"x": _rand(g, 5, 256, dtype=torch.float32)}),
+        Case(c, "strided-views", strided_views(lambda g: {"x": _rand(g, 6, d)}), tags=EDGE),
     ]
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from dsport.core.constants import DEEPSEEK_V32 as V32
-from dsport.core.ops.indexer import BOUNDS_RULE, _windows
+from dsport.core.ops.hostile import poison, strided_views
+from dsport.core.ops.indexer import BOUNDS_RULE, LONG, POISON, _windows
 from dsport.core.ops.norm import DEEPSEEK, EDGE, TINY
 from dsport.core.spec import Case, Check, OpSpec, Output, Param, Tensor, register
 
@@ -43,7 +44,37 @@ def _topk_cases() -> list[Case]:
         args["logits"] = torch.where(pos[None, :] < args["ke"][:, None], args["logits"], float("-inf"))
         return args
 
+    def poison_outside(window, t=6, s=64, k=8, prefix=0):
+        def make(gen):
+            args = _topk_case(t, s, k, window=window, prefix=prefix)(gen)
+            pos = torch.arange(args["logits"].shape[1])
+            inside = (pos[None, :] >= args["ks"][:, None]) & (pos[None, :] < args["ke"][:, None])
+            args["logits"] = poison(args["logits"], ~inside)
+            return args
+        return make
+
+    def long_rows(gen):
+        args = _topk_case(2, LONG, k, window="full")(gen)
+        args["ks"][1], args["ke"][1] = 40_000, LONG - 1  # the window of row 1 starts past 32767
+        return args
+
+    def all_equal(gen):
+        return {"logits": torch.full((3, 40), 0.5), "k": 8, "ks": torch.tensor([0, 5, 30], dtype=torch.int32),
+                "ke": torch.tensor([40, 20, 34], dtype=torch.int32)}
+
+    def duplicates(gen):
+        base = torch.randn(4, 8, generator=gen)
+        return {"logits": base.repeat_interleave(6, dim=1), "k": 10}  # every value six times
+
     return [
+        Case(c, "poison-outside-windows", poison_outside("random"), tags=POISON, fill_uninitialized=True,
+             note="NaN outside every row's window: never read"),
+        Case(c, "poison-outside-causal", poison_outside("causal", t=8, s=0, k=4, prefix=6), tags=POISON, fill_uninitialized=True),
+        Case(c, "long-rows", long_rows, tags=EDGE, note="S = 70000, k = 2048; row 1's window starts at 40000"),
+        Case(c, "long-rows-whole", _topk_case(2, LONG, 64), tags=EDGE, note="whole rows of 70000 (ks/ke None)"),
+        Case(c, "all-equal", all_equal, tags=EDGE, note="every logit equal: any k distinct in-window indices"),
+        Case(c, "duplicate-values", duplicates, tags=EDGE, note="each value six times: ties straddle the boundary"),
+        Case(c, "strided-views", strided_views(_topk_case(5, 64, 8, window="random")), tags=EDGE),
         Case(c, "tiny", _topk_case(2, 16, 4), tags=TINY),
         Case(c, "tiny-windows", _topk_case(4, 16, 4, window="random"), tags=TINY),
         Case(c, "dense-S-lt-k", _topk_case(3, 10, 16), tags=EDGE, note="fewer than k positions: all of them, then -1"),
