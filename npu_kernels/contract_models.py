@@ -140,6 +140,9 @@ def npu_sparse_flash_attention(query, key, value, sparse_indices, scale_value, *
             kn, kr, v = (t_[blocks, pos % bs, 0].float() for t_ in (key, key_rope, value))
         else:
             kn, kr, v = (t_[k0 + pos, 0].float() for t_ in (key, key_rope, value))
+        # the kernel never loads a slot it does not select: a stand-in row here must not carry what that
+        # slot holds (NaN in unused cache memory would survive p = 0 in the products below)
+        kn, kr, v = (torch.where(visible[..., None], t_, 0.0) for t_ in (kn, kr, v))
         logits = (torch.einsum("thd,tkd->thk", query[q0:q0 + ql].float(), kn)
                   + torch.einsum("thd,tkd->thk", query_rope[q0:q0 + ql].float(), kr)) * scale_value
         logits = logits.masked_fill(~visible[:, None, :], float("-inf"))
