@@ -22,17 +22,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1, help="sequences in flight (split over data-parallel attention groups)")
     p.add_argument("--chunk", type=int, default=4096, help="prefill chunk in tokens (default 4096)")
     p.add_argument("--hardware", help="an accelerator of core/profile/hardware.yaml (H800, H200, MI300X, MI350X, Ascend-910B, Ascend-910C)")
+    p.add_argument("--check", action="store_true", help="CONFIG is a checkpoint folder: also compare the plan's weight "
+                   "bytes (tp = ep = 1) with its safetensors files and with what the loaded model holds")
     p.add_argument("--json", metavar="FILE", help="also write the plan as JSON")
 
 
 def _gib(b: float) -> str:
-    return f"{b / GIB:,.2f} GiB"
+    """Bytes in the largest binary unit that keeps the figure at least 1 (GiB at most)."""
+    for unit, size in (("GiB", GIB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(b) >= size:
+            return f"{b / size:,.2f} {unit}"
+    return f"{b:,.0f} B"
 
 
 def _render(p: Plan, hw: tuple[str, float] | None) -> list[str]:
     c = p.cfg
     lines = [f"dsport plan: {c.n_layers} layers, dim {c.dim}, {c.n_heads} heads, {c.n_routed_experts} routed experts; "
-             f"tp={p.tp} ep={p.ep} -> {p.world} ranks ({p.dp} data-parallel attention group(s)); "
+             f"tp={p.tp} ep={p.ep} -> {p.world} rank(s), {p.dp} data-parallel attention group(s); "
              f"batch {p.batch} ({p.local_batch} per rank's group) x context {p.context}, prefill chunk {min(p.chunk, p.context)}",
              "", "| per rank | bytes |", "|---|---|"]
     for g, b in sorted(p.weights.items(), key=lambda kv: -kv[1]):
@@ -66,6 +72,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"dsport plan: {e}", file=sys.stderr)
         return 2
     print("\n".join(_render(p, hw)))
+    if args.check:
+        from dsport.core.plan import compare_with_checkpoint
+
+        cols = compare_with_checkpoint(args.config)
+        kinds = list(dict.fromkeys(k for col in cols.values() for k in col))
+        print(f"\nchecked against {args.config} (tp = ep = 1; bytes):\n")
+        print("| tensors | " + " | ".join(cols) + " |")
+        print("|---|" + "---|" * len(cols))
+        for k in kinds:
+            print(f"| {k} | " + " | ".join(f"{col[k]:,}" if k in col else "-" for col in cols.values()) + " |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"tp": p.tp, "ep": p.ep, "world": p.world, "context": p.context, "batch": p.batch, "chunk": p.chunk,

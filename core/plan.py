@@ -43,6 +43,7 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from functools import cache
+from pathlib import Path
 
 import torch
 
@@ -305,6 +306,28 @@ def hardware_memory(name: str) -> tuple[str, float]:
     return key, float(mem)
 
 
+SAFETENSORS_DTYPES = {"F8_E4M3": torch.float8_e4m3fn, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
+                      "F64": torch.float64, "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8}
+
+
+def checkpoint_tensors(path: str | Path) -> tuple[dict[str, tuple[tuple[int, ...], torch.dtype]], int]:
+    """(shape, dtype) of every tensor in a checkpoint folder's safetensors files, read
+    from their headers only, and the bytes those headers take (8-byte length + JSON)."""
+    import json
+    import struct
+
+    tensors, header = {}, 0
+    for f in sorted(Path(path).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            meta = json.loads(fh.read(n))
+        header += 8 + n
+        for name, info in meta.items():
+            if name != "__metadata__":
+                tensors[name] = (tuple(info["shape"]), SAFETENSORS_DTYPES[info["dtype"]])
+    return tensors, header
+
+
 def resident_bytes(module: torch.nn.Module) -> dict[str, int]:
     """Bytes of the tensors a loaded model holds, by kind: parameters split
     into fp8 weights, their fp32 scales and everything else, and tensors
@@ -331,4 +354,39 @@ def resident_bytes(module: torch.nn.Module) -> dict[str, int]:
             for t in (v if isinstance(v, (tuple, list)) else (v,)):
                 if isinstance(t, torch.Tensor):
                     add(f"module attribute {type(m).__name__}.{attr}", t)
+    return out
+
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+
+
+def _kind(name: str, dtype: torch.dtype) -> str:
+    if dtype in FP8_DTYPES:
+        return "fp8 weights"
+    return "fp8 scales" if name.endswith("weight_scale_inv") else "other tensors"
+
+
+def compare_with_checkpoint(path: str | Path, tokens: int = 8, backend: str = "torch") -> dict[str, dict[str, int]]:
+    """Weight bytes of a checkpoint three ways, by kind: the plan (tp = ep = 1,
+    the release's storage dtypes), the safetensors files, and what the loaded
+    model holds, after loading and after one forward of ``tokens`` tokens
+    (derived copies and caches appear then)."""
+    from dsport.core.model.config import load_config
+    from dsport.core.model.transformer import Model
+
+    cfg = load_config(path)
+    out: dict[str, dict[str, int]] = {"plan": {}, "files": {}}
+    for t in weights(cfg):
+        k = _kind(t.name, t.dtype)
+        out["plan"][k] = out["plan"].get(k, 0) + t.bytes
+    files, header = checkpoint_tensors(path)
+    for name, (shape, dtype) in files.items():
+        k = _kind(name, dtype)
+        out["files"][k] = out["files"].get(k, 0) + math.prod(shape) * dtype.itemsize
+    out["files"]["safetensors headers"] = header
+    out["files"]["file sizes"] = sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+    model = Model.from_pretrained(path, backend=backend)
+    out["after load"] = resident_bytes(model)
+    model(torch.zeros(1, tokens, dtype=torch.long))
+    out["after a forward"] = resident_bytes(model)
     return out

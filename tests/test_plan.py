@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import json
 import math
-import struct
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from dsport.core.cli import main
 from dsport.core.constants import DEEPSEEK_V32 as V
 from dsport.core.model import Model, tiny_config
 from dsport.core.model.weights import make_checkpoint
-from dsport.core.plan import _weight_kinds, INDEX_CACHE_BYTES, LATENT_CACHE_BYTES, hardware_memory, plan, resident_bytes, weights
+from dsport.core.plan import INDEX_CACHE_BYTES, LATENT_CACHE_BYTES, _weight_kinds, checkpoint_tensors, hardware_memory, plan, resident_bytes, weights
 from tests.named_errors import check_named_error
 
 FP8 = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
@@ -79,24 +76,10 @@ def ckpt(tmp_path_factory):
     return make_checkpoint(tmp_path_factory.mktemp("plan-fp8"), tiny_config(), seed=3)
 
 
-def _headers(path: Path) -> tuple[dict[str, tuple[tuple[int, ...], torch.dtype]], int]:
-    """Every tensor of the checkpoint's files (shape, dtype), and the bytes their headers take."""
-    tensors, header = {}, 0
-    for f in sorted(path.glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            header += 8 + struct.unpack("<Q", fh.read(8))[0]
-        with safe_open(f, framework="pt") as st:
-            for name in st.keys():
-                sl = st.get_slice(name)
-                tensors[name] = (tuple(sl.get_shape()), getattr(torch, {"F8_E4M3": "float8_e4m3fn", "F32": "float32",
-                                                                       "BF16": "bfloat16"}[sl.get_dtype()]))
-    return tensors, header
-
-
 def test_plan_matches_the_checkpoint_files_tensor_by_tensor(ckpt):
     cfg = tiny_config()
     planned = {t.name: t for t in weights(cfg)}
-    files, header = _headers(ckpt)
+    files, header = checkpoint_tensors(ckpt)
     assert set(planned) == set(files)
     assert all(planned[n].shape == files[n][0] for n in planned)
     # the only dtype differences: make-checkpoint stores 1-D tensors (norms, k_norm bias) in fp32, the release in bf16
