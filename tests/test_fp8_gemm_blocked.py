@@ -101,3 +101,12 @@ def test_empty_operands(m, n):
 def test_device_fp8_path_is_not_taken_on_cpu():
     a, sa, b, sb = _operands(torch.Generator().manual_seed(5), 4, 128, 512)
     assert not quant._device_scaled_mm_ok(a, b, sb)
+
+
+def test_without_nan_marking_a_nan_weight_would_come_out_finite(monkeypatch):
+    # planted: the widening alone turns NaN codes into finite values; the column marking is what keeps SPEC §10
+    monkeypatch.setattr(quant, "_nan_rows", lambda u8, dtype: torch.zeros(u8.shape[0], dtype=torch.bool))
+    a, sa, b, sb = _operands(torch.Generator().manual_seed(6), 3, 128, 256)
+    b.view(torch.uint8)[5, 9] = 0x7F
+    assert reference(a, sa, b, sb)[:, 5].isnan().all()
+    assert quant.fp8_gemm(a, sa, b, sb)[:, 5].isfinite().all()

@@ -90,6 +90,7 @@ def _blocked_fp8_gemm(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: to
     mt = min(m, policy.rows_per_block(kb * nt * 4, FP8_GEMM_TILE_BYTES * 4))
     i16 = torch.empty(nt, k, dtype=torch.int16, device=a.device)
     w = torch.empty(nt, k, dtype=torch.float32, device=a.device)
+    nan = torch.empty(n, dtype=torch.bool, device=a.device)
     for n0 in range(0, n, nt):
         r = min(nt, n - n0)
         tile = u8[n0:n0 + r]
@@ -100,9 +101,9 @@ def _blocked_fp8_gemm(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: to
             part = torch.bmm(a_blk[:, rows], w_blk)  # [kb, mt, r]: one fp32 partial sum per 128-block
             part.mul_(sb_cols[:, None, n0:n0 + r]).mul_(sa_t[:, rows])
             out[rows, n0:n0 + r] = part.sum(0)
-        nan = _nan_rows(tile, b.dtype)
-        if bool(nan.any()):  # a NaN weight poisons its whole output column, as in the reference
-            out[:, n0:n0 + r][:, nan] = float("nan")
+        nan[n0:n0 + r] = _nan_rows(tile, b.dtype)
+    if bool(nan.any()):  # one host sync per call: a NaN weight poisons its whole output column, as in the reference
+        out[:, nan] = float("nan")
     return out
 
 
