@@ -51,7 +51,7 @@ CAPABILITIES = {op: Capability(note=_MATMUL_NOTE) for op in (
     "sparse_mla_prefill", "sparse_mla_decode", "mla_prefill_dense", "mla_decode_dense",
     "moe_experts", "moe_grouped_gemm_contiguous", "moe_grouped_gemm_masked")}
 CAPABILITIES.update({
-    "fp8_gemm": Capability(note="FP8 emulated: operands dequantized to fp32 and one fp32 GEMM (scales folded into operands)"),
+    "fp8_gemm": Capability(note="blocked: the weight widened to fp32 one N-tile at a time, one fp32 partial sum per 128-block, then scaled; CUDA sm_90 with CUDA >= 12.9: torch's block-scaled FP8 scaled_mm (not run here)"),
     "indexer_logits": Capability(note="fp32 GEMMs per query block; FP8 q/k widened exactly to fp32"),
     "indexer_logits_paged": Capability(note="gathers only the blocks in block_table; fp32 GEMMs"),
     "rope": Capability(note="angles in float64 (float32 on MPS, which lacks float64)"),
