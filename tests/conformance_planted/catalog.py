@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from dsport.backends import reference
 from dsport.conformance.worker import run_case
+from dsport.core.backend import from_module
 from dsport.core.spec import specs
 
 from . import porting_bugs
@@ -58,9 +59,9 @@ def _ordered(cases: list[str], kind: str) -> list[str]:
 
 def judge_until(mod: types.ModuleType, op: str, cases: list[str], cache: str, first: int) -> dict[str, dict]:
     """Judge cases in order until ``first`` of them fail."""
-    ref, rows, failed = dict(reference.OPS), {}, 0
+    ref, rows, failed, backend = dict(reference.OPS), {}, 0, from_module(mod)
     for c in cases:
-        rows[c] = run_case(mod, ref, op, c, ref_cache=cache, case_set="quick")
+        rows[c] = run_case(backend, ref, op, c, ref_cache=cache, case_set="quick")
         failed += rows[c]["verdict"] == "fail"
         if failed >= first:
             break
@@ -82,8 +83,8 @@ def _original_modules() -> tuple[types.ModuleType, types.ModuleType]:
 
 
 def judge(mod: types.ModuleType, op: str, cases: Iterable[str], cache: str) -> dict[str, dict]:
-    ref = dict(reference.OPS)
-    return {c: run_case(mod, ref, op, c, ref_cache=cache, case_set="quick") for c in cases}
+    ref, backend = dict(reference.OPS), from_module(mod)
+    return {c: run_case(backend, ref, op, c, ref_cache=cache, case_set="quick") for c in cases}
 
 
 def catalog(names: list[str] | None = None, cache: str | None = None, original: bool = True,
