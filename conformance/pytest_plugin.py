@@ -13,6 +13,13 @@ subprocess-isolated run that survives segfaults and hangs). The fixture
 
 Without ``--dsport-backend``/``--dsport-backend-module`` the plugin adds
 nothing and imports nothing beyond pytest.
+
+As ``dsport conformance`` does, the plugin never reports a green run that
+checked nothing: a backend module that cannot be found or imported, one with
+no ``OPS`` table, an ``available()`` that raises, a ``--dsport-cases``
+pattern matching no case, and a named backend that is unavailable here
+(unless ``--dsport-allow-skip``) end the session with a usage error (pytest
+exit status 4) that says what was not checked and why.
 """
 from __future__ import annotations
 
@@ -33,6 +40,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--dsport-ops", default=None, metavar="OPS", help="comma-separated ops or globs (default: all)")
     g.addoption("--dsport-cases", default=None, metavar="IDS", help="comma-separated case ids or op/id globs")
     g.addoption("--dsport-set", default="quick", choices=("quick", "full"), help="case set (default quick)")
+    g.addoption("--dsport-allow-skip", action="store_true", default=False,
+                help="a named backend that is unavailable here becomes skipped tests instead of a usage error")
 
 
 def _active(config: pytest.Config) -> bool:
@@ -41,13 +50,29 @@ def _active(config: pytest.Config) -> bool:
 
 def _load(name: str | None, module: str | None) -> Any:
     import importlib
+    import traceback
 
-    if module:
-        mod = importlib.import_module(module)
-    else:
-        from dsport.core.registry import load_backend
+    from dsport.core.errors import DsportError
 
-        mod = load_backend(name)  # type: ignore[arg-type]
+    try:
+        if module:
+            from dsport.conformance.runner import check_module
+
+            check_module(module)
+            mod = importlib.import_module(module)
+        else:
+            from dsport.core.registry import load_backend
+
+            mod = load_backend(name)  # type: ignore[arg-type]
+    except DsportError as e:
+        raise pytest.UsageError(f"dsport: nothing checked: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any import failure: what and where, not a traceback through pytest
+        frames = traceback.extract_tb(e.__traceback__)
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        raise pytest.UsageError(f"dsport: nothing checked: backend module {module or name} failed to import: "
+                                f"{traceback.format_exception_only(e)[-1].strip()}{where}") from None
+    if not getattr(mod, "OPS", None):
+        raise pytest.UsageError(f"dsport: nothing checked: backend {module or name} defines no OPS table (or an empty one)")
     missing = {k: v for k, v in (getattr(mod, "ENV", None) or {}).items() if os.environ.get(k) != str(v)}
     if missing:
         env = " ".join(f"{k}={v}" for k, v in missing.items())
@@ -105,12 +130,24 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     split = lambda s: [x for x in s.split(",") if x] if s else None  # noqa: E731
     plan = Plan(ops=split(config.getoption("--dsport-ops")), case_set=config.getoption("--dsport-set"),
                 cases=split(config.getoption("--dsport-cases")))
-    pairs = select_items(plan)
+    from dsport.core.errors import DsportError
+
+    try:
+        pairs = select_items(plan)
+    except DsportError as e:
+        raise pytest.UsageError(f"dsport: nothing checked: {e}") from None
     suite = ConformanceSuite.from_parent(session, name=SUITE, nodeid=SUITE)
     targets = [(n, None) for n in config.getoption("--dsport-backend")] + [(None, m) for m in config.getoption("--dsport-backend-module")]
     for name, module in targets:
         mod = _load(name, module)
         label = getattr(mod, "NAME", name or module)
+        try:
+            ok, reason = mod.available()
+        except Exception as e:  # noqa: BLE001
+            raise pytest.UsageError(f"dsport: nothing checked: backend {label}: available() raised {type(e).__name__}: {e}") from None
+        if not ok and not config.getoption("--dsport-allow-skip"):
+            raise pytest.UsageError(f"dsport: nothing checked: backend {label} was named but is unavailable here: {reason} "
+                                    "(--dsport-allow-skip turns its cases into skips)")
         for op, case in pairs:
             items.append(ConformanceItem.from_parent(suite, name=f"{op}[{label}-{case}]", backend=mod, op=op, case=case))
 

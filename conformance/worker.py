@@ -211,8 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         # a missing dependency makes a backend unavailable here; any other import error means it is broken
         missing = isinstance(e, ImportError) or type(e).__name__ == "BackendUnavailable"
+        frames = traceback.extract_tb(e.__traceback__)
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
         _emit(proto, event="ready", available=False, broken=not missing, name=job.get("backend"),
-              reason=f"import failed: {type(e).__name__}: {e}")
+              reason=f"import failed: {traceback.format_exception_only(e)[-1].strip()}{where}")
         return 0
     env = {k: str(v) for k, v in (getattr(mod, "ENV", None) or {}).items()}
     if env and any(os.environ.get(k) != v for k, v in env.items()) and not os.environ.get(ENV_MARK):
@@ -220,11 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(proto.fileno(), 1)
         os.execve(sys.executable, [sys.executable, "-m", "dsport.conformance.worker", *argv], {**os.environ, **env, ENV_MARK: "1"})
     name = getattr(mod, "NAME", job.get("backend"))
+    broken = False
     try:
         ok, reason = mod.available()
     except Exception as e:
-        ok, reason = False, f"available() raised {type(e).__name__}: {e}"
-    _emit(proto, event="ready", available=bool(ok), name=name, reason=reason, ops=sorted(getattr(mod, "OPS", {})),
+        ok, reason, broken = False, f"available() raised {type(e).__name__}: {e}", True
+    _emit(proto, event="ready", available=bool(ok), broken=broken, name=name, reason=reason, ops=sorted(getattr(mod, "OPS", {})),
           targets=list(getattr(mod, "TARGETS", ()) or ()), env=env)
     if not ok:
         return 0
