@@ -217,11 +217,13 @@ def _main(job_path: str) -> int:
                    "fallback_from": borrowed, "served_by": ops.served_by, "decode_steps": DECODE_STEPS, "options": job["options"],
                    "prompt_len": job["prompt_len"], "module": module,
                    "decode_vs_reprefill_cos_median": cos.median().item(), "decode_vs_reprefill_cos_min": cos.min().item()}
-        metrics["ops_used"] = rep.ops_used
+        metrics["ops_used"], metrics["failed"] = rep.ops_used, rep.failed
         if f is not None:
             metrics["first_failure"] = {"phase": f.phase, "layer": f.layer, "op": f.op, "call": f.index, "metrics": f.metrics}
         why = (f"{f.phase}, layer {f.layer}, op {f.op} (call {f.index}): {f.reason}" if f is not None
                else f"every op call within tolerance; median logits cosine {rep.logits_cosine_median:.5f}")
+        if len(rep.failed) > 1:
+            why += f"; also out of tolerance: {', '.join(rep.failed[1:])}"
         decode_ok = cos.median().item() >= MIN_DECODE_MEDIAN
         why += f"; {DECODE_STEPS} decode steps vs re-prefill: median cosine {cos.median().item():.5f}"
         if borrowed:

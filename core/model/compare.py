@@ -37,6 +37,7 @@ class ModelReport:
     verdict: str = field(init=False)
     decode_cosine: torch.Tensor | None = field(default=None, repr=False)  # [B, steps], decode vs re-prefill
     ops_used: list[str] = field(default_factory=list)                      # every op the run called, prefill and decode
+    failed: list[str] = field(default_factory=list)                        # "phase: op" of every failing call, once each
 
     def __post_init__(self) -> None:
         self.verdict = "pass" if self.first_failure is None and self.logits_cosine_median >= MIN_MEDIAN_COSINE else "fail"
@@ -100,6 +101,7 @@ def compare(ckpt: str | Path, backend: str | OpTable, tokens: torch.Tensor, dtyp
                       top1, len(checked.checks), checked.first_failure())
     rep.decode_cosine = decode
     rep.ops_used = sorted({c.op for c in checked.checks})
+    rep.failed = list(dict.fromkeys(f"{c.phase.split(' step')[0]}: {c.op}" for c in checked.checks if not c.ok))
     rep.ops_checked = len(checked.checks)
     rep.first_failure = checked.first_failure()
     rep.__post_init__()  # the decode steps' op calls count too
