@@ -78,10 +78,11 @@ def _again(backend: str, module: str | None, checkpoint: str | None) -> list[str
 
 
 def model_rows(backends: list[str], checkpoint: str | None, timeout: float = 600.0, modules: list[str] | None = None,
-               only: list[str] | None = None) -> list[dict[str, Any]]:
+               only: list[str] | None = None, prompt_len: int | None = None) -> list[dict[str, Any]]:
     """One row per backend (or backend module) and case: logits agreement, decode
     against re-prefill, and the first op call out of tolerance. ``only`` narrows
-    the built-in cases by name."""
+    the built-in cases by name; ``prompt_len`` replaces each case's prompt length
+    (4 x index_topk by default: shorter prompts select every key)."""
     from dsport.core.model import tiny_config
     from dsport.core.model.config import load_config
     from dsport.core.model.weights import make_checkpoint
@@ -92,12 +93,13 @@ def model_rows(backends: list[str], checkpoint: str | None, timeout: float = 600
         if checkpoint:
             cfg = load_config(checkpoint)
             fp8_cache = cfg.sparse and (cfg.kv_lora_rank, cfg.qk_rope_head_dim) == (512, 64)
-            cases = [(f"{Path(checkpoint).name}/prefill-{4 * cfg.index_topk if cfg.sparse else 64}", checkpoint,
-                      4 * cfg.index_topk if cfg.sparse else 64, {"kv_cache": "fp8"} if fp8_cache else {})]
+            n = prompt_len or (4 * cfg.index_topk if cfg.sparse else 64)
+            cases = [(f"{Path(checkpoint).name}/prefill-{n}+decode-{DECODE_STEPS}", checkpoint, n,
+                      {"kv_cache": "fp8"} if fp8_cache else {})]
         else:
             assert tmp is not None
-            cases = [(f"{s.name}/prefill-{s.prompt_len}+decode-{DECODE_STEPS}",
-                      str(make_checkpoint(Path(tmp) / s.name, tiny_config(**s.config), seed=1)), s.prompt_len, s.options)
+            cases = [(f"{s.name}/prefill-{prompt_len or s.prompt_len}+decode-{DECODE_STEPS}",
+                      str(make_checkpoint(Path(tmp) / s.name, tiny_config(**s.config), seed=1)), prompt_len or s.prompt_len, s.options)
                      for s in scenarios() if not only or s.name in only]
         rows = []
         for backend, module in targets:

@@ -59,7 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="include a build report written earlier by 'dsport build --json FILE'; repeatable")
     p.add_argument("--model", action="store_true",
                    help="model conformance instead of op cases: the V3.2 graph end to end per backend, every op call judged")
-    p.add_argument("--checkpoint", metavar="DIR", help="with --model: a Hugging Face-format checkpoint (default: a tiny random one)")
+    p.add_argument("--checkpoint", metavar="DIR", help="with --model: a Hugging Face-format checkpoint (default: two tiny random ones, "
+                                                       "V3.2 with the FP8 caches and a dense V3 with grouped-GEMM MoE)")
+    p.add_argument("--prompt", type=int, metavar="N", help="with --model: prompt length (default: 4 x index_topk, so the "
+                                                           "indexer's selection is sparse; 64 for dense configs)")
     p.add_argument("--allow-skip", action="store_true",
                    help="a backend named with --backends that is unavailable here is reported as skip and exits 0 "
                         "(default: it is an error, exit 2)")
@@ -144,6 +147,7 @@ def _run(args: argparse.Namespace, err: Any) -> int:
 
     from dsport.conformance import report
     from dsport.conformance.runner import Plan, check_module, load_build_reports, run, select_items, unchecked
+    from dsport.core.errors import ConfigError
 
     targets = _csv(args.targets)
     named = _csv(args.backends) or []
@@ -162,7 +166,9 @@ def _run(args: argparse.Namespace, err: Any) -> int:
         from dsport.conformance.model import model_rows, model_unchecked
 
         command = shlex.join(["dsport", "conformance", *sys.argv[2:]]) if sys.argv[1:2] == ["conformance"] else "dsport conformance --model"
-        rows = model_rows(plan.backends, args.checkpoint, modules=plan.backend_modules)
+        if args.prompt is not None and args.prompt < 1:
+            raise ConfigError(f"--prompt: expected a positive token count, got {args.prompt}")
+        rows = model_rows(plan.backends, args.checkpoint, modules=plan.backend_modules, prompt_len=args.prompt)
         doc = report.build_document(rows, {}, command, "model")
         report.print_terminal(doc)
         _write_outputs(doc, args.json, args.junit, args.markdown)
