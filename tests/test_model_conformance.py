@@ -15,38 +15,44 @@ PLANTED = "conformance_planted.planted_model"
 
 
 @pytest.fixture(scope="module")
-def planted_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("model")
-    old = tempfile.tempdir
-    tempfile.tempdir = str(tmp)  # where the run's temporary checkpoints go: it must leave none behind
-    try:
-        out = tmp / "model.json"
-        rc = main(["conformance", "--model", "--backend-module", PLANTED, "--json", str(out), "--no-progress"])
-    finally:
-        tempfile.tempdir = old
-    left = sorted(p.name for p in tmp.iterdir() if p.name != "model.json")
-    return rc, {r["case"].split("/")[0]: r for r in json.loads(out.read_text())["results"]}, left
+def planted_rows():
+    from dsport.conformance.model import model_rows
+
+    # both bugs on at once: each is judged on its own inputs, so both are named
+    return {r["case"].split("/")[0]: r for r in model_rows([], None, modules=[PLANTED], only=["v32-fp8"])}
 
 
-def test_planted_model_bugs_are_named_by_phase_and_op(planted_run):
-    rc, rows, _ = planted_run
-    row = rows["v32-fp8"]
-    assert rc == 1 and row["verdict"] == "fail" and row["backend"] == "planted_model"
-    # each bug is judged on its own inputs: the top-k one in prefill, the FP8-cache one in decode
+def test_planted_model_bugs_are_named_by_phase_and_op(planted_rows):
+    row = planted_rows["v32-fp8"]
+    assert row["verdict"] == "fail" and row["backend"] == "planted_model"
+    # the top-k bug in prefill (the first failure), the FP8-cache one at the first decode step
     assert row["metrics"]["first_failure"]["op"] == "topk_select" and row["metrics"]["first_failure"]["phase"] == "prefill"
     assert {"prefill: topk_select", "decode: sparse_mla_decode"} <= set(row["metrics"]["failed"]), row["metrics"]["failed"]
     assert "--backend-module conformance_planted.planted_model" in row["reproduce"]
 
 
-def test_the_model_cases_exercise_the_serving_paths(planted_run):
-    _, rows, left = planted_run
-    v32, dense = rows["v32-fp8"]["metrics"], rows["v3-dense-grouped"]["metrics"]
+def test_the_v32_case_runs_the_fp8_caches_with_sparse_selection(planted_rows):
+    v32 = planted_rows["v32-fp8"]["metrics"]
     assert {"mla_cache_pack", "sparse_mla_decode", "index_cache_pack", "indexer_logits_paged", "topk_select"} <= set(v32["ops_used"])
     assert v32["prompt_len"] >= 4 * 32 and v32["options"] == {"kv_cache": "fp8"}
-    assert {"mla_decode_dense", "moe_grouped_gemm_contiguous"} <= set(dense["ops_used"]) and "indexer_logits" not in dense["ops_used"]
-    # the dense case runs neither planted op, so it passes: the bugs alone turn the other case red
-    assert rows["v3-dense-grouped"]["verdict"] == "pass"
-    assert left == [], f"temporary files left behind: {left}"
+
+
+def test_dense_grouped_case_runs_the_grouped_gemms_and_dense_decode(tmp_path):
+    """The v3-dense-grouped case's graph, in process: grouped-GEMM MoE gives the
+    moe_experts result, and decode goes through mla_decode_dense."""
+    from dsport.conformance.model import scenarios
+    from dsport.core.model import Model, tiny_config
+    from dsport.core.model.compare import compare
+    from dsport.core.model.weights import make_checkpoint
+
+    s = next(s for s in scenarios() if s.name == "v3-dense-grouped")
+    ckpt = make_checkpoint(tmp_path / "d", tiny_config(**{**s.config, "n_layers": 2}), seed=1)
+    tokens = torch.randint(0, 512, (1, 24), generator=torch.Generator().manual_seed(0))
+    grouped = Model.from_pretrained(ckpt, backend="reference", moe="grouped")(tokens)
+    torch.testing.assert_close(grouped, Model.from_pretrained(ckpt, backend="reference")(tokens), rtol=1e-5, atol=1e-6)  # float64 inside, float32 logits out
+    rep = compare(ckpt, "torch", tokens, decode_steps=2, **s.options)
+    assert rep.verdict == "pass" and {"mla_decode_dense", "moe_grouped_gemm_contiguous"} <= set(rep.ops_used)
+    assert "indexer_logits" not in rep.ops_used and "moe_experts" not in rep.ops_used
 
 
 def test_the_old_model_check_could_not_see_the_topk_bug(tmp_path, monkeypatch):
@@ -60,16 +66,21 @@ def test_the_old_model_check_could_not_see_the_topk_bug(tmp_path, monkeypatch):
     import conformance_planted.planted_model as planted
 
     monkeypatch.setattr(planted, "BUGS", {"topk_select"})
-    ckpt = make_checkpoint(tmp_path / "c", tiny_config(n_layers=2), seed=1)  # index_topk 64
-    tokens = torch.randint(0, 512, (1, 60), generator=torch.Generator().manual_seed(0))
+    ckpt = make_checkpoint(tmp_path / "c", tiny_config(n_layers=1), seed=1)  # index_topk 64
+    tokens = torch.randint(0, 512, (1, 40), generator=torch.Generator().manual_seed(0))
     rep = compare(ckpt, module_table(planted, "planted_model", torch.float32), tokens)
     assert rep.verdict == "pass" and "topk_select" in rep.ops_used
 
 
-@pytest.mark.parametrize("module, rc, fragment", [
-    ("conformance_planted.unavailable", 2, "named explicitly but not checked"),
-    ("conformance_planted.not_there", 2, "no module of that name"),
-])
-def test_model_with_a_module_that_checks_nothing_is_loud(module, rc, fragment, capsys):
-    got = main(["conformance", "--model", "--backend-module", module, "--no-progress"])
-    assert got == rc and fragment in " ".join(capsys.readouterr().err.split())
+def test_model_with_an_unavailable_module_is_loud_and_leaves_no_checkpoint(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the run's temporary checkpoints go
+    out = tmp_path / "model.json"
+    got = main(["conformance", "--model", "--backend-module", "conformance_planted.unavailable", "--json", str(out), "--no-progress"])
+    assert got == 2 and "named explicitly but not checked" in " ".join(capsys.readouterr().err.split())
+    rows = json.loads(out.read_text())["results"]
+    assert [r["case"].split("/")[0] for r in rows] == ["v32-fp8", "v3-dense-grouped"] and {r["verdict"] for r in rows} == {"skip"}
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "model.json")
+    assert left == [], f"temporary files left behind: {left}"
+    assert main(["conformance", "--model", "--backend-module", "conformance_planted.not_there", "--no-progress"]) == 2
+    assert "no module of that name" in " ".join(capsys.readouterr().err.split())
+    assert main(["conformance", "--model", "--backends", "torch", "--prompt", "0", "--no-progress"]) == 2
