@@ -125,6 +125,7 @@ def _registered() -> list[str]:
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     if not _active(config):
         return
+    _TALLY.update(ran=0, skipped=0)  # one session per process, or per in-process pytester run
     from dsport.conformance.runner import Plan, select_items
 
     split = lambda s: [x for x in s.split(",") if x] if s else None  # noqa: E731
@@ -160,3 +161,31 @@ def dsport_backend(request: pytest.FixtureRequest) -> Any:
     if not names and not modules:
         pytest.skip("no --dsport-backend given")
     return _load(names[0] if names else None, None if names else modules[0])
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Count the conformance cases that ran (passed or failed) and those skipped."""
+    if not report.nodeid.startswith(SUITE) or report.when not in ("setup", "call"):
+        return
+    tally = _TALLY
+    if report.skipped:
+        tally["skipped"] += 1
+    elif report.when == "call":
+        tally["ran"] += 1
+
+
+_TALLY = {"ran": 0, "skipped": 0}
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A session whose every conformance case was skipped or unsupported checked nothing: not green."""
+    config = session.config
+    if not _active(config) or config.getoption("--dsport-allow-skip") or exitstatus != pytest.ExitCode.OK:
+        return
+    if _TALLY["skipped"] and not _TALLY["ran"]:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"dsport: nothing checked: all {_TALLY['skipped']} conformance case(s) were skipped or "
+                                "unsupported (--dsport-allow-skip accepts that)", red=True)
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR

@@ -10,7 +10,11 @@ from dsport.conformance.merge import ReportError, conflicts, load, merge
 from dsport.core.cli import main
 from dsport.core.config import from_mapping, load_config
 from dsport.core.errors import ConfigError
+from dsport.core.spec import specs
 
+# the op registry is filled before any in-process pytester run: pytester drops modules first imported
+# inside a run, and re-importing an op module into the kept registry would register its spec twice
+specs()
 pytest_plugins = ("pytester",)
 P = "conformance_planted."
 
@@ -201,3 +205,12 @@ def test_absent_device_says_how_to_allow_it_and_then_is_allowed(tmp_path):
     with pytest.raises(ConfigError, match="allow_absent_device: expected true or false"):
         from_mapping({"allow_absent_device": "yes"})
     assert from_mapping({"device": "cpu"}).device == "cpu"
+
+
+def test_pytest_plugin_session_whose_every_case_is_unsupported_is_not_green(pytester):
+    # quick_tagged serves act_quant and dequant only: its rms_norm cases are all unsupported
+    res = _plugin(pytester, "--dsport-backend-module", P + "quick_tagged", "--dsport-ops", "rms_norm", "--dsport-cases", "tiny")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR and "nothing checked: all 1 conformance case(s)" in res.stdout.str()
+    res = _plugin(pytester, "--dsport-backend-module", P + "quick_tagged", "--dsport-ops", "rms_norm", "--dsport-cases", "tiny",
+                  "--dsport-allow-skip")
+    assert res.ret == pytest.ExitCode.OK
