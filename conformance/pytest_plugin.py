@@ -17,9 +17,10 @@ nothing and imports nothing beyond pytest.
 As ``dsport conformance`` does, the plugin never reports a green run that
 checked nothing: a backend module that cannot be found or imported, one with
 no ``OPS`` table, an ``available()`` that raises, a ``--dsport-cases``
-pattern matching no case, and a named backend that is unavailable here
-(unless ``--dsport-allow-skip``) end the session with a usage error (pytest
-exit status 4) that says what was not checked and why.
+pattern matching no case, a named backend that is unavailable here, and a
+session whose every conformance case was skipped or unsupported (the last
+two unless ``--dsport-allow-skip``) end the session with a usage error
+(pytest exit status 4) that says what was not checked and why.
 """
 from __future__ import annotations
 
