@@ -214,3 +214,10 @@ def test_pytest_plugin_session_whose_every_case_is_unsupported_is_not_green(pyte
     res = _plugin(pytester, "--dsport-backend-module", P + "quick_tagged", "--dsport-ops", "rms_norm", "--dsport-cases", "tiny",
                   "--dsport-allow-skip")
     assert res.ret == pytest.ExitCode.OK
+
+
+def test_profile_of_a_named_backend_that_timed_nothing_is_not_green(capsys):
+    # quick_tagged has no rms_norm: its rows are unsupported, nothing of it was measured
+    rc = main(["profile", "--backend", "torch", "--backend-module", "q=conformance_planted.quick_tagged", "--ops", "rms_norm",
+               "--no-cost"])
+    assert rc == 2 and "q: no op was timed" in " ".join(capsys.readouterr().err.split())
