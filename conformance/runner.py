@@ -384,9 +384,10 @@ def unchecked(runs: dict[str, BackendRun], rows: Sequence[dict[str, Any]], expli
 
     A backend named explicitly (``--backends NAME`` or ``--backend-module``)
     that is unavailable here is such a line unless ``allow_skip``; a broken
-    one (import error, ``available()`` raising), a module without ops, an
-    op table naming ops no spec knows, and a named backend whose every case
-    was skip or unsupported always are. So is a run that executed nothing."""
+    one (import error, ``available()`` raising) and a module without ops
+    always are; a named backend whose op table names ops no spec knows, or
+    whose every case was skip or unsupported, is too. So is a run that
+    executed nothing."""
     from dsport.core.spec import specs
 
     explicit = set(explicit)
@@ -406,7 +407,9 @@ def unchecked(runs: dict[str, BackendRun], rows: Sequence[dict[str, Any]], expli
             out.append(f"{what} defines no ops (its OPS table is missing or empty), nothing was checked")
             continue
         stray = [o for o in info.ops if o not in known]
-        if stray:
+        if stray and not named:
+            log.warning("%s: OPS names ops no spec knows, never checked: %s", what, stray)
+        elif stray:
             hints = [f"{o!r} (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(o, known, n=1)) else repr(o) for o in stray]
             out.append(f"{what}: OPS names ops no spec knows, never checked: {', '.join(hints)}")
         mine = [r for r in rows if r.get("backend") == label]
