@@ -13,6 +13,14 @@ subprocess-isolated run that survives segfaults and hangs). The fixture
 
 Without ``--dsport-backend``/``--dsport-backend-module`` the plugin adds
 nothing and imports nothing beyond pytest.
+
+As ``dsport conformance`` does, the plugin never reports a green run that
+checked nothing: a backend module that cannot be found or imported, one with
+no ``OPS`` table, an ``available()`` that raises, a ``--dsport-cases``
+pattern matching no case, a named backend that is unavailable here, and a
+session whose every conformance case was skipped or unsupported (the last
+two unless ``--dsport-allow-skip``) end the session with a usage error
+(pytest exit status 4) that says what was not checked and why.
 """
 from __future__ import annotations
 
@@ -33,6 +41,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--dsport-ops", default=None, metavar="OPS", help="comma-separated ops or globs (default: all)")
     g.addoption("--dsport-cases", default=None, metavar="IDS", help="comma-separated case ids or op/id globs")
     g.addoption("--dsport-set", default="quick", choices=("quick", "full"), help="case set (default quick)")
+    g.addoption("--dsport-allow-skip", action="store_true", default=False,
+                help="a named backend that is unavailable here becomes skipped tests instead of a usage error")
 
 
 def _active(config: pytest.Config) -> bool:
@@ -40,14 +50,30 @@ def _active(config: pytest.Config) -> bool:
 
 
 def _load(name: str | None, module: str | None) -> Any:
-    if module:
-        from dsport.core.backend import import_backend
+    import traceback
 
-        mod = import_backend(module)
-    else:
-        from dsport.core.registry import load_backend
+    from dsport.core.errors import DsportError
 
-        mod = load_backend(name)  # type: ignore[arg-type]
+    try:
+        if module:
+            from dsport.conformance.runner import check_module
+            from dsport.core.backend import import_backend
+
+            check_module(module)
+            mod = import_backend(module)
+        else:
+            from dsport.core.registry import load_backend
+
+            mod = load_backend(name)  # type: ignore[arg-type]
+    except DsportError as e:
+        raise pytest.UsageError(f"dsport: nothing checked: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any import failure: what and where, not a traceback through pytest
+        frames = traceback.extract_tb(e.__traceback__)
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        raise pytest.UsageError(f"dsport: nothing checked: backend module {module or name} failed to import: "
+                                f"{traceback.format_exception_only(e)[-1].strip()}{where}") from None
+    if not mod.ops and mod.contract_ops is None:
+        raise pytest.UsageError(f"dsport: nothing checked: backend {module or name} defines no OPS table (or an empty one)")
     missing = {k: v for k, v in mod.env.items() if os.environ.get(k) != v}
     if missing:
         env = " ".join(f"{k}={v}" for k, v in missing.items())
@@ -71,16 +97,18 @@ class ConformanceItem(pytest.Item):
         from dsport.conformance.worker import run_case
 
         ok, reason = self.backend.available()
-        if not ok:
+        contract = not ok and self.backend.contract_ops is not None  # adapters against their contract models
+        if not ok and not contract:
             pytest.skip(f"backend unavailable: {reason}")
         name = self.backend.name
-        row = run_case(self.backend, dict(reference.OPS), self.op, self.case, is_reference=name == "reference")
+        row = run_case(self.backend, dict(reference.OPS), self.op, self.case, is_reference=name == "reference",
+                       contract=contract)
         v = row["verdict"]
         if v in ("skip", "unsupported"):
             pytest.skip(f"{v}: {row['reason']}")
         if v == "crash":
             raise RuntimeError(f"{self.op}/{self.case}: {row['reason']}\n{row['metrics'].get('traceback', '')}")
-        if v != "pass":
+        if v not in ("pass", "contract"):
             repro = reproduce_command(name, self.op, self.case, self.backend.module.__name__
                                       if name not in _registered() else None)
             pytest.fail(f"{self.op}/{self.case} on {name}: {row['reason']}\nmetrics: {row['metrics']}\n"
@@ -100,17 +128,29 @@ def _registered() -> list[str]:
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     if not _active(config):
         return
+    _TALLY.update(ran=0, skipped=0)  # one session per process, or per in-process pytester run
     from dsport.conformance.runner import Plan, select_items
 
     split = lambda s: [x for x in s.split(",") if x] if s else None  # noqa: E731
     plan = Plan(ops=split(config.getoption("--dsport-ops")), case_set=config.getoption("--dsport-set"),
                 cases=split(config.getoption("--dsport-cases")))
-    pairs = select_items(plan)
+    from dsport.core.errors import DsportError
+
+    try:
+        pairs = select_items(plan)
+    except DsportError as e:
+        raise pytest.UsageError(f"dsport: nothing checked: {e}") from None
     suite = ConformanceSuite.from_parent(session, name=SUITE, nodeid=SUITE)
     targets = [(n, None) for n in config.getoption("--dsport-backend")] + [(None, m) for m in config.getoption("--dsport-backend-module")]
     for name, module in targets:
         mod = _load(name, module)
         label = mod.name
+        ok, reason, broken = mod.availability()
+        if broken:
+            raise pytest.UsageError(f"dsport: nothing checked: backend {label}: {reason}")
+        if not ok and mod.contract_ops is None and not config.getoption("--dsport-allow-skip"):
+            raise pytest.UsageError(f"dsport: nothing checked: backend {label} was named but is unavailable here: {reason} "
+                                    "(--dsport-allow-skip turns its cases into skips)")
         for op, case in pairs:
             items.append(ConformanceItem.from_parent(suite, name=f"{op}[{label}-{case}]", backend=mod, op=op, case=case))
 
@@ -123,3 +163,31 @@ def dsport_backend(request: pytest.FixtureRequest) -> Any:
     if not names and not modules:
         pytest.skip("no --dsport-backend given")
     return _load(names[0] if names else None, None if names else modules[0])
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Count the conformance cases that ran (passed or failed) and those skipped."""
+    if not report.nodeid.startswith(SUITE) or report.when not in ("setup", "call"):
+        return
+    tally = _TALLY
+    if report.skipped:
+        tally["skipped"] += 1
+    elif report.when == "call":
+        tally["ran"] += 1
+
+
+_TALLY = {"ran": 0, "skipped": 0}
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A session whose every conformance case was skipped or unsupported checked nothing: not green."""
+    config = session.config
+    if not _active(config) or config.getoption("--dsport-allow-skip") or exitstatus != pytest.ExitCode.OK:
+        return
+    if _TALLY["skipped"] and not _TALLY["ran"]:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"dsport: nothing checked: all {_TALLY['skipped']} conformance case(s) were skipped or "
+                                "unsupported (--dsport-allow-skip accepts that)", red=True)
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR

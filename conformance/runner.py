@@ -9,8 +9,11 @@ segfault or hang never ends the run.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
 import fnmatch
+import importlib.util
 import json
 import logging
 import os
@@ -22,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +35,8 @@ log = logging.getLogger(__name__)
 
 VERDICTS = ("pass", "fail", "contract", "built", "skip", "unsupported", "crash", "timeout")
 FAILING = ("fail", "crash", "timeout")
+# verdicts of a case that something actually executed or compiled; skip and unsupported checked nothing
+EXECUTED = ("pass", "fail", "crash", "timeout", "built", "contract")
 
 
 @dataclass
@@ -61,7 +67,7 @@ def select_items(plan: Plan) -> list[tuple[str, str]]:
     unknown = [o for o in plan.ops or [] if o not in table and not any(fnmatch.fnmatch(n, o) for n in table)]
     if unknown:
         raise ConfigError(f"--ops: unknown op(s) {unknown}; valid: {sorted(table)}")
-    items = []
+    items, ids, used = [], set(), set()
     for name, spec in table.items():
         if plan.ops and not any(fnmatch.fnmatchcase(name, p) for p in plan.ops):
             continue
@@ -69,11 +75,23 @@ def select_items(plan: Plan) -> list[tuple[str, str]]:
         if not cases:
             log.warning("op %s has no cases in its spec: it is not checked", name)
         for c in cases:
+            ids.add(c.id)
             if plan.cases:
-                if any(fnmatch.fnmatchcase(c.id, p) or fnmatch.fnmatchcase(f"{name}/{c.id}", p) for p in plan.cases):
+                hit = [p for p in plan.cases if fnmatch.fnmatchcase(c.id, p) or fnmatch.fnmatchcase(f"{name}/{c.id}", p)]
+                used.update(hit)
+                if hit:
                     items.append((name, c.id))
             elif plan.case_set in c.tags:
                 items.append((name, c.id))
+    unmatched = [p for p in plan.cases or [] if p not in used]
+    if unmatched:
+        hints = [f"{p!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(p.rpartition("/")[2], ids, n=1))
+                 else repr(p) for p in unmatched]
+        scope = f" of the ops {plan.ops}" if plan.ops else ""
+        raise ConfigError(f"--cases: {', '.join(hints)} matches no case{scope}; valid case ids: {sorted(ids)}")
+    if not items:
+        raise ConfigError(f"nothing selected: no case of the {plan.case_set} set{f' for the ops {plan.ops}' if plan.ops else ''}"
+                          " (--full or --cases selects more)")
     return items
 
 
@@ -159,6 +177,7 @@ class BackendRun:
     targets: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     module: str | None = None
+    broken: bool = False                  # failed to import (not a missing dependency) or available() raised
 
 
 def run_backend(label: str, module: str | None, items: Sequence[tuple[str, str]], plan: Plan,
@@ -202,11 +221,14 @@ def run_backend(label: str, module: str | None, items: Sequence[tuple[str, str]]
             ready = {"event": "ready", "available": False, "verdict": "crash", "reason": f"backend worker died while loading: {w.died()}"}
         info.available, info.reason = bool(ready.get("available")), ready.get("reason", "")
         info.ops, info.targets, info.env = ready.get("ops", []), ready.get("targets", []), ready.get("env", {})
+        # a module that imports but cannot import a name it needs is broken; a missing package is a missing dependency
+        half_imported = module is not None and str(ready.get("reason", "")).startswith("import failed: ImportError")
+        info.broken = bool(ready.get("broken")) or half_imported or ready.get("verdict") in ("crash", "timeout")
         if module and ready.get("name"):
             info.label = ready["name"]
         if not info.available:
             # unavailable here (a missing dependency, no device) is a skip; a backend that cannot even load is not
-            verdict = ready.get("verdict") or ("crash" if ready.get("broken") else "skip")
+            verdict = ready.get("verdict") or ("crash" if info.broken else "skip")
             for op, case in remaining:
                 add({"op": op, "case": case, "verdict": verdict,
                      "reason": f"backend unavailable: {info.reason}" if verdict == "skip" else f"backend failed to load: {info.reason}"})
@@ -306,3 +328,98 @@ def load_build_reports(paths: Iterable[str]) -> list[dict[str, Any]]:
             row["source"] = os.path.abspath(p)
             rows.append(row)
     return rows
+
+
+def check_module(module: str) -> None:
+    """Fail fast, before any worker starts, on a ``--backend-module`` that
+    cannot be found (a typo) or whose source has no ``OPS`` table. Reads the
+    source without executing it; import errors inside the module are the
+    worker's to report, with their traceback's last line."""
+    from dsport.core.errors import ConfigError
+
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as e:  # a parent package is missing or fails to import
+        raise ConfigError(f"--backend-module {module}: cannot be imported: {type(e).__name__}: {e}") from None
+    if spec is None:
+        parent, _, leaf = module.rpartition(".")
+        near = []
+        if parent:
+            try:
+                pspec = importlib.util.find_spec(parent)
+                locs = list(pspec.submodule_search_locations or []) if pspec else []
+                near = difflib.get_close_matches(leaf, [p.rsplit(".", 1)[0] for loc in locs for p in os.listdir(loc)], n=1)
+            except (ImportError, OSError, ValueError):
+                pass
+        hint = f" (did you mean '{parent}.{near[0]}'?)" if near else ""
+        raise ConfigError(f"--backend-module {module}: no module of that name on sys.path{hint}")
+    names = _top_level_names(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
+    if names is not None and "OPS" not in names and "__getattr__" not in names and not any(n == "*" for n in names):
+        close = difflib.get_close_matches("OPS", sorted(names), n=1, cutoff=0.5) or [n for n in sorted(names) if n.upper() == "OPS"]
+        hint = f"; it defines '{close[0]}' (did you mean 'OPS'?)" if close else ""
+        raise ConfigError(f"--backend-module {module}: defines no OPS table (a dict op name -> callable), so nothing can be "
+                          f"checked{hint}")
+
+
+def _top_level_names(path: str) -> set[str] | None:
+    try:
+        tree = ast.parse(open(path, encoding="utf-8").read())
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return None  # the worker's import reports it
+    names: set[str] = set()
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+        for t in targets:
+            names.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def unchecked(runs: dict[str, BackendRun], rows: Sequence[dict[str, Any]], explicit: Iterable[str],
+              allow_skip: bool = False) -> list[str]:
+    """What the user asked for and this run did not check, one line each; empty when every request was met.
+
+    A backend named explicitly (``--backends NAME`` or ``--backend-module``)
+    that is unavailable here is such a line unless ``allow_skip``; a broken
+    one (import error, ``available()`` raising) and a module without ops
+    always are; a named backend whose op table names ops no spec knows, or
+    whose every case was skip or unsupported, is too. So is a run that
+    executed nothing."""
+    from dsport.core.spec import specs
+
+    explicit = set(explicit)
+    known = list(specs())
+    out: list[str] = []
+    for label, info in runs.items():
+        named = label in explicit or info.module is not None
+        what = f"backend module {info.module}" if info.module else f"backend {label}"
+        if not info.available:
+            if info.broken:
+                out.append(f"{what} is broken, nothing was checked: {info.reason}")
+            elif named and not allow_skip:
+                out.append(f"{what} was named explicitly but is unavailable here, nothing was checked: {info.reason} "
+                           "(--allow-skip accepts that)")
+            continue
+        if not info.ops:
+            out.append(f"{what} defines no ops (its OPS table is missing or empty), nothing was checked")
+            continue
+        stray = [o for o in info.ops if o not in known]
+        if stray and not named:
+            log.warning("%s: OPS names ops no spec knows, never checked: %s", what, stray)
+        elif stray:
+            hints = [f"{o!r} (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(o, known, n=1)) else repr(o) for o in stray]
+            out.append(f"{what}: OPS names ops no spec knows, never checked: {', '.join(hints)}")
+        mine = [r for r in rows if r.get("backend") == label]
+        if named and mine and not any(r["verdict"] in EXECUTED for r in mine):
+            why = Counter(f"{r['verdict']}: {r.get('reason', '')}" for r in mine).most_common(1)[0][0]
+            out.append(f"{what}: none of its {len(mine)} selected case(s) ran (most common: {why})")
+    if rows and not any(r["verdict"] in EXECUTED for r in rows) and not out:
+        why = Counter(f"{r['verdict']}: {r.get('reason', '')}" for r in rows).most_common(1)[0][0]
+        if not allow_skip:
+            out.append(f"no case was executed on any backend (most common: {why})")
+    if not rows and not out:
+        out.append("no backend was run")
+    return out

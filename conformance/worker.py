@@ -236,8 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         # a missing dependency makes a backend unavailable here; any other import error means it is broken
         missing = isinstance(e, ImportError) or type(e).__name__ == "BackendUnavailable"
+        frames = traceback.extract_tb(e.__traceback__)
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
         _emit(proto, event="ready", available=False, broken=not missing, name=job.get("backend"),
-              reason=f"import failed: {type(e).__name__}: {e}")
+              reason=f"import failed: {traceback.format_exception_only(e)[-1].strip()}{where}")
         return 0
     env = dict(mod.env)
     if env and any(os.environ.get(k) != v for k, v in env.items()) and not os.environ.get(ENV_MARK):
@@ -245,18 +247,18 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(proto.fileno(), 1)
         os.execve(sys.executable, [sys.executable, "-m", "dsport.conformance.worker", *argv], {**os.environ, **env, ENV_MARK: "1"})
     name = mod.name
-    ok, reason = mod.available()
-    # unavailable here, but its adapters can be checked against contract models (never for builds)
+    ok, reason, broken = mod.availability()
     # ahead-of-time builds need a toolchain, not the device: they run where the backend cannot
-    building = bool(job.get("build")) and mod.can_build
-    contract = not ok and mod.contract_ops is not None and not job.get("build")
+    building = bool(job.get("build")) and mod.can_build and not broken
+    # unavailable here, but its adapters can be checked against contract models (never for builds)
+    contract = not ok and not broken and mod.contract_ops is not None and not job.get("build")
     if contract:
         reason = f"{reason}; adapters run against contract models (verdict 'contract')"
     elif building and not ok:
         reason = f"{reason}; builds need no device (verdict 'built')"
     ops = contract_table(mod) if contract else mod.ops
-    _emit(proto, event="ready", available=ok or contract or building, name=name, reason=reason, ops=sorted(ops),
-          targets=list(mod.targets), env=env, mode=CONTRACT if contract else "run")
+    _emit(proto, event="ready", available=ok or contract or building, broken=broken, name=name, reason=reason,
+          ops=sorted(ops), targets=list(mod.targets), env=env, mode=CONTRACT if contract else "run")
     if not (ok or contract or building):
         return 0
     if job.get("build"):

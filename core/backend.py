@@ -108,11 +108,18 @@ class BackendModule:
 
     def available(self) -> tuple[bool, str]:
         """``available()`` of the module; an exception becomes the reason, never escapes."""
+        ok, reason, _ = self.availability()
+        return ok, reason
+
+    def availability(self) -> tuple[bool, str, bool]:
+        """(ok, reason, broken): ``broken`` when ``available()`` raised instead of
+        answering — a bug in the backend, not a missing device, so reports call
+        it a crash, never a skip."""
         try:
             ok, reason = self.module.available()
         except Exception as e:  # noqa: BLE001 - a raising probe is a reason, not a crash
-            return False, f"available() raised {type(e).__name__}: {e}"
-        return bool(ok), str(reason)
+            return False, f"available() raised {type(e).__name__}: {e}", True
+        return bool(ok), str(reason), False
 
     def refusal(self, op: str, query: Mapping[str, Any], ops: Mapping[str, Callable[..., Any]] | None = None) -> tuple[str, ...]:
         """Why this backend cannot serve ``op`` for ``query`` (see

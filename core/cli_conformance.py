@@ -2,8 +2,15 @@
 reference, case by case; ``dsport conformance merge`` joins reports from
 several machines into one matrix.
 
-Exit status: 0 when nothing failed, crashed or timed out; 1 otherwise; 2 for
-a usage or configuration error.
+Exit status (also in ``--help``):
+
+* 0: every check that was asked for ran, and none failed, crashed or timed out;
+* 1: a case failed, crashed or timed out (this wins over 2: a failure is never hidden);
+* 2: a usage or input error, which includes a run that checked nothing for
+  something the user asked for: a ``--backend-module`` that does not import or
+  has no ``OPS`` table, an ``available()`` that raises, a ``--cases`` pattern
+  that matches no case, a backend named with ``--backends`` that is unavailable
+  here (unless ``--allow-skip``), an unreadable report given to ``merge``.
 """
 from __future__ import annotations
 
@@ -12,6 +19,13 @@ import os
 import shlex
 import sys
 from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EPILOG = """exit status: 0 every requested check ran and passed (or was unsupported/skipped by declared limits);
+1 a case failed, crashed or timed out; 2 usage or input error, including a run that checked nothing
+for something you asked for (backend module that does not import or has no OPS, available() raising,
+--cases matching nothing, a backend named in --backends that is unavailable here unless --allow-skip,
+an unreadable report given to merge)"""
 
 
 def _csv(values: list[str] | None) -> list[str] | None:
@@ -45,12 +59,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="include a build report written earlier by 'dsport build --json FILE'; repeatable")
     p.add_argument("--model", action="store_true",
                    help="model conformance instead of op cases: the V3.2 graph end to end per backend, every op call judged")
-    p.add_argument("--checkpoint", metavar="DIR", help="with --model: a Hugging Face-format checkpoint (default: a tiny random one)")
+    p.add_argument("--checkpoint", metavar="DIR", help="with --model: a Hugging Face-format checkpoint (default: two tiny random ones, "
+                                                       "V3.2 with the FP8 caches and a dense V3 with grouped-GEMM MoE)")
+    p.add_argument("--prompt", type=int, metavar="N", help="with --model: prompt length (default: 4 x index_topk, so the "
+                                                           "indexer's selection is sparse; 64 for dense configs)")
+    p.add_argument("--allow-skip", action="store_true",
+                   help="a backend named with --backends that is unavailable here is reported as skip and exits 0 "
+                        "(default: it is an error, exit 2)")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
+    p.epilog = EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub = p.add_subparsers(dest="conformance_command")
     m = sub.add_parser("merge", help="merge JSON reports from several machines into one matrix",
-                       description="merge JSON reports from several machines into one matrix")
+                       description="merge JSON reports from several machines into one matrix; the same "
+                                   "machine/backend/op/case in two reports keeps the newer report's row",
+                       epilog="exit status: 0 nothing failed; 1 a merged case failed, crashed or timed out; "
+                              "2 a report is unreadable (empty, truncated, binary, not a conformance report)")
     m.add_argument("reports", nargs="+", metavar="REPORT.json")
     m.add_argument("-o", "--json", dest="merge_json", metavar="FILE", help="write the merged JSON report")
     m.add_argument("--junit", dest="merge_junit", metavar="FILE")
@@ -72,12 +97,19 @@ def _write_outputs(doc: dict[str, Any], json_path: str | None, junit_path: str |
 
 def _merge(args: argparse.Namespace) -> int:
     from dsport.conformance import report
-    from dsport.conformance.merge import load, merge
+    from dsport.conformance.merge import conflicts, load, merge
+
+    from rich.console import Console
 
     doc = merge([load(p) for p in args.reports], args.reports)
+    err = Console(stderr=True)
+    for line in doc.get("superseded", []):
+        err.print(f"[yellow]superseded:[/] {line}", highlight=False)
+    for line in conflicts(doc):
+        err.print(f"[yellow]machines disagree:[/] {line}", highlight=False)
     report.print_terminal(doc)
     _write_outputs(doc, args.merge_json, args.merge_junit, args.merge_markdown)
-    return 0 if doc["summary"]["ok"] else 1
+    return EXIT_OK if doc["summary"]["ok"] else EXIT_FAILED
 
 
 def _default_backends() -> list[str]:
@@ -98,33 +130,54 @@ def run(args: argparse.Namespace) -> int:
         return _run(args, err)
     except DsportError as e:
         err.print(f"[red]error:[/] {e}", highlight=False)
-        return 2
+        return EXIT_USAGE
+
+
+def _verdict(doc: dict[str, Any], problems: list[str], err: Any) -> int:
+    """The exit status: failures first (never hidden), then what was asked for and not checked."""
+    for line in problems:
+        err.print(f"[red]not checked:[/] {line}", highlight=False)
+    if not doc["summary"]["ok"]:
+        return EXIT_FAILED
+    return EXIT_USAGE if problems else EXIT_OK
 
 
 def _run(args: argparse.Namespace, err: Any) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from dsport.conformance import report
-    from dsport.conformance.runner import Plan, load_build_reports, run, select_items
+    from dsport.conformance.runner import Plan, check_module, load_build_reports, run, select_items, unchecked
+    from dsport.core.errors import ConfigError
 
     targets = _csv(args.targets)
-    plan = Plan(backends=_csv(args.backends) or ([] if args.backend_module else _default_backends()),
+    named = _csv(args.backends) or []
+    if named:
+        from dsport.core.config import _choice, backend_names
+
+        for b in named:
+            _choice("--backends", b, backend_names())
+    for m in args.backend_module:
+        check_module(m)
+    plan = Plan(backends=named or ([] if args.backend_module else _default_backends()),
                 backend_modules=args.backend_module, ops=_csv(args.ops), case_set=args.case_set, cases=_csv(args.cases),
                 timeout=args.timeout, build_targets=(targets or ["all"]) if (args.build or targets) else None,
                 build_dir=args.build_dir, jobs=args.jobs)
     if args.model:
-        from dsport.conformance.model import model_rows
+        from dsport.conformance.model import model_rows, model_unchecked
 
         command = shlex.join(["dsport", "conformance", *sys.argv[2:]]) if sys.argv[1:2] == ["conformance"] else "dsport conformance --model"
-        doc = report.build_document(model_rows(plan.backends, args.checkpoint), {}, command, "model")
+        if args.prompt is not None and args.prompt < 1:
+            raise ConfigError(f"--prompt: expected a positive token count, got {args.prompt}")
+        rows = model_rows(plan.backends, args.checkpoint, modules=plan.backend_modules, prompt_len=args.prompt)
+        doc = report.build_document(rows, {}, command, "model")
         report.print_terminal(doc)
         _write_outputs(doc, args.json, args.junit, args.markdown)
-        return 0 if doc["summary"]["ok"] else 1
+        return _verdict(doc, model_unchecked(rows, set(named) | set(plan.backend_modules), args.allow_skip), err)
     items = select_items(plan)
     if args.list:
         for op, case in items:
             print(f"{op}/{case}")
-        return 0
+        return EXIT_OK
     n_backends = len(plan.backends) + len(plan.backend_modules)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=args.no_progress or not err.is_terminal) as progress:
@@ -140,4 +193,4 @@ def _run(args: argparse.Namespace, err: Any) -> int:
     doc = report.build_document(rows, runs, command, plan.case_set, extra_rows=load_build_reports(args.build_report))
     report.print_terminal(doc)
     _write_outputs(doc, args.json, args.junit, args.markdown)
-    return 0 if doc["summary"]["ok"] else 1
+    return _verdict(doc, unchecked(runs, rows, named, args.allow_skip), err)

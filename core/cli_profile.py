@@ -219,4 +219,17 @@ def run(args: argparse.Namespace) -> int:
             written += [str(layer), str(cpath)]
         console.print("wrote " + ", ".join(written))
     failing = doc["summary"]["counts"].get("fail", 0) + doc["summary"]["counts"].get("crash", 0)
-    return 1 if failing else 0
+    if failing:
+        return 1
+    if not args.merge and not args.from_json:
+        # a backend asked for by name that timed nothing (every row skip or unsupported) was not profiled: not a success
+        named = [b.strip() for chunk in args.backend or () for b in chunk.split(",") if b.strip()]
+        named += [m.partition("=")[0] for m in args.backend_module]
+        timed = {r["backend"] for r in doc["results"] if r.get("timing") is not None}
+        silent = [b for b in named if b not in timed] + ([] if doc["summary"].get("timed") or named else ["(any backend)"])
+        for b in silent:
+            Console(stderr=True).print(f"[red]not checked:[/] {b}: no op was timed (every row skip or unsupported: "
+                                       "see the reasons above)", highlight=False)
+        if silent:
+            return 2
+    return 0

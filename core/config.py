@@ -9,7 +9,13 @@ schema. Every unknown name is an error that lists the valid ones.
     device: cuda                    # torch device string
     dtype: bfloat16                 # float32 | bfloat16 | float16 | float64
     fp8: {format: e4m3fn, scale: ue8m0}
-    arch: sm_90a                    # optional, checked against capabilities
+    arch: sm_90a                    # optional: one of KNOWN_ARCHS, checked against capabilities
+    allow_absent_device: true       # optional: accept a device this machine lacks (building, planning)
+
+A document that is empty or not a mapping, a key given twice, a file that is
+not text, a ``device`` this machine does not have (unless
+``allow_absent_device``) and an ``arch`` no target knows are errors naming
+the file and the key.
 
 Precedence: defaults < YAML file < environment (``DSPORT_CONFIG`` names a
 file, ``DSPORT_BACKEND`` a backend) < CLI flags.
@@ -36,7 +42,10 @@ DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64,
 }
 DEFAULT_CHAIN = ("torch", "reference")
-TOP_KEYS = ("backend", "ops", "fallback", "fallback_chain", "device", "dtype", "fp8", "arch")
+TOP_KEYS = ("backend", "ops", "fallback", "fallback_chain", "device", "dtype", "fp8", "arch", "allow_absent_device")
+ENV_ALLOW_ABSENT_DEVICE = "DSPORT_ALLOW_ABSENT_DEVICE"
+# the GPU architectures some part of dsport targets: native FP8 formats (core/fp8.py) and build limits (core/build.py)
+KNOWN_ARCHS = ("sm_89", "sm_90a", "gfx942", "gfx950")
 FP8_KEYS = ("format", "scale")
 
 
@@ -54,6 +63,7 @@ class Config:
     fp8_format: str | None = None
     scale_format: str | None = None
     arch: str | None = None
+    allow_absent_device: bool = False
     origin: str = "defaults"
 
     def chain(self, op: str) -> tuple[str, ...]:
@@ -98,7 +108,32 @@ class Config:
         fp8 = {k: v for k, v in (("format", self.fp8_format), ("scale", self.scale_format)) if v is not None}
         if fp8:
             out["fp8"] = fp8
+        if self.allow_absent_device:
+            out["allow_absent_device"] = True
         return out
+
+
+def device_present(device: torch.device) -> tuple[bool, str]:
+    """Whether this machine has ``device``, and if not, why not."""
+    kind = device.type
+    if kind in ("cpu", "meta"):
+        return True, ""
+    mod = getattr(torch, kind, None)
+    if mod is None or not hasattr(mod, "is_available"):
+        return False, f"this torch has no '{kind}' device support"
+    if not mod.is_available():
+        return False, f"torch.{kind}.is_available() is False on this machine"
+    count = mod.device_count() if hasattr(mod, "device_count") else 1
+    if device.index is not None and device.index >= count:
+        return False, f"this machine has {count} {kind} device(s), so index {device.index} does not exist"
+    return True, ""
+
+
+def _known_archs() -> tuple[str, ...]:
+    from dsport.core.build import SHARED_LIMIT
+    from dsport.core.fp8 import FP8_FORMATS
+
+    return tuple(dict.fromkeys([*KNOWN_ARCHS, *SHARED_LIMIT, *(a for f in FP8_FORMATS.values() for a in f.archs)]))
 
 
 def _unknown(what: str, got: Any, valid: Sequence[str]) -> ConfigError:
@@ -159,17 +194,27 @@ def from_mapping(data: Mapping[str, Any], base: Config | None = None, origin: st
         if not isinstance(chain, (list, tuple)):
             raise ConfigError(f"fallback_chain: expected a list of backend names, got {type(chain).__name__} {chain!r}")
         kw["fallback_chain"] = tuple(_choice("fallback_chain", b, names) for b in chain)
+    if "allow_absent_device" in data:
+        if not isinstance(data["allow_absent_device"], bool):
+            raise ConfigError(f"{origin}: allow_absent_device: expected true or false, got {data['allow_absent_device']!r}")
+        kw["allow_absent_device"] = data["allow_absent_device"]
+    allow_absent = kw.get("allow_absent_device", cfg.allow_absent_device) or os.environ.get(ENV_ALLOW_ABSENT_DEVICE) == "1"
     if "device" in data:
         v = _str("device", data["device"])
         try:
-            torch.device(v)
+            dev = torch.device(v)
         except (RuntimeError, ValueError) as e:
             raise ConfigError(f"device: expected a torch device string (cpu, cuda, cuda:1, ...), got {v!r}: {e}") from None
+        present, why = device_present(dev)
+        if not present and not allow_absent:
+            raise ConfigError(f"{origin}: device: {v!r} is not present here: {why}; to name a device this machine lacks "
+                              f"(building or planning for it), set 'allow_absent_device: true' (or "
+                              f"--allow-absent-device, or ${ENV_ALLOW_ABSENT_DEVICE}=1)")
         kw["device"] = v
     if "dtype" in data:
         kw["dtype"] = _choice("dtype", _str("dtype", data["dtype"]).removeprefix("torch."), DTYPES)
     if "arch" in data:
-        kw["arch"] = _str("arch", data["arch"])
+        kw["arch"] = _choice("arch", data["arch"], _known_archs())
     if "fp8" in data:
         fp8 = data["fp8"]
         if not isinstance(fp8, Mapping):
@@ -184,19 +229,50 @@ def from_mapping(data: Mapping[str, Any], base: Config | None = None, origin: st
     return replace(cfg, **kw)
 
 
+def _strict_loader() -> type:
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice (first {seen[key].start_mark.line + 1}, again"
+                                    f" line {key_node.start_mark.line + 1}); each setting must appear once", key_node.start_mark)
+                seen[key] = key_node
+            return super().construct_mapping(node, deep)
+
+    return StrictLoader
+
+
 def read_yaml(path: str | os.PathLike[str], base: Config | None = None) -> Config:
     import yaml
 
     p = Path(path)
     try:
-        text = p.read_text()
+        raw = p.read_bytes()
     except OSError as e:
         raise ConfigError(f"config file {str(p)!r}: cannot read: {e.strerror or e}") from None
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(p)!r}: not a text file (byte {e.start} is not UTF-8): expected a YAML mapping") from None
+    if "\x00" in text:
+        raise ConfigError(f"config file {str(p)!r}: contains NUL bytes (a binary file?): expected a YAML mapping")
+    try:
+        data = yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {str(p)!r}: not valid YAML: {e}") from None
-    return from_mapping(data or {}, base, origin=str(p))
+    if data is None:
+        raise ConfigError(f"config file {str(p)!r}: empty document; expected a mapping of settings such as 'backend: torch' "
+                          f"(keys: {list(TOP_KEYS)})")
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {str(p)!r}: expected a mapping of settings (keys: {list(TOP_KEYS)}), "
+                          f"got {type(data).__name__} {data!r:.60}")
+    return from_mapping(data, base, origin=str(p))
 
 
 def load_config(path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None,
@@ -228,12 +304,14 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", help=f"one of {list(DTYPES)}")
     g.add_argument("--fp8-format", help=f"one of {list(FP8_FORMATS)}")
     g.add_argument("--scale-format", help=f"one of {list(SCALE_FORMATS)}")
-    g.add_argument("--arch", help="target architecture, e.g. sm_90a, gfx942")
+    g.add_argument("--arch", help=f"target architecture, one of {list(KNOWN_ARCHS)}")
+    g.add_argument("--allow-absent-device", action="store_true", default=None,
+                   help="accept a --device this machine does not have (building or planning for it)")
 
 
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Config:
     cli: dict[str, Any] = {}
-    for key in ("backend", "fallback", "device", "dtype", "arch"):
+    for key in ("allow_absent_device", "backend", "fallback", "device", "dtype", "arch"):
         if getattr(args, key, None) is not None:
             cli[key] = getattr(args, key)
     if getattr(args, "fallback_chain", None):

@@ -45,6 +45,11 @@ class ModelConfig:
     fp8_weights: bool = True         # quantization_config present: fp8 128x128-block weights
     scale_fmt: str = "ue8m0"
     fp8_block: int = 128             # quantization group (activations) and block edge (weights)
+    index_fp8: bool = True           # indexer scores in FP8 (quantized releases) or in float (unquantized checkpoints)
+    n_nextn_layers: int = 0          # multi-token-prediction layers stored after the decoder's (num_nextn_predict_layers)
+    # how the graph runs, not what the checkpoint holds (Model.from_pretrained's kv_cache= and moe= options)
+    kv_cache_fp8: bool = False       # the 656-byte FP8 latent cache (FlashMLA's layout) instead of a float cache
+    moe_grouped_gemm: bool = False   # routed experts as 128-row-aligned grouped GEMMs (DeepGEMM's contiguous layout)
 
     @property
     def sparse(self) -> bool:

@@ -67,7 +67,7 @@ def test_other_schema_errors(data, fragment):
 
 
 def test_a_valid_config_round_trips():
-    cfg = from_mapping({"backend": "torch", "ops": {"sparse_mla_prefill": "triton"}, "fallback": "strict",
+    cfg = from_mapping({"backend": "torch", "ops": {"sparse_mla_prefill": "triton"}, "fallback": "strict", "allow_absent_device": True,
                         "device": "cuda:1", "dtype": "bfloat16", "fp8": {"format": "e4m3fnuz", "scale": "fp32"}, "arch": "gfx942"})
     assert cfg.query() == {"device": "cuda", "dtype": torch.bfloat16, "fp8_format": "e4m3fnuz", "scale_format": "fp32", "arch": "gfx942"}
     assert from_mapping(cfg.to_mapping()) == Config(**{**cfg.__dict__, "fallback_chain": ("torch", "reference"), "origin": "mapping"})

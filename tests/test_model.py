@@ -172,7 +172,7 @@ def test_kernel_backends_run_the_model_and_decode_like_they_prefill(ckpt, tmp_pa
     from dsport.core.cli import main
 
     out = tmp_path / "model.json"
-    main(["conformance", "--model", "--backends", "triton", "tilelang", "--checkpoint", str(ckpt), "--json", str(out), "--no-progress"])
+    main(["conformance", "--model", "--backends", "triton", "tilelang", "--checkpoint", str(ckpt), "--prompt", "80", "--json", str(out), "--no-progress"])
     rows = {r["backend"]: r for r in json.loads(out.read_text())["results"]}
     for name in ("triton", "tilelang"):
         row = rows[name]

@@ -15,12 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsport.core.errors import ConfigError
 from dsport.core.model.config import ModelConfig
 from dsport.core.registry import OpTable
 from dsport.core.spec import cdiv
 
 FP8_BLOCK = 128
 WEIGHT_FMT = "e4m3fn"  # DeepSeek's released checkpoints store e4m3fn weights
+PAGED_INDEX_DIM = 128  # the paged indexer key cache stores 128-dim keys (DeepGEMM's layout)
+FP8_LATENT = (512, 64)  # kv_lora_rank, qk_rope_head_dim of the 656-byte FP8 latent cache (FlashMLA's layout)
 
 
 def _param(*shape: int, dtype: torch.dtype) -> nn.Parameter:
@@ -96,45 +99,104 @@ class Batch:
 
 
 class Indexer(nn.Module):
-    """The lightning indexer: FP8 scores of every cached token, top-k kept."""
+    """The lightning indexer: a score for every cached token, the top-k kept.
+
+    Its precision follows the checkpoint (``cfg.index_fp8``). A quantized
+    release scores in FP8 as DeepSeek's kernels do: Hadamard-rotated q and k,
+    one scale per head of ``index_head_dim`` values (the FP8 group is the head),
+    an FP8 key cache. An unquantized checkpoint scores in the model's float
+    dtype with no FP8 round trip, as its authors (Hugging Face transformers)
+    do; the Hadamard is skipped there too: it is orthogonal (q.k is unchanged)
+    and exists only to spread outliers before quantization.
+
+    FP8 keys of 128 dims with ue8m0 scales live in the paged cache that
+    DeepGEMM's ``fp8_paged_mqa_logits`` reads (``index_cache_pack``: per block
+    BS x 128 bytes, then BS fp32 scales), and decode scores them there
+    (``indexer_logits_paged``); prefill reads them back with
+    ``index_cache_unpack``. Other FP8 shapes keep a contiguous key cache.
+    """
+
+    BLOCK_SIZE = 64
 
     def __init__(self, ops: OpTable, cfg: ModelConfig, dtype: torch.dtype):
         super().__init__()
-        self.ops, self.cfg = ops, cfg
+        self.ops, self.cfg, self.dtype = ops, cfg, dtype
         fp8 = cfg.fp8_weights
         self.wq_b = Linear(ops, cfg, cfg.q_lora_rank, cfg.index_n_heads * cfg.index_head_dim, dtype, fp8)
         self.wk = Linear(ops, cfg, cfg.dim, cfg.index_head_dim, dtype, fp8)
         self.k_norm = LayerNorm(ops, cfg.index_head_dim, 1e-6)
         self.weights_proj = Linear(ops, cfg, cfg.dim, cfg.index_n_heads, dtype, fp8=False)
+        self.paged = cfg.index_fp8 and cfg.index_head_dim == PAGED_INDEX_DIM and cfg.scale_fmt == "ue8m0"
         self.k_cache: torch.Tensor | None = None
         self.k_scale: torch.Tensor | None = None
 
     def allocate(self, batch: int, capacity: int, device: torch.device) -> None:
-        self.k_cache = torch.zeros(batch, capacity, self.cfg.index_head_dim, dtype=torch.float8_e4m3fn, device=device)
-        self.k_scale = torch.zeros(batch, capacity, dtype=torch.float32, device=device)
+        d = self.cfg.index_head_dim
+        self.k_scale = None
+        if self.paged:
+            self.k_cache = torch.zeros(batch * capacity // self.BLOCK_SIZE, self.BLOCK_SIZE, d + 4, dtype=torch.uint8, device=device)
+        elif self.cfg.index_fp8:
+            self.k_cache = torch.zeros(batch, capacity, d, dtype=torch.float8_e4m3fn, device=device)
+            self.k_scale = torch.zeros(batch, capacity, dtype=torch.float32, device=device)
+        else:
+            self.k_cache = torch.zeros(batch, capacity, d, dtype=self.dtype, device=device)
 
     def _rope_first(self, x: torch.Tensor, b: Batch) -> torch.Tensor:
         # The indexer rotates the FIRST qk_rope_head_dim dims, rotate-half (non-interleaved) pairing.
         r = self.cfg.qk_rope_head_dim
         return torch.cat([self.ops.rope(x[..., :r], b.positions, b.freqs, False), x[..., r:]], dim=-1)
 
+    def _page_views(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The paged cache's key bytes [NB, BS, 128] and scale bytes [NB, BS, 4], as views."""
+        nb, bs = self.k_cache.shape[:2]
+        flat = self.k_cache.view(nb, -1)
+        return flat[:, : bs * PAGED_INDEX_DIM].view(nb, bs, PAGED_INDEX_DIM), flat[:, bs * PAGED_INDEX_DIM:].view(nb, bs, 4)
+
     def forward(self, x: torch.Tensor, qr: torch.Tensor, b: Batch) -> torch.Tensor:
         """x [T, dim], qr [T, q_lora] -> global cache rows of the selected keys [T, topk] (-1 padded)."""
         cfg, ops = self.cfg, self.ops
         h, d = cfg.index_n_heads, cfg.index_head_dim
-        q = self.ops.hadamard(self._rope_first(self.wq_b(qr).view(-1, h, d), b))
-        k = self.ops.hadamard(self._rope_first(self.k_norm(self.wk(x)).view(-1, 1, d), b))[:, 0]
-        q8, qs = ops.act_quant(q, FP8_BLOCK, WEIGHT_FMT, cfg.scale_fmt)
-        k8, ks = ops.act_quant(k, FP8_BLOCK, WEIGHT_FMT, cfg.scale_fmt)
-        self.k_cache.view(-1, d)[b.rows] = k8
-        self.k_scale.view(-1)[b.rows] = ks[:, 0]
+        q = self._rope_first(self.wq_b(qr).view(-1, h, d), b)
+        k = self._rope_first(self.k_norm(self.wk(x)).view(-1, 1, d), b)[:, 0]
         # all constant factors folded into the per-head weights, as the FP8 kernels expect
-        w = self.weights_proj(x).float() * h ** -0.5 * d ** -0.5 * qs[..., 0]
+        w = self.weights_proj(x).float() * h ** -0.5 * d ** -0.5
+        if cfg.index_fp8:
+            q, k = ops.hadamard(q), ops.hadamard(k)
+            q, qs = ops.act_quant(q, d, WEIGHT_FMT, cfg.scale_fmt)
+            w = w * qs[..., 0]
+            if self.paged:
+                packed = ops.index_cache_pack(k.view(-1, 1, d), WEIGHT_FMT)  # one token per block: 128 key bytes, 4 scale bytes
+                keys, scales = self._page_views()
+                blk, off = b.rows // self.BLOCK_SIZE, b.rows % self.BLOCK_SIZE
+                keys[blk, off] = packed[:, 0, :d]
+                scales[blk, off] = packed[:, 0, d:]
+            else:
+                k8, ks = ops.act_quant(k, d, WEIGHT_FMT, cfg.scale_fmt)
+                self.k_cache.view(-1, d)[b.rows] = k8
+                self.k_scale.view(-1)[b.rows] = ks[:, 0]
+        else:
+            self.k_cache.view(-1, d)[b.rows] = k.to(self.k_cache.dtype)
+        per_seq = b.capacity // self.BLOCK_SIZE
+        if self.paged and b.length == 1:  # decode: every sequence at once, straight from the paged cache
+            table = torch.arange(b.batch * per_seq, device=x.device, dtype=torch.int32).view(b.batch, per_seq)
+            seqlens = torch.full((b.batch,), b.end, dtype=torch.int32, device=x.device)
+            logits = ops.indexer_logits_paged(q, self.k_cache, w, table, seqlens)
+            idx = ops.topk_select(logits, cfg.index_topk, torch.zeros_like(seqlens), seqlens)
+            base = torch.arange(b.batch, device=x.device, dtype=idx.dtype)[:, None] * b.capacity
+            return torch.where(idx >= 0, idx + base, idx)
         picks = []
         for i in range(b.batch):  # per sequence: contexts differ; tokens and heads are vectorized
             rows = slice(i * b.length, (i + 1) * b.length)
             ke = (b.positions[rows] + 1).int()
-            logits = ops.indexer_logits(q8[rows], self.k_cache[i, :b.end], w[rows], torch.zeros_like(ke), ke, self.k_scale[i, :b.end])
+            if self.paged:
+                used = -(-b.end // self.BLOCK_SIZE)
+                k8, ks = ops.index_cache_unpack(self.k_cache[i * per_seq: i * per_seq + used], WEIGHT_FMT)
+                keys, scale = k8.reshape(-1, d)[: b.end], ks.reshape(-1)[: b.end]
+            elif cfg.index_fp8:
+                keys, scale = self.k_cache[i, : b.end], self.k_scale[i, : b.end]
+            else:
+                keys, scale = self.k_cache[i, : b.end], None
+            logits = ops.indexer_logits(q[rows], keys, w[rows], torch.zeros_like(ke), ke, scale)
             idx = ops.topk_select(logits, cfg.index_topk, torch.zeros_like(ke), ke)
             picks.append(torch.where(idx >= 0, idx + i * b.capacity, idx))
         return torch.cat(picks)
@@ -157,14 +219,23 @@ class MLA(nn.Module):
         self.kv_b_proj = Linear(ops, cfg, cfg.kv_lora_rank, h * (cfg.qk_nope_head_dim + cfg.v_head_dim), dtype, fp8)
         self.o_proj = Linear(ops, cfg, h * cfg.v_head_dim, cfg.dim, dtype, fp8)
         self.indexer = Indexer(ops, cfg, dtype) if cfg.sparse else None
-        self.kv_cache: torch.Tensor | None = None  # paged [B * capacity / BS, BS, 1, kv_lora + rope]
+        # paged [B * capacity / BS, BS, 1, W]: W = kv_lora + rope floats, or 656 bytes with the FP8 latent cache
+        self.kv_cache: torch.Tensor | None = None
         self._wkv_b: torch.Tensor | None = None
+        if cfg.kv_cache_fp8 and (cfg.kv_lora_rank, cfg.qk_rope_head_dim) != FP8_LATENT:
+            raise ConfigError(f"kv_cache='fp8': the 656-byte FP8 latent cache holds kv_lora_rank {FP8_LATENT[0]} + qk_rope_head_dim "
+                              f"{FP8_LATENT[1]}, this model has {cfg.kv_lora_rank} + {cfg.qk_rope_head_dim}; use kv_cache='float'")
 
     BLOCK_SIZE = 64
+    FP8_ROW = 656
 
     def allocate(self, batch: int, capacity: int, device: torch.device, dtype: torch.dtype) -> None:
         width = self.cfg.kv_lora_rank + self.cfg.qk_rope_head_dim
-        self.kv_cache = torch.zeros(batch * capacity // self.BLOCK_SIZE, self.BLOCK_SIZE, 1, width, dtype=dtype, device=device)
+        shape = (batch * capacity // self.BLOCK_SIZE, self.BLOCK_SIZE, 1)
+        if self.cfg.kv_cache_fp8:
+            self.kv_cache = torch.zeros(*shape, self.FP8_ROW, dtype=torch.uint8, device=device)
+        else:
+            self.kv_cache = torch.zeros(*shape, width, dtype=dtype, device=device)
         self._wkv_b = None
         if self.indexer is not None:
             self.indexer.allocate(batch, capacity, device)
@@ -186,27 +257,38 @@ class MLA(nn.Module):
         kv, k_pe = self.kv_a_proj_with_mqa(x).split([cfg.kv_lora_rank, cfg.qk_rope_head_dim], dim=-1)
         kv = self.kv_a_layernorm(kv)
         k_pe = ops.rope(k_pe.unsqueeze(1), b.positions, b.freqs, True)[:, 0]
-        flat = self.kv_cache.view(-1, 1, self.kv_cache.shape[-1])
-        flat[b.rows, 0] = torch.cat([kv, k_pe], dim=-1).to(flat.dtype)
+        latent = torch.cat([kv, k_pe], dim=-1)
+        if cfg.kv_cache_fp8:  # FP8 latent (four 128-tiles with ue8m0 scales) + bf16 rope, 656 bytes a token
+            self.kv_cache.view(-1, self.FP8_ROW)[b.rows] = ops.mla_cache_pack(latent, WEIGHT_FMT)
+        else:
+            self.kv_cache.view(-1, latent.shape[-1])[b.rows] = latent.to(self.kv_cache.dtype)
 
         wkv_b = self.wkv_b().to(x.dtype)
         q_abs = torch.einsum("thd,hdc->thc", q_nope, wkv_b[:, : cfg.qk_nope_head_dim])
-        q_full = torch.cat([q_abs, q_pe], dim=-1).to(flat.dtype)
+        q_full = torch.cat([q_abs, q_pe], dim=-1).to(x.dtype if cfg.kv_cache_fp8 else self.kv_cache.dtype)
         scale, d_v = cfg.softmax_scale, cfg.kv_lora_rank
         if self.indexer is not None:
             rows = self.indexer(x, qr, b)
             if b.length == 1:  # decode: the paged cache, indices = block * BS + offset
-                o, _ = ops.sparse_mla_decode(q_full.view(b.batch, 1, h, -1), self.kv_cache, rows.view(b.batch, 1, -1).int(), scale, d_v)
-            else:
-                o, _, _ = ops.sparse_mla_prefill(q_full, flat, rows.unsqueeze(1).int(), scale, d_v)
+                o, _ = ops.sparse_mla_decode(q_full.view(b.batch, 1, h, -1), self.kv_cache, rows.view(b.batch, 1, -1).int(), scale, d_v,
+                                             WEIGHT_FMT)
+            else:  # prefill reads the cache as decode will see it (dequantized, with the FP8 cache)
+                o, _, _ = ops.sparse_mla_prefill(q_full, self._float_rows(x.dtype), rows.unsqueeze(1).int(), scale, d_v)
         else:  # V3 / V3.1: dense absorbed attention over the paged cache, causal within the new tokens
             per_seq = b.capacity // self.BLOCK_SIZE
             table = torch.arange(b.batch * per_seq, device=x.device, dtype=torch.int32).view(b.batch, per_seq)
             seqlens = torch.full((b.batch,), b.end, dtype=torch.int32, device=x.device)
-            o, _ = ops.mla_decode_dense(q_full.view(b.batch, b.length, h, -1), self.kv_cache, table, seqlens, scale, d_v, True)
+            cache = self._float_rows(x.dtype).view(*self.kv_cache.shape[:3], -1) if cfg.kv_cache_fp8 else self.kv_cache
+            o, _ = ops.mla_decode_dense(q_full.view(b.batch, b.length, h, -1), cache, table, seqlens, scale, d_v, True)
         o = o.reshape(-1, h, d_v).to(x.dtype)
         o = torch.einsum("thc,hdc->thd", o, wkv_b[:, cfg.qk_nope_head_dim:])
         return self.o_proj(o.reshape(-1, h * cfg.v_head_dim))
+
+    def _float_rows(self, dtype: torch.dtype) -> torch.Tensor:
+        """Every cache row as [rows, 1, kv_lora + rope] floats (the FP8 cache dequantized)."""
+        if not self.cfg.kv_cache_fp8:
+            return self.kv_cache.view(-1, 1, self.kv_cache.shape[-1])
+        return self.ops.mla_cache_unpack(self.kv_cache.view(-1, self.FP8_ROW), WEIGHT_FMT).to(dtype).unsqueeze(1)
 
 
 class MLP(nn.Module):
@@ -254,8 +336,41 @@ class MoE(nn.Module):
         weights, ids = self.ops.moe_gate(x2, self.gate.weight.to(x.dtype), self.gate.e_score_correction_bias, cfg.n_expert_groups,
                                          cfg.n_limited_groups, cfg.n_activated_experts, float(cfg.route_scale), cfg.score_func)
         w1, w3, w2 = self.stacked(x.dtype)
-        y = self.ops.moe_experts(x2, ids, weights, w1, w3, w2).to(x.dtype)
+        if cfg.moe_grouped_gemm:
+            y = self._grouped(x2, ids, weights, w1, w3, w2)
+        else:
+            y = self.ops.moe_experts(x2, ids, weights, w1, w3, w2).to(x.dtype)
         return (y + self.shared_experts(x2)).view_as(x)
+
+    ALIGN = 128
+
+    def _grouped(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor,
+                 w2: torch.Tensor) -> torch.Tensor:
+        """The routed experts as three grouped GEMMs in DeepGEMM's contiguous layout:
+        (token, expert) pairs sorted by expert, each expert's rows padded to a
+        128-row tile (padding rows carry group -1 and come out 0)."""
+        t, k = ids.shape
+        e = w1.shape[0]
+        flat = ids.reshape(-1).long()
+        valid = flat >= 0
+        pair = torch.arange(t * k, device=x.device)[valid]
+        expert = flat[valid]
+        order = torch.argsort(expert, stable=True)
+        pair, expert = pair[order], expert[order]
+        counts = torch.bincount(expert, minlength=e)
+        padded = (counts + self.ALIGN - 1) // self.ALIGN * self.ALIGN
+        start = torch.cumsum(padded, 0) - padded                         # first row of each expert's segment
+        first = torch.cumsum(counts, 0) - counts                         # first sorted pair of each expert
+        dest = start[expert] + torch.arange(expert.numel(), device=x.device) - first[expert]
+        m = int(padded.sum())
+        a = x.new_zeros(m, x.shape[1])
+        a[dest] = x[pair // k]
+        m_indices = torch.full((m,), -1, dtype=torch.int32, device=x.device)
+        m_indices[dest] = expert.int()
+        g = self.ops.moe_grouped_gemm_contiguous
+        h = (F.silu(g(a, w1, m_indices).float()) * g(a, w3, m_indices).float()).to(x.dtype)  # silu * mul in fp32, as moe_experts
+        rows = g(h, w2, m_indices)[dest].float() * weights.reshape(-1)[pair].float()[:, None]
+        return torch.zeros(t, x.shape[1], dtype=torch.float32, device=x.device).index_add_(0, pair // k, rows).to(x.dtype)
 
 
 class Block(nn.Module):

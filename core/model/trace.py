@@ -29,6 +29,7 @@ class OpCheck:
     ok: bool
     reason: str
     metrics: dict[str, Any]
+    phase: str = "prefill"  # or "decode step N"
 
 
 class CheckedOps:
@@ -38,7 +39,8 @@ class CheckedOps:
         self._ops, self._ref = ops, reference
         self.checks: list[OpCheck] = []
         self.layer = -1
-        self._counts: dict[tuple[int, str], int] = {}
+        self.phase = "prefill"
+        self._counts: dict[tuple[str, int, str], int] = {}
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         fn = getattr(self._ops, name)
@@ -56,9 +58,9 @@ class CheckedOps:
             refs = want if isinstance(want, tuple) else (want,)
             # dtypes are the op-level harness's business; here only the numbers count
             j = judge(spec, bound, dims, outs, refs, check_dtypes=False)
-            key = (self.layer, name)
+            key = (self.phase, self.layer, name)
             self._counts[key] = self._counts.get(key, 0) + 1
-            self.checks.append(OpCheck(self.layer, name, self._counts[key] - 1, j.ok, j.reason, j.metrics))
+            self.checks.append(OpCheck(self.layer, name, self._counts[key] - 1, j.ok, j.reason, j.metrics, self.phase))
             return out
 
         self.__dict__[name] = checked  # built once: later lookups find it without __getattr__

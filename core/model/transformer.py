@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsport.core.errors import ValidationError
-from dsport.core.model.config import ModelConfig, load_config
+from dsport.core.errors import ConfigError, ValidationError
+from dsport.core.model.config import INDEXER_PRECISIONS, ModelConfig, load_config
 from dsport.core.model.layers import MLA, Batch, Block, RMSNorm, _param
 from dsport.core.registry import OpTable, resolve
 
@@ -43,14 +43,27 @@ class Model(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, backend: str = "torch", dtype: torch.dtype | None = None,
-                        dequantize: bool = False, ops: OpTable | None = None) -> Model:
+                        dequantize: bool = False, ops: OpTable | None = None, indexer: str = "auto",
+                        kv_cache: str = "float", moe: str = "experts") -> Model:
         """Load a Hugging Face-format checkpoint (config.json + safetensors).
-        FP8 weights stay FP8 (act_quant + fp8_gemm) unless ``dequantize``."""
+
+        FP8 weights stay FP8 (act_quant + fp8_gemm) unless ``dequantize``.
+        ``indexer``: ``auto`` scores as the checkpoint's authors do (FP8 with a
+        ``quantization_config``, float without one), ``fp8`` or ``float`` force it.
+        ``kv_cache``: ``float`` (the model dtype) or ``fp8`` (FlashMLA's 656-byte
+        latent rows). ``moe``: ``experts`` (one moe_experts call) or ``grouped``
+        (DeepGEMM-style grouped GEMMs)."""
         from dataclasses import replace
 
         from dsport.core.model.weights import load_weights
 
+        choices = {"indexer": (indexer, INDEXER_PRECISIONS), "kv_cache": (kv_cache, ("float", "fp8")), "moe": (moe, ("experts", "grouped"))}
+        for key, (v, valid) in choices.items():
+            if v not in valid:
+                raise ConfigError(f"Model.from_pretrained: {key}: expected one of {list(valid)}, got {v!r}")
         cfg = load_config(path)
+        index_fp8 = cfg.index_fp8 if indexer == "auto" else indexer == "fp8"
+        cfg = replace(cfg, index_fp8=index_fp8, kv_cache_fp8=kv_cache == "fp8", moe_grouped_gemm=moe == "grouped")
         if dequantize:
             cfg = replace(cfg, fp8_weights=False)
         ops = ops or resolve(backend)
@@ -72,6 +85,12 @@ class Model(nn.Module):
         if tokens.dim() != 2:
             raise ValidationError("Model.forward", "tokens", "input ids of shape [B, S]", tuple(tokens.shape))
         bsz, seqlen = tokens.shape
+        if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+            raise ValidationError("Model.forward", "tokens", "integer token ids", str(tokens.dtype).removeprefix("torch."))
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.vocab_size):
+            bad = tokens[(tokens < 0) | (tokens >= self.cfg.vocab_size)]
+            raise ValidationError("Model.forward", "tokens", f"token ids in [0, vocab_size = {self.cfg.vocab_size})",
+                                  f"{bad.numel()} id(s) outside it, e.g. {bad[:4].tolist()}")
         if start_pos == 0 and (bsz != self.batch or seqlen > self.capacity):
             self.reset(bsz, max(seqlen, self.capacity))
         if bsz != self.batch or start_pos + seqlen > self.capacity:

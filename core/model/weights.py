@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,20 +31,83 @@ class CheckpointError(DsportError, ValueError):
     """A checkpoint does not match the model: the message names every tensor at fault."""
 
 
-def _weight_map(path: Path) -> dict[str, str]:
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+              "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+              "F8_E4M3": torch.float8_e4m3fn, "F8_E4M3FNUZ": torch.float8_e4m3fnuz, "F8_E5M2": torch.float8_e5m2,
+              "F8_E5M2FNUZ": torch.float8_e5m2fnuz}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor of the checkpoint as its shard's header describes it (nothing read yet)."""
+
+    shard: str
+    dtype: torch.dtype | str
+    shape: tuple[int, ...]
+
+
+def _open(file: Path):  # noqa: ANN202 - safetensors' handle
+    try:
+        return safe_open(file, framework="pt")
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: the file is named either way
+        raise CheckpointError(f"{file}: cannot read the safetensors shard: {type(e).__name__}: {e}") from None
+
+
+def _index(path: Path) -> dict[str, str] | None:
+    f = path / INDEX
+    if not f.exists():
+        return None
+    try:
+        wmap = json.loads(f.read_text())["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{f}: not valid JSON: {e}") from None
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{f}: expected an object with a 'weight_map' of tensor name -> shard file") from None
+    if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
+        raise CheckpointError(f"{f}: 'weight_map' must map tensor names to shard file names")
+    return wmap
+
+
+def scan(path: Path) -> dict[str, Entry]:
+    """Every tensor of the checkpoint with its shard, dtype and shape, from the
+    shard headers alone. A tensor in two shards, a shard that cannot be read, and
+    an index that names a tensor its shard lacks are errors naming the files."""
+    path = Path(path)
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise CheckpointError(f"{path}: refusing pickle-based weight files {pickles}; convert them to safetensors")
-    if (path / INDEX).exists():
-        return json.loads((path / INDEX).read_text())["weight_map"]
-    shards = sorted(path.glob("*.safetensors"))
+    wmap = _index(path)
+    shards = sorted(set(wmap.values())) if wmap is not None else sorted(p.name for p in path.glob("*.safetensors"))
     if not shards:
         raise CheckpointError(f"{path}: no {INDEX} and no *.safetensors files")
-    out: dict[str, str] = {}
-    for s in shards:
-        with safe_open(s, framework="pt") as f:
-            out.update({k: s.name for k in f.keys()})
-    return out
+    if wmap is not None:  # shards beside the index that it does not name may still repeat its tensors
+        shards = sorted(set(shards) | {p.name for p in path.glob("*.safetensors")})
+    found: dict[str, Entry] = {}
+    dupes: list[str] = []
+    for shard in shards:
+        file = path / shard
+        if not file.exists():
+            raise CheckpointError(f"{path / INDEX}: names shard {shard}, which does not exist")
+        with _open(file) as f:
+            for name in f.keys():
+                sl = f.get_slice(name)
+                e = Entry(shard, _ST_DTYPES.get(sl.get_dtype(), sl.get_dtype()), tuple(sl.get_shape()))
+                if name in found:
+                    dupes.append(f"{name} (in {found[name].shard} and {shard})")
+                    continue
+                found[name] = e
+    problems = []
+    if dupes:
+        problems.append(f"tensors stored in more than one shard (which copy is meant is ambiguous): {dupes}")
+    if wmap is not None:
+        absent = [f"{n} (listed in the index for {s})" for n, s in wmap.items() if n not in found or found[n].shard != s]
+        if absent:
+            problems.append(f"tensors named by the index but absent from their shard: {absent}")
+    if problems:
+        raise CheckpointError(f"{path}: " + "; ".join(problems))
+    return found
 
 
 def _dequantize(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -52,55 +116,120 @@ def _dequantize(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return w.float() * s
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Copy every tensor of the checkpoint into ``model`` by name. An FP8 tensor
-    loaded into a float parameter is dequantized with its ``weight_scale_inv``;
-    layers beyond the model (the MTP layer of the release) are skipped."""
+def _scale_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    return (-(-shape[0] // 128), -(-shape[1] // 128))
+
+
+def _dt(d: torch.dtype | str) -> str:
+    return str(d).removeprefix("torch.")
+
+
+def _layer(name: str) -> int | None:
+    parts = name.split(".")
+    if name.startswith("model.layers.") and len(parts) > 2 and parts[2].isdigit():
+        return int(parts[2])
+    return None
+
+
+def plan_load(model: torch.nn.Module, entries: dict[str, Entry], path: Path) -> list[tuple[str, str | None]]:
+    """Check every tensor's dtype and shape against the model before anything is read:
+    (parameter, scale to dequantize it with or None) for each parameter; all problems
+    are raised together in one CheckpointError."""
     params = dict(model.named_parameters())
-    n_layers = model.cfg.n_layers
-    wmap = _weight_map(path)
-    by_shard: dict[str, list[str]] = defaultdict(list)
-    for name, shard in wmap.items():
-        by_shard[shard].append(name)
-    loaded, unexpected, wrong, absent = set(), [], [], []
-    for shard, names in sorted(by_shard.items()):
-        with safe_open(path / shard, framework="pt") as f:
-            present = set(f.keys())
-            for name in sorted(names):
-                if name not in present:
-                    absent.append(f"{name} (listed in the index for {shard})")
-                    continue
-                parts = name.split(".")
-                if name.startswith("model.layers.") and int(parts[2]) >= n_layers:
-                    continue
-                if name not in params:
-                    if name.endswith("weight_scale_inv") and name.replace("weight_scale_inv", "weight") in params:
-                        continue  # consumed when its weight is dequantized
-                    unexpected.append(name)
-                    continue
-                t, p = f.get_tensor(name), params[name]
-                if t.dtype == torch.float8_e4m3fn and p.dtype != t.dtype:
-                    sname = name.replace(".weight", ".weight_scale_inv")
-                    with safe_open(path / wmap[sname], framework="pt") as g:
-                        t = _dequantize(t, g.get_tensor(sname))
-                if tuple(t.shape) != tuple(p.shape):
-                    wrong.append(f"{name}: checkpoint {tuple(t.shape)}, model {tuple(p.shape)}")
-                    continue
-                p.data.copy_(t.to(p.dtype))
-                loaded.add(name)
-    missing = sorted(set(params) - loaded)
-    problems = []
+    n_layers, n_extra = model.cfg.n_layers, getattr(model.cfg, "n_nextn_layers", 0)
+    stored = {_layer(n) for n in entries} - {None}
+    problems: list[str] = []
+    if stored and max(stored) + 1 != n_layers + n_extra:  # type: ignore[operator]
+        mtp = f" + {n_extra} multi-token-prediction layer(s) (num_nextn_predict_layers)" if n_extra else ""
+        problems.append(f"the checkpoint stores {max(stored) + 1} layers (model.layers.0-{max(stored)}), "  # type: ignore[operator]
+                        f"config.json declares num_hidden_layers = {n_layers}{mtp}")
+    wrong, dtypes, unexpected = [], [], []
+    todo: list[tuple[str, str | None]] = []
+    consumed: set[str] = set()
+    for name, p in params.items():
+        e = entries.get(name)
+        if e is None:
+            continue  # reported as missing below
+        want = tuple(p.shape)
+        if p.dtype in FP8_DTYPES:  # FP8 kept as FP8: its scale is a parameter too, checked on its own
+            if e.dtype not in FP8_DTYPES:
+                dtypes.append(f"{name}: checkpoint {_dt(e.dtype)}, model expects an FP8 weight (e4m3fn or e4m3fnuz)")
+            elif e.shape != want:
+                wrong.append(f"{name}: checkpoint {e.shape}, model {want}")
+            todo.append((name, None))
+            continue
+        if e.dtype in FP8_DTYPES:  # an FP8 weight loaded into a float parameter: dequantized with its scale
+            sname = name.removesuffix("weight") + "weight_scale_inv"
+            s = entries.get(sname)
+            if len(e.shape) != 2:
+                dtypes.append(f"{name}: checkpoint {_dt(e.dtype)} {e.shape}, but only 2-D weights are stored in FP8")
+            elif s is None:
+                problems.append(f"{name}: an FP8 ({_dt(e.dtype)}) weight without its scale {sname}: it cannot be dequantized")
+            elif s.dtype != torch.float32:
+                dtypes.append(f"{sname}: checkpoint {_dt(s.dtype)}, expected float32")
+            elif s.shape != _scale_shape(e.shape):
+                wrong.append(f"{sname}: checkpoint {s.shape}, expected {_scale_shape(e.shape)} (128x128 blocks of {e.shape})")
+            elif e.shape != want:
+                wrong.append(f"{name}: checkpoint {e.shape}, model {want}")
+            consumed.add(sname)
+            todo.append((name, sname))
+            continue
+        if e.dtype not in FLOAT_DTYPES or (p.dtype == torch.float32 and name.endswith("weight_scale_inv") and e.dtype != torch.float32):
+            want_dt = "float32" if name.endswith("weight_scale_inv") else "a float dtype"
+            dtypes.append(f"{name}: checkpoint {_dt(e.dtype)}, expected {want_dt}")
+        elif e.shape != want:
+            wrong.append(f"{name}: checkpoint {e.shape}, model {want}")
+        todo.append((name, None))
+    for name in entries:
+        layer = _layer(name)
+        if name in params or name in consumed or (layer is not None and n_layers <= layer < n_layers + n_extra):
+            continue
+        unexpected.append(name)
+    missing = sorted(set(params) - set(entries))
     if missing:
         problems.append(f"missing tensors: {missing}")
     if unexpected:
         problems.append(f"unexpected tensors: {sorted(unexpected)}")
     if wrong:
         problems.append(f"wrongly shaped tensors: {wrong}")
-    if absent:
-        problems.append(f"tensors named by the index but absent from their shard: {absent}")
+    if dtypes:
+        problems.append(f"tensors of the wrong dtype: {dtypes}")
     if problems:
         raise CheckpointError(f"{path}: " + "; ".join(problems))
-    log.info("loaded %d tensors from %d shard(s) of %s", len(loaded), len(by_shard), path)
+    return todo
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Copy every tensor of the checkpoint into ``model`` by name, after checking
+    all of them (see :func:`plan_load`). An FP8 tensor (e4m3fn or e4m3fnuz)
+    loaded into a float parameter is dequantized with its ``weight_scale_inv``;
+    an e4m3fnuz weight kept in FP8 is converted by value to the model's e4m3fn
+    (exact: every e4m3fnuz value above 2^-9 is an e4m3fn value). The
+    multi-token-prediction layers after the decoder's (the release's layer 61)
+    are skipped."""
+    path = Path(path)
+    entries = scan(path)
+    todo = plan_load(model, entries, path)
+    params = dict(model.named_parameters())
+    by_shard: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
+    for name, sname in todo:
+        by_shard[entries[name].shard].append((name, sname))
+    for shard, items in sorted(by_shard.items()):
+        with _open(path / shard) as f:
+            for name, sname in items:
+                t = _read(f, name, path / shard)
+                if sname is not None:
+                    with _open(path / entries[sname].shard) as g:
+                        t = _dequantize(t, _read(g, sname, path / entries[sname].shard))
+                params[name].data.copy_(t.to(params[name].dtype))
+    log.info("loaded %d tensors from %d shard(s) of %s", len(todo), len(by_shard), path)
+
+
+def _read(f, name: str, file: Path) -> torch.Tensor:  # noqa: ANN001
+    try:
+        return f.get_tensor(name)
+    except Exception as e:  # noqa: BLE001 - a truncated or corrupt shard: name the file and the tensor
+        raise CheckpointError(f"{file}: cannot read tensor {name}: {type(e).__name__}: {e} (truncated or corrupt shard?)") from None
 
 
 def _quantize_block(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
