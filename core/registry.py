@@ -35,6 +35,7 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "torch": "dsport.backends.torch",
     "triton": "dsport.backends.triton",
     "tilelang": "dsport.backends.tilelang",
+    "onnx": "dsport.backends.onnx",
 }
 
 

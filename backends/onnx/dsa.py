@@ -1,0 +1,187 @@
+"""DSA and MLA as ONNX graphs: indexer logits, top-k selection, sparse and dense MLA prefill.
+
+Masking follows SPEC §10 with selections, never products: an invalid index
+(-1, >= S, outside [ks, ke)) is clamped to a safe row for the Gather, then
+the gathered row is replaced by zeros with ``Where`` before any MatMul and its
+score by -inf, so whatever the slot behind it holds (NaN included) cannot
+reach the result ("0 * NaN" never happens)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dsport.backends.onnx.runtime import DOUBLE, FLOAT, INT32, INT64, Graph, cached, compile_graph, elem_of, signature, to_float
+
+NEG_INF = np.float32(-np.inf)
+
+
+def window_mask(g: Graph, ks: str, ke: str, s: int) -> str:
+    """bool [T, S]: ks[t] <= s < ke[t]."""
+    pos = g.const(np.arange(s, dtype=np.int32)[None, :], np.int32)
+    return g.And(g.GreaterOrEqual(pos, g.Unsqueeze(ks, g.i64(1))), g.Less(pos, g.Unsqueeze(ke, g.i64(1))))
+
+
+def nan_aware_max(g: Graph, x: str) -> str:
+    """ReduceMax over the last axis (keepdims) that is NaN where the row holds a NaN: ONNX leaves NaN
+    propagation of ReduceMax unspecified, and a NaN query must give NaN in its row (SPEC §10)."""
+    m = g.ReduceMax(x, g.i64(-1), keepdims=1)
+    has_nan = g.ReduceMax(g.Cast(g.IsNaN(x), to=FLOAT), g.i64(-1), keepdims=1)
+    return g.Where(g.Greater(has_nan, np.float32(0)), np.float32(np.nan), m)
+
+
+def masked_softmax(g: Graph, sc: str) -> tuple[str, str, str]:
+    """(p, lse, max) of fp32 scores with -inf at masked slots (last axis; lse and max keep the axis).
+    A row with nothing valid gets p = 0, lse = max = -inf (Softmax alone would give 0/0 = NaN)."""
+    m = nan_aware_max(g, sc)
+    empty = g.IsInf(m, detect_positive=0)
+    m0 = g.Where(empty, np.float32(0), m)
+    p = g.Softmax(g.Where(empty, np.float32(0), sc), axis=-1)
+    p = g.Where(empty, np.float32(0), p)
+    lse = g.Where(empty, NEG_INF, g.Add(m0, g.Log(g.ReduceSum(g.Exp(g.Sub(sc, m0)), g.i64(-1), keepdims=1))))
+    return p, lse, m
+
+
+# -- indexer -------------------------------------------------------------------------------
+def indexer_logits_graph(g: Graph, q: str, k: str, w: str, ks: str, ke: str, k_scale: str | None,
+                         t: int, h: int, d: int, s: int, q_elem: int, k_elem: int) -> str:
+    qf = g.Reshape(to_float(g, q, q_elem), g.i64(t * h, d), allowzero=1)
+    dots = g.Reshape(g.MatMul(qf, g.Transpose(to_float(g, k, k_elem), perm=[1, 0])), g.i64(t, h, s), allowzero=1)
+    logits = g.ReduceSum(g.Mul(g.Relu(dots), g.Unsqueeze(w, g.i64(2))), g.i64(1), keepdims=0)      # [T, S]
+    if k_scale is not None:
+        logits = g.Mul(logits, g.Unsqueeze(k_scale, g.i64(0)))
+    return g.Where(window_mask(g, ks, ke, s), logits, NEG_INF)
+
+
+def indexer_logits(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, ks: torch.Tensor, ke: torch.Tensor,
+                   k_scale: torch.Tensor | None = None) -> torch.Tensor:
+    t, h, d = q.shape
+    s = k.shape[0]
+
+    def build():
+        g = Graph("indexer_logits")
+        ksc = g.input("k_scale", FLOAT, (s,)) if k_scale is not None else None
+        out = indexer_logits_graph(g, g.input("q", elem_of(q), q.shape), g.input("k", elem_of(k), k.shape),
+                                   to_float(g, g.input("weights", elem_of(weights), weights.shape), elem_of(weights)),
+                                   g.input("ks", INT32, (t,)), g.input("ke", INT32, (t,)), ksc,
+                                   t, h, d, s, elem_of(q), elem_of(k))
+        g.output(out, "logits", FLOAT, (t, s))
+        return compile_graph(g, [("logits", torch.float32, (t, s))])
+    run = cached(("indexer_logits", signature(q, k, weights, ks, ke, k_scale)), build)
+    extra = {"k_scale": k_scale.float()} if k_scale is not None else {}
+    return run(q=q, k=k, weights=weights, ks=ks.int(), ke=ke.int(), **extra)[0]
+
+
+# -- top-k ---------------------------------------------------------------------------------
+def topk_graph(g: Graph, logits: str, ks: str | None, ke: str | None, t: int, s: int, k: int, elem: int) -> str:
+    """int32 [T, k]. ONNX TopK breaks ties by the lower index (its spec: "the element with the lower index
+    will appear first"), which is exactly the torch backend's lowest-position-first rule, so decode and
+    prefill pick the same keys for the same logits."""
+    kk = min(k, s)
+    if kk == 0:
+        return g.const(np.full((t, k), -1, np.int32), np.int32)
+    v = logits
+    if ks is not None:
+        ft = np.float64 if elem == DOUBLE else np.float32
+        lowest, neg = np.asarray(np.finfo(ft).min, ft), np.asarray(-np.inf, ft)
+        # an in-window -inf must still outrank the masked slots: it becomes the lowest finite float
+        # (only positions leave the op, so the stand-in value never does); Less keeps NaN as it is
+        inside = window_mask(g, ks, ke, s)
+        v = g.Where(inside, g.Where(g.Less(v, lowest), lowest, v), neg)
+    _, idx = g.TopK(v, g.i64(kk), axis=-1, largest=1, sorted=1, n_out=2)                       # int64 [T, kk]
+    if ks is not None:
+        ok = g.And(g.GreaterOrEqual(idx, g.Unsqueeze(g.Cast(ks, to=INT64), g.i64(1))),
+                   g.Less(idx, g.Unsqueeze(g.Cast(ke, to=INT64), g.i64(1))))
+        idx = g.Where(ok, idx, np.int64(-1))
+    out = g.Cast(idx, to=INT32)
+    if kk < k:
+        out = g.Concat(out, g.const(np.full((t, k - kk), -1, np.int32), np.int32), axis=1)
+    return out
+
+
+
+def topk_select(logits: torch.Tensor, k: int, ks: torch.Tensor | None = None,
+                ke: torch.Tensor | None = None) -> torch.Tensor:
+    t, s = logits.shape
+    windowed = ks is not None
+
+    def build():
+        g = Graph("topk_select")
+        e = elem_of(logits)
+        lg = g.input("logits", e, (t, s))
+        kst, ket = (g.input("ks", INT32, (t,)), g.input("ke", INT32, (t,))) if windowed else (None, None)
+        g.output(topk_graph(g, lg, kst, ket, t, s, int(k), e), "indices", INT32, (t, k))
+        return compile_graph(g, [("indices", torch.int32, (t, int(k)))])
+    run = cached(("topk_select", signature(logits, ks, ke), int(k)), build)
+    return run(logits=logits, ks=ks.int(), ke=ke.int())[0] if windowed else run(logits=logits)[0]
+
+
+# -- sparse MLA ----------------------------------------------------------------------------
+def sparse_mla_graph(g: Graph, q: str, kv: str, indices: str, sm_scale: float, d_v: int,
+                     t: int, h: int, d: int, s: int, k: int, q_elem: int, kv_elem: int) -> tuple[str, str, str]:
+    """(out fp32 [T, H, d_v], lse [T, H], max_logits [T, H])."""
+    if s == 0 or k == 0:  # nothing can be valid: the spec's empty-row result, no Gather from an empty table
+        return (g.const(np.zeros((t, h, d_v), np.float32)), g.const(np.full((t, h), -np.inf, np.float32)),
+                g.const(np.full((t, h), -np.inf, np.float32)))
+    rows = g.Reshape(to_float(g, kv, kv_elem), g.i64(s, d), allowzero=1)
+    idx = g.Cast(g.Reshape(indices, g.i64(t, k), allowzero=1), to=INT64)
+    valid = g.And(g.GreaterOrEqual(idx, np.int64(0)), g.Less(idx, np.int64(s)))
+    gathered = g.Gather(rows, g.Where(valid, idx, np.int64(0)), axis=0)                          # [T, k, D]
+    gathered = g.Where(g.Unsqueeze(valid, g.i64(2)), gathered, np.float32(0))                     # masked rows never enter
+    qs = g.Mul(to_float(g, q, q_elem), np.float32(sm_scale))
+    sc = g.MatMul(qs, g.Transpose(gathered, perm=[0, 2, 1]))                                     # [T, H, k]
+    sc = g.Where(g.Unsqueeze(valid, g.i64(1)), sc, NEG_INF)
+    p, lse, m = masked_softmax(g, sc)
+    v = g.Slice(gathered, g.i64(0), g.i64(d_v), g.i64(2))
+    out = g.MatMul(p, v)
+    return out, g.Squeeze(lse, g.i64(2)), g.Squeeze(m, g.i64(2))
+
+
+def sparse_mla_prefill(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, sm_scale: float,
+                       d_v: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    t, h, d = q.shape
+    s, k = kv.shape[0], indices.shape[-1]
+    e = elem_of(q)
+
+    def build():
+        g = Graph("sparse_mla_prefill")
+        out, lse, m = sparse_mla_graph(g, g.input("q", e, q.shape), g.input("kv", elem_of(kv), kv.shape),
+                                       g.input("indices", INT32, indices.shape), float(sm_scale), int(d_v),
+                                       t, h, d, s, k, e, elem_of(kv))
+        g.output(out if e == FLOAT else g.Cast(out, to=e), "out", e, (t, h, d_v))
+        g.output(lse, "lse", FLOAT, (t, h))
+        g.output(m, "max_logits", FLOAT, (t, h))
+        return compile_graph(g, [("out", q.dtype, (t, h, d_v)), ("lse", torch.float32, (t, h)),
+                                 ("max_logits", torch.float32, (t, h))])
+    return cached(("sparse_mla_prefill", signature(q, kv, indices), float(sm_scale), int(d_v)), build)(q=q, kv=kv, indices=indices)
+
+
+# -- dense MLA -----------------------------------------------------------------------------
+def mla_dense_graph(g: Graph, q: str, k: str, v: str, sm_scale: float, t: int, s: int,
+                    q_elem: int, k_elem: int, v_elem: int) -> tuple[str, str]:
+    """(out fp32 [T, H, DV], lse [T, H]); query t sits at position S - T + t."""
+    qh = g.Transpose(g.Mul(to_float(g, q, q_elem), np.float32(sm_scale)), perm=[1, 0, 2])        # [H, T, D]
+    kh = g.Transpose(to_float(g, k, k_elem), perm=[1, 2, 0])                                     # [H, D, S]
+    sc = g.MatMul(qh, kh)                                                                        # [H, T, S]
+    seen = g.LessOrEqual(g.const(np.arange(s, dtype=np.int64)[None, :], np.int64),
+                         g.const((s - t + np.arange(t, dtype=np.int64))[:, None], np.int64))     # [T, S] causal
+    sc = g.Where(seen, sc, NEG_INF)
+    p, lse, _ = masked_softmax(g, sc)
+    out = g.MatMul(p, g.Transpose(to_float(g, v, v_elem), perm=[1, 0, 2]))                       # [H, T, DV]
+    return g.Transpose(out, perm=[1, 0, 2]), g.Transpose(g.Squeeze(lse, g.i64(2)), perm=[1, 0])
+
+
+def mla_prefill_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    t, h, _ = q.shape
+    s, dv = k.shape[0], v.shape[-1]
+    e = elem_of(q)
+
+    def build():
+        g = Graph("mla_prefill_dense")
+        out, lse = mla_dense_graph(g, g.input("q", e, q.shape), g.input("k", elem_of(k), k.shape),
+                                   g.input("v", elem_of(v), v.shape), float(sm_scale), t, s, e, elem_of(k), elem_of(v))
+        g.output(out if e == FLOAT else g.Cast(out, to=e), "out", e, (t, h, dv))
+        g.output(lse, "lse", FLOAT, (t, h))
+        return compile_graph(g, [("out", q.dtype, (t, h, dv)), ("lse", torch.float32, (t, h))])
+    return cached(("mla_prefill_dense", signature(q, k, v), float(sm_scale)), build)(q=q, k=k, v=v)
+
