@@ -186,8 +186,24 @@ def signature(*tensors: torch.Tensor | None) -> tuple:
     return tuple(None if t is None else (tuple(t.shape), t.dtype) for t in tensors)
 
 
+class _Recorder(threading.local):
+    """Hands each session an op uses to a watcher (the exporter), per thread."""
+
+    watcher: Callable[[tuple, Compiled], None] | None = None
+
+
+RECORDER = _Recorder()
+
+
 def cached(key: tuple, build: Callable[[], Compiled]) -> Compiled:
     """The session for ``key`` (op, signature, attributes), built on first use."""
+    c = _lookup(key, build)
+    if RECORDER.watcher is not None:
+        RECORDER.watcher(key, c)
+    return c
+
+
+def _lookup(key: tuple, build: Callable[[], Compiled]) -> Compiled:
     c = _SESSIONS.get(key)
     if c is None:
         with _LOCK:
