@@ -243,9 +243,7 @@ def export_prefill(checkpoint: str | Path, out: str | Path, seq: int = 16, exter
 def run_exported(path: str | Path, tokens: torch.Tensor) -> torch.Tensor:
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=list(runtime.SETTINGS.providers))
+    sess = ort.InferenceSession(str(path), runtime.session_options(), providers=list(runtime.SETTINGS.providers))
     return torch.from_numpy(sess.run(["logits"], {"tokens": tokens.numpy().astype(np.int64)})[0])
 
 

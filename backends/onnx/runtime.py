@@ -172,12 +172,20 @@ class Compiled:
         return tuple(outs)
 
 
+def session_options() -> ort.SessionOptions:
+    """ORT runs inside a torch process here (the model's glue, the other backends): its intra-op pool gets
+    torch's thread count and does not spin-wait after a run, which would steal the cores torch runs on next."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 def compile_graph(g: Graph, outputs: Sequence[tuple[str, torch.dtype, tuple[int, ...]]]) -> Compiled:
     s = SETTINGS
     m = g.model(s.opset)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=list(s.providers))
+    sess = ort.InferenceSession(m.SerializeToString(), session_options(), providers=list(s.providers))
     return Compiled(sess, tuple(i.name for i in g.inputs), tuple(outputs), m)
 
 
