@@ -43,6 +43,7 @@ OPS = {} if _IMPORT_ERROR else {
     "topk_select": dsa.topk_select,
     "sparse_mla_prefill": dsa.sparse_mla_prefill,
     "mla_prefill_dense": dsa.mla_prefill_dense,
+    "mla_decode_dense": dsa.mla_decode_dense,
     "moe_gate": moe.moe_gate,
     "moe_experts": moe.moe_experts,
     "moe_grouped_gemm_contiguous": moe.moe_grouped_gemm_contiguous,
@@ -58,6 +59,7 @@ _NOTES = {
     "topk_select": "ONNX TopK; its lower-index-first tie rule is the lowest-position-first rule of the torch backend",
     "sparse_mla_prefill": "Gather of the named rows with clamped indices, masked by Where before both MatMuls",
     "mla_prefill_dense": "full [H, T, S] fp32 scores with a causal Where mask",
+    "mla_decode_dense": "gathers the block table's pages; rows past cache_seqlens or on -1 pages zeroed by Where",
     "moe_experts": "every expert on every token ([E, T, I] fp32, E/K x the useful FLOPs: no data-dependent "
                    "segments in a static graph); unselected pairs zeroed by Where",
     "moe_grouped_gemm_contiguous": "one MatMul per 128-row tile with that tile's group",
@@ -73,7 +75,6 @@ NOT_SERVED: dict[str, str] = {
     "mla_cache_unpack": "reads fp32 scales and bf16 rope values from raw bytes: needs a bitcast, which ONNX lacks",
     "sparse_mla_decode": "its 656-byte FP8 cache rows embed fp32 scales and bf16 values (bitcast); not yet written "
                          "for the bf16 cache either",
-    "mla_decode_dense": "not yet written: paged block-table gather of a float cache",
 }
 
 

@@ -185,3 +185,49 @@ def mla_prefill_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return compile_graph(g, [("out", q.dtype, (t, h, dv)), ("lse", torch.float32, (t, h))])
     return cached(("mla_prefill_dense", signature(q, k, v), float(sm_scale)), build)(q=q, k=k, v=v)
 
+
+
+def mla_decode_graph(g: Graph, q: str, kv: str, table: str, seqlens: str, sm_scale: float, d_v: int, causal: bool,
+                     b: int, sq: int, h: int, d: int, nb: int, bs: int, mb: int, q_elem: int, kv_elem: int) -> tuple[str, str]:
+    """(out fp32 [B, SQ, H, d_v], lse [B, H, SQ]) over the pages each sequence's block table names."""
+    n = mb * bs
+    if b * sq * h == 0 or n == 0 or nb == 0:
+        return (g.const(np.zeros((b, sq, h, d_v), np.float32)), g.const(np.full((b, h, sq), -np.inf, np.float32)))
+    bt = g.Cast(table, to=INT64)
+    live = g.GreaterOrEqual(bt, np.int64(0))                                                     # [B, MB]
+    pages = g.Gather(g.Reshape(to_float(g, kv, kv_elem), g.i64(nb, bs, d), allowzero=1), g.Where(live, bt, np.int64(0)), axis=0)
+    rows = g.Reshape(pages, g.i64(b, n, d), allowzero=1)                                          # [B, L, D]
+    live_rows = g.Reshape(g.Expand(g.Unsqueeze(live, g.i64(2)), g.i64(b, mb, bs)), g.i64(b, n), allowzero=1)
+    pos = g.const(np.arange(n, dtype=np.int64)[None, :], np.int64)                                 # [1, L]
+    sl = g.Unsqueeze(g.Cast(seqlens, to=INT64), g.i64(1))                                          # [B, 1]
+    # rows past cache_seqlens or on unmapped pages may hold anything: zero them before any product
+    used = g.And(g.Less(pos, sl), live_rows)                                                       # [B, L]
+    rows = g.Where(g.Unsqueeze(used, g.i64(2)), rows, np.float32(0))
+    limit = g.Add(sl, g.const((np.arange(sq) - sq + 1)[None, :] if causal else np.zeros((1, sq)), np.int64))   # [B, SQ]
+    valid = g.And(g.Less(g.Unsqueeze(pos, g.i64(0)), g.Unsqueeze(limit, g.i64(2))), g.Unsqueeze(used, g.i64(1)))  # [B, SQ, L]
+    qf = g.Reshape(g.Mul(to_float(g, q, q_elem), np.float32(sm_scale)), g.i64(b, sq * h, d), allowzero=1)
+    sc = g.Reshape(g.MatMul(qf, g.Transpose(rows, perm=[0, 2, 1])), g.i64(b, sq, h, n), allowzero=1)
+    sc = g.Where(g.Unsqueeze(valid, g.i64(2)), sc, NEG_INF)
+    p, lse, _ = masked_softmax(g, sc)
+    out = g.MatMul(g.Reshape(p, g.i64(b, sq * h, n), allowzero=1), g.Slice(rows, g.i64(0), g.i64(d_v), g.i64(2)))
+    out = g.Reshape(out, g.i64(b, sq, h, d_v), allowzero=1)
+    return out, g.Transpose(g.Squeeze(lse, g.i64(3)), perm=[0, 2, 1])
+
+
+def mla_decode_dense(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor, cache_seqlens: torch.Tensor,
+                     sm_scale: float, d_v: int = 512, causal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    b, sq, h, d = q.shape
+    nb, bs = kv_cache.shape[:2]
+    mb = block_table.shape[1]
+    e = elem_of(q)
+
+    def build():
+        g = Graph("mla_decode_dense")
+        out, lse = mla_decode_graph(g, g.input("q", e, q.shape), g.input("kv_cache", elem_of(kv_cache), kv_cache.shape),
+                                    g.input("block_table", INT32, block_table.shape), g.input("cache_seqlens", INT32, (b,)),
+                                    float(sm_scale), int(d_v), bool(causal), b, sq, h, d, nb, bs, mb, e, elem_of(kv_cache))
+        g.output(out if e == FLOAT else g.Cast(out, to=e), "out", e, (b, sq, h, d_v))
+        g.output(lse, "lse", FLOAT, (b, h, sq))
+        return compile_graph(g, [("out", q.dtype, (b, sq, h, int(d_v))), ("lse", torch.float32, (b, h, sq))])
+    key = ("mla_decode_dense", signature(q, kv_cache, block_table, cache_seqlens), float(sm_scale), int(d_v), bool(causal))
+    return cached(key, build)(q=q, kv_cache=kv_cache, block_table=block_table.int(), cache_seqlens=cache_seqlens.int())

@@ -207,7 +207,9 @@ def export_prefill(checkpoint: str | Path, out: str | Path, seq: int = 16, exter
 
     cfg = load_config(checkpoint)
     if not cfg.sparse:
-        raise ExportLimit("export-onnx: a dense (V3/V3.1) checkpoint calls mla_decode_dense, which the onnx backend does not serve yet")
+        raise ExportLimit("export-onnx: dense (V3/V3.1) checkpoints are not exported yet: their prefill reads the latent "
+                          "cache back through the base tensor after writing it through a view, the pattern the tracer "
+                          "drops for the indexer cache (untested for this path, so refused)")
     if seq > cfg.index_topk:
         raise ExportLimit(f"export-onnx: --seq {seq} > index_topk {cfg.index_topk}: the indexer's key cache is written through a "
                           "view the tracer does not follow, so past index_topk the graph would select with the traced "
