@@ -137,3 +137,18 @@ def test_available_names_what_is_missing():
             "from dsport.backends import onnx as b; print(b.available())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert "False" in out and "NoSuchExecutionProvider" in out
+
+
+def test_f32_from_bytes_is_a_bit_exact_bitcast():
+    from dsport.backends.onnx.bytes import f32_from_bytes
+
+    vals = torch.tensor([0.0, -0.0, 1.0, -2.5, 1e-45, -1e-40, 1.17549435e-38, 3.4028235e38, math.inf, -math.inf,
+                         math.nan, 2.0 ** -20, 0.1], dtype=torch.float32)
+    vals = torch.cat([vals, torch.randn(200) * 1e3, torch.rand(50) * 1e-38])
+    raw = vals.view(torch.uint8).reshape(-1, 4)
+    g = runtime.Graph("f32_from_bytes")
+    g.output(f32_from_bytes(g, g.input("b", runtime.TORCH_TO_ONNX[torch.uint8], raw.shape)), "v", runtime.FLOAT, (len(vals),))
+    got = runtime.compile_graph(g, [("v", torch.float32, (len(vals),))])(b=raw)[0]
+    nan = torch.isnan(vals)
+    assert torch.equal(torch.isnan(got), nan)
+    assert torch.equal(got[~nan].view(torch.int32), vals[~nan].view(torch.int32))  # -0 and subnormals included

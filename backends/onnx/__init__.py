@@ -40,6 +40,8 @@ OPS = {} if _IMPORT_ERROR else {
     "rope": rotary.rope,
     "hadamard": rotary.hadamard,
     "indexer_logits": dsa.indexer_logits,
+    "indexer_logits_paged": dsa.indexer_logits_paged,
+    "index_cache_unpack": dsa.index_cache_unpack,
     "topk_select": dsa.topk_select,
     "sparse_mla_prefill": dsa.sparse_mla_prefill,
     "mla_prefill_dense": dsa.mla_prefill_dense,
@@ -56,6 +58,9 @@ _NOTES = {
     "fp8_gemm": "one fp32 MatMul per 128-wide K block, scaled by sa*sb and summed (the contract's promotion order); "
                 "memory KB*M*N fp32",
     "indexer_logits": "one fp32 MatMul over all T*H query rows: memory T*H*S fp32 (no query blocking in a static graph)",
+    "indexer_logits_paged": "FP8 codes decoded by a 256-entry table Gather, fp32 scales rebuilt exactly from their "
+                            "bytes by integer arithmetic (ONNX has no bitcast); unused positions zeroed by Where",
+    "index_cache_unpack": "FP8 codes by table Gather, fp32 scales from bytes by integer arithmetic (no bitcast in ONNX)",
     "topk_select": "ONNX TopK; its lower-index-first tie rule is the lowest-position-first rule of the torch backend",
     "sparse_mla_prefill": "Gather of the named rows with clamped indices, masked by Where before both MatMuls",
     "mla_prefill_dense": "full [H, T, S] fp32 scores with a causal Where mask",
@@ -68,9 +73,8 @@ CAPABILITIES = {op: Capability(devices=_CPU, note=_NOTES.get(op, "")) for op in 
 
 NOT_SERVED: dict[str, str] = {
     "yarn_freqs": "a 32-entry constant table with no tensor input: nothing for a graph executor to do",
-    "indexer_logits_paged": "paged FP8 bytes + fp32 scales per block need a bitcast of 4 uint8 to fp32, which ONNX lacks",
-    "index_cache_pack": "writes fp32 scales as raw bytes into a uint8 cache: needs a bitcast, which ONNX lacks",
-    "index_cache_unpack": "reads fp32 scales from raw uint8 bytes: needs a bitcast, which ONNX lacks",
+    "index_cache_pack": "writes fp32 scales as raw bytes into a uint8 cache: ONNX has no bitcast, and the byte "
+                        "encoder (the inverse of bytes.f32_from_bytes) is not written yet",
     "mla_cache_pack": "writes fp32 scales and bf16 rope values as raw bytes: needs a bitcast, which ONNX lacks",
     "mla_cache_unpack": "reads fp32 scales and bf16 rope values from raw bytes: needs a bitcast, which ONNX lacks",
     "sparse_mla_decode": "its 656-byte FP8 cache rows embed fp32 scales and bf16 values (bitcast); not yet written "

@@ -231,3 +231,72 @@ def mla_decode_dense(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch
         return compile_graph(g, [("out", q.dtype, (b, sq, h, int(d_v))), ("lse", torch.float32, (b, h, sq))])
     key = ("mla_decode_dense", signature(q, kv_cache, block_table, cache_seqlens), float(sm_scale), int(d_v), bool(causal))
     return cached(key, build)(q=q, kv_cache=kv_cache, block_table=block_table.int(), cache_seqlens=cache_seqlens.int())
+
+
+# -- the paged FP8 indexer key cache (per block: BS x 128 FP8 bytes, then BS fp32 scales) ------------
+KEY_DIM = 128
+
+
+def index_cache_split(g: Graph, cache: str, nb: int, bs: int, fmt) -> tuple[str, str]:
+    """(k float32 [NB, BS, 128], k_scale float32 [NB, BS]) decoded from the cache bytes."""
+    from dsport.backends.onnx.bytes import f32_from_bytes, fp8_from_bytes
+
+    flat = g.Reshape(cache, g.i64(nb, bs * (KEY_DIM + 4)), allowzero=1)
+    data = g.Slice(flat, g.i64(0), g.i64(bs * KEY_DIM), g.i64(1))
+    sbytes = g.Slice(flat, g.i64(bs * KEY_DIM), g.i64(bs * (KEY_DIM + 4)), g.i64(1))
+    k = fp8_from_bytes(g, g.Reshape(data, g.i64(nb, bs, KEY_DIM), allowzero=1), fmt)
+    return k, f32_from_bytes(g, g.Reshape(sbytes, g.i64(nb, bs, 4), allowzero=1))
+
+
+def index_cache_unpack(cache: torch.Tensor, fmt="e4m3fn") -> tuple[torch.Tensor, torch.Tensor]:
+    from dsport.core.fp8 import fp8_format
+
+    f = fp8_format(fmt, "index_cache_unpack")
+    nb, bs, _ = cache.shape
+
+    def build():
+        g = Graph("index_cache_unpack")
+        k, s = index_cache_split(g, g.input("cache", elem_of(cache), cache.shape), nb, bs, f)
+        g.output(g.Cast(k, to=elem_of(f.dtype), saturate=1), "k", elem_of(f.dtype), (nb, bs, KEY_DIM))
+        g.output(s, "k_scale", FLOAT, (nb, bs))
+        return compile_graph(g, [("k", f.dtype, (nb, bs, KEY_DIM)), ("k_scale", torch.float32, (nb, bs))])
+    return cached(("index_cache_unpack", signature(cache), f.name), build)(cache=cache)
+
+
+def indexer_logits_paged(q: torch.Tensor, k_cache: torch.Tensor, weights: torch.Tensor, block_table: torch.Tensor,
+                         seqlens: torch.Tensor) -> torch.Tensor:
+    from dsport.core.fp8 import fp8_format
+
+    b, h, d = q.shape
+    nb, bs, _ = k_cache.shape
+    mb = block_table.shape[1]
+    n = mb * bs
+    f = fp8_format(q.dtype, "indexer_logits_paged", "q")
+
+    def build():
+        g = Graph("indexer_logits_paged")
+        cache = g.input("k_cache", elem_of(k_cache), k_cache.shape)
+        qf = to_float(g, g.input("q", elem_of(q), q.shape), elem_of(q))
+        w = to_float(g, g.input("weights", elem_of(weights), weights.shape), elem_of(weights))
+        bt = g.Cast(g.input("block_table", INT32, block_table.shape), to=INT64)
+        sl = g.Unsqueeze(g.Cast(g.input("seqlens", INT32, (b,)), to=INT64), g.i64(1))
+        if b == 0 or n == 0 or nb == 0:
+            out = g.const(np.full((b, n), -np.inf, np.float32))
+        else:
+            k, ks = index_cache_split(g, cache, nb, bs, f)
+            live = g.GreaterOrEqual(bt, np.int64(0))
+            page = g.Where(live, bt, np.int64(0))
+            rows = g.Reshape(g.Gather(k, page, axis=0), g.i64(b, n, d), allowzero=1)          # [B, L, 128]
+            scale = g.Reshape(g.Gather(ks, page, axis=0), g.i64(b, n), allowzero=1)            # [B, L]
+            live_rows = g.Reshape(g.Expand(g.Unsqueeze(live, g.i64(2)), g.i64(b, mb, bs)), g.i64(b, n), allowzero=1)
+            used = g.And(g.Less(g.const(np.arange(n, dtype=np.int64)[None, :], np.int64), sl), live_rows)
+            # positions past seqlens and unmapped pages may hold any bytes (NaN scales too): selected away first
+            rows = g.Where(g.Unsqueeze(used, g.i64(2)), rows, np.float32(0))
+            scale = g.Where(used, scale, np.float32(0))
+            dots = g.MatMul(qf, g.Transpose(rows, perm=[0, 2, 1]))                              # [B, H, L]
+            logits = g.ReduceSum(g.Mul(g.Relu(dots), g.Unsqueeze(w, g.i64(2))), g.i64(1), keepdims=0)
+            out = g.Where(used, g.Mul(logits, scale), NEG_INF)
+        g.output(out, "logits", FLOAT, (b, n))
+        return compile_graph(g, [("logits", torch.float32, (b, n))])
+    run = cached(("indexer_logits_paged", signature(q, k_cache, weights, block_table, seqlens)), build)
+    return run(q=q, k_cache=k_cache, weights=weights, block_table=block_table.int(), seqlens=seqlens.int())[0]
