@@ -41,4 +41,5 @@ def f32_from_bytes(g: Graph, b: str) -> str:
     v = g.Mul(sig, scale)
     special = g.Equal(e, np.int64(255))
     v = g.Where(special, g.Where(g.Equal(m, np.int64(0)), np.float32(np.inf), np.float32(np.nan)), v)
-    return g.Where(g.Equal(sign, np.int64(1)), g.Neg(v), v)
+    # ORT's Neg gives +0 for 0 (a subtraction); a product by -1 keeps the sign of zero
+    return g.Where(g.Equal(sign, np.int64(1)), g.Mul(v, np.float32(-1.0)), v)
