@@ -38,8 +38,10 @@ def f32_from_bytes(g: Graph, b: str) -> str:
     sig = g.Cast(g.Where(normal, g.Add(m, np.int64(1 << 23)), m), to=FLOAT)      # <= 2^24: exact in float32
     # value = sig * 2^(max(e, 1) - 150); table index of 2^k is k - POW2_LO
     scale = g.Gather(g.const(POW2_TABLE), g.Sub(g.Where(normal, e, np.int64(1)), np.int64(150 + POW2_LO)), axis=0)
-    v = g.Mul(sig, scale)
+    # the sign rides on the (never zero) power of two, so a zero significand gives -0 exactly where stored:
+    # ORT computes Neg, and Mul by -1 after its rewrites, as a subtraction that turns -0 into +0
+    neg = g.Equal(sign, np.int64(1))
+    v = g.Mul(sig, g.Where(neg, g.Mul(scale, np.float32(-1.0)), scale))
     special = g.Equal(e, np.int64(255))
-    v = g.Where(special, g.Where(g.Equal(m, np.int64(0)), np.float32(np.inf), np.float32(np.nan)), v)
-    # ORT's Neg gives +0 for 0 (a subtraction); a product by -1 keeps the sign of zero
-    return g.Where(g.Equal(sign, np.int64(1)), g.Mul(v, np.float32(-1.0)), v)
+    inf = g.Where(neg, np.float32(-np.inf), np.float32(np.inf))
+    return g.Where(special, g.Where(g.Equal(m, np.int64(0)), inf, np.float32(np.nan)), v)
