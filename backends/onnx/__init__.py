@@ -44,6 +44,8 @@ OPS = {} if _IMPORT_ERROR else {
     "index_cache_unpack": dsa.index_cache_unpack,
     "topk_select": dsa.topk_select,
     "sparse_mla_prefill": dsa.sparse_mla_prefill,
+    "sparse_mla_decode": dsa.sparse_mla_decode,
+    "mla_cache_unpack": dsa.mla_cache_unpack,
     "mla_prefill_dense": dsa.mla_prefill_dense,
     "mla_decode_dense": dsa.mla_decode_dense,
     "moe_gate": moe.moe_gate,
@@ -63,6 +65,9 @@ _NOTES = {
     "index_cache_unpack": "FP8 codes by table Gather, fp32 scales from bytes by integer arithmetic (no bitcast in ONNX)",
     "topk_select": "ONNX TopK; its lower-index-first tie rule is the lowest-position-first rule of the torch backend",
     "sparse_mla_prefill": "Gather of the named rows with clamped indices, masked by Where before both MatMuls",
+    "sparse_mla_decode": "gathers the named cache rows, then decodes only those (656-byte FP8 rows: FP8 by table, "
+                         "fp32 scales and bf16 rope from bytes by integer arithmetic); masked by Where before the MatMuls",
+    "mla_cache_unpack": "FP8 by table Gather; fp32 scales and bf16 (as the upper half of an fp32) from bytes, exactly",
     "mla_prefill_dense": "full [H, T, S] fp32 scores with a causal Where mask",
     "mla_decode_dense": "gathers the block table's pages; rows past cache_seqlens or on -1 pages zeroed by Where",
     "moe_experts": "every expert on every token ([E, T, I] fp32, E/K x the useful FLOPs: no data-dependent "
@@ -75,10 +80,8 @@ NOT_SERVED: dict[str, str] = {
     "yarn_freqs": "a 32-entry constant table with no tensor input: nothing for a graph executor to do",
     "index_cache_pack": "writes fp32 scales as raw bytes into a uint8 cache: ONNX has no bitcast, and the byte "
                         "encoder (the inverse of bytes.f32_from_bytes) is not written yet",
-    "mla_cache_pack": "writes fp32 scales and bf16 rope values as raw bytes: needs a bitcast, which ONNX lacks",
-    "mla_cache_unpack": "reads fp32 scales and bf16 rope values from raw bytes: needs a bitcast, which ONNX lacks",
-    "sparse_mla_decode": "its 656-byte FP8 cache rows embed fp32 scales and bf16 values (bitcast); not yet written "
-                         "for the bf16 cache either",
+    "mla_cache_pack": "writes fp32 scales and bf16 rope values as raw bytes: ONNX has no bitcast, and the byte "
+                      "encoder is not written yet",
 }
 
 

@@ -116,24 +116,31 @@ def topk_select(logits: torch.Tensor, k: int, ks: torch.Tensor | None = None,
 
 
 # -- sparse MLA ----------------------------------------------------------------------------
+def attend_rows(g: Graph, q: str, rows: str, valid: str, sm_scale: float, d_v: int) -> tuple[str, str, str]:
+    """Softmax attention of q [n, H, D] over gathered rows [n, k, D] (valid bool [n, k]): (out, lse, max)."""
+    rows = g.Where(g.Unsqueeze(valid, g.i64(2)), rows, np.float32(0))                            # masked rows never enter
+    sc = g.MatMul(g.Mul(q, np.float32(sm_scale)), g.Transpose(rows, perm=[0, 2, 1]))              # [n, H, k]
+    sc = g.Where(g.Unsqueeze(valid, g.i64(1)), sc, NEG_INF)
+    p, lse, m = masked_softmax(g, sc)
+    out = g.MatMul(p, g.Slice(rows, g.i64(0), g.i64(d_v), g.i64(2)))
+    return out, g.Squeeze(lse, g.i64(2)), g.Squeeze(m, g.i64(2))
+
+
+def gather_valid(g: Graph, table: str, indices: str, rows_n: int, k: int, n: int) -> tuple[str, str]:
+    """(rows [n, k, W] gathered with invalid indices clamped to 0, valid bool [n, k])."""
+    idx = g.Cast(g.Reshape(indices, g.i64(n, k), allowzero=1), to=INT64)
+    valid = g.And(g.GreaterOrEqual(idx, np.int64(0)), g.Less(idx, np.int64(rows_n)))
+    return g.Gather(table, g.Where(valid, idx, np.int64(0)), axis=0), valid
+
+
 def sparse_mla_graph(g: Graph, q: str, kv: str, indices: str, sm_scale: float, d_v: int,
                      t: int, h: int, d: int, s: int, k: int, q_elem: int, kv_elem: int) -> tuple[str, str, str]:
     """(out fp32 [T, H, d_v], lse [T, H], max_logits [T, H])."""
     if s == 0 or k == 0:  # nothing can be valid: the spec's empty-row result, no Gather from an empty table
         return (g.const(np.zeros((t, h, d_v), np.float32)), g.const(np.full((t, h), -np.inf, np.float32)),
                 g.const(np.full((t, h), -np.inf, np.float32)))
-    rows = g.Reshape(to_float(g, kv, kv_elem), g.i64(s, d), allowzero=1)
-    idx = g.Cast(g.Reshape(indices, g.i64(t, k), allowzero=1), to=INT64)
-    valid = g.And(g.GreaterOrEqual(idx, np.int64(0)), g.Less(idx, np.int64(s)))
-    gathered = g.Gather(rows, g.Where(valid, idx, np.int64(0)), axis=0)                          # [T, k, D]
-    gathered = g.Where(g.Unsqueeze(valid, g.i64(2)), gathered, np.float32(0))                     # masked rows never enter
-    qs = g.Mul(to_float(g, q, q_elem), np.float32(sm_scale))
-    sc = g.MatMul(qs, g.Transpose(gathered, perm=[0, 2, 1]))                                     # [T, H, k]
-    sc = g.Where(g.Unsqueeze(valid, g.i64(1)), sc, NEG_INF)
-    p, lse, m = masked_softmax(g, sc)
-    v = g.Slice(gathered, g.i64(0), g.i64(d_v), g.i64(2))
-    out = g.MatMul(p, v)
-    return out, g.Squeeze(lse, g.i64(2)), g.Squeeze(m, g.i64(2))
+    rows, valid = gather_valid(g, g.Reshape(to_float(g, kv, kv_elem), g.i64(s, d), allowzero=1), indices, s, k, t)
+    return attend_rows(g, to_float(g, q, q_elem), rows, valid, sm_scale, d_v)
 
 
 def sparse_mla_prefill(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, sm_scale: float,
@@ -300,3 +307,70 @@ def indexer_logits_paged(q: torch.Tensor, k_cache: torch.Tensor, weights: torch.
         return compile_graph(g, [("logits", torch.float32, (b, n))])
     run = cached(("indexer_logits_paged", signature(q, k_cache, weights, block_table, seqlens)), build)
     return run(q=q, k_cache=k_cache, weights=weights, block_table=block_table.int(), seqlens=seqlens.int())[0]
+
+
+# -- the 656-byte FP8 MLA latent cache: 512 FP8 bytes (four 128-tiles), 4 fp32 tile scales, 64 bf16 rope values --
+LATENT, ROPE, TILE = 512, 64, 128
+SCALES_AT, ROPE_AT, MLA_WIDTH = LATENT, LATENT + 4 * (LATENT // TILE), LATENT + 4 * (LATENT // TILE) + 2 * ROPE
+
+
+def mla_rows_from_bytes(g: Graph, rows: str, lead: tuple[int, ...], fmt) -> str:
+    """uint8 [*lead, 656] -> float32 [*lead, 576], exactly (table Gather for FP8, integer arithmetic for fp32/bf16)."""
+    from dsport.backends.onnx.bytes import f32_from_bytes, fp8_from_bytes
+
+    ax = len(lead)
+    lat = fp8_from_bytes(g, g.Slice(rows, g.i64(0), g.i64(SCALES_AT), g.i64(ax)), fmt)
+    sb = g.Reshape(g.Slice(rows, g.i64(SCALES_AT), g.i64(ROPE_AT), g.i64(ax)), g.i64(*lead, LATENT // TILE, 4), allowzero=1)
+    s = f32_from_bytes(g, sb)                                                                     # [*lead, 4]
+    lat = g.Reshape(g.Mul(g.Reshape(lat, g.i64(*lead, LATENT // TILE, TILE), allowzero=1), g.Unsqueeze(s, g.i64(ax + 1))),
+                    g.i64(*lead, LATENT), allowzero=1)
+    # a bf16 is the upper half of an fp32: two zero bytes below it make the fp32 whose value it is
+    rb = g.Reshape(g.Slice(rows, g.i64(ROPE_AT), g.i64(MLA_WIDTH), g.i64(ax)), g.i64(*lead, ROPE, 2), allowzero=1)
+    zeros = g.const(np.zeros((*lead, ROPE, 2), np.uint8), np.uint8)
+    rope = f32_from_bytes(g, g.Concat(zeros, rb, axis=-1))
+    return g.Concat(lat, rope, axis=-1)
+
+
+def mla_cache_unpack(cache: torch.Tensor, fmt="e4m3fn") -> torch.Tensor:
+    from dsport.core.fp8 import fp8_format
+
+    f = fp8_format(fmt, "mla_cache_unpack")
+    lead = tuple(cache.shape[:-1])
+
+    def build():
+        g = Graph("mla_cache_unpack")
+        out = mla_rows_from_bytes(g, g.input("cache", elem_of(cache), cache.shape), lead, f)
+        g.output(out, "kv", FLOAT, (*lead, LATENT + ROPE))
+        return compile_graph(g, [("kv", torch.float32, (*lead, LATENT + ROPE))])
+    return cached(("mla_cache_unpack", signature(cache), f.name), build)(cache=cache)[0]
+
+
+def sparse_mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, indices: torch.Tensor, sm_scale: float,
+                      d_v: int = 512, fmt="e4m3fn") -> tuple[torch.Tensor, torch.Tensor]:
+    from dsport.core.fp8 import fp8_format
+
+    b, sq, h, d = q.shape
+    nb, bs, _, w = kv_cache.shape
+    k, n, e = indices.shape[-1], b * sq, elem_of(q)
+    fp8 = kv_cache.dtype == torch.uint8 and w == MLA_WIDTH
+    f = fp8_format(fmt, "sparse_mla_decode")
+
+    def build():
+        g = Graph("sparse_mla_decode")
+        qv, cache = g.input("q", e, q.shape), g.input("kv_cache", elem_of(kv_cache), kv_cache.shape)
+        idx = g.input("indices", INT32, indices.shape)
+        if n == 0 or k == 0 or nb * bs == 0:
+            out, lse = g.const(np.zeros((n, h, d_v), np.float32)), g.const(np.full((n, h), -np.inf, np.float32))
+        else:
+            pool = g.Reshape(cache, g.i64(nb * bs, w), allowzero=1)
+            rows, valid = gather_valid(g, pool if fp8 else to_float(g, pool, elem_of(kv_cache)), idx, nb * bs, k, n)
+            if fp8:  # gather first, then decode only the named rows
+                rows = mla_rows_from_bytes(g, rows, (n, k), f)
+            qf = g.Reshape(to_float(g, qv, e), g.i64(n, h, d), allowzero=1)
+            out, lse, _ = attend_rows(g, qf, rows, valid, sm_scale, d_v)
+        out = g.Reshape(out, g.i64(b, sq, h, d_v), allowzero=1)
+        g.output(out if e == FLOAT else g.Cast(out, to=e), "out", e, (b, sq, h, d_v))
+        g.output(g.Transpose(g.Reshape(lse, g.i64(b, sq, h), allowzero=1), perm=[0, 2, 1]), "lse", FLOAT, (b, h, sq))
+        return compile_graph(g, [("out", q.dtype, (b, sq, h, int(d_v))), ("lse", torch.float32, (b, h, sq))])
+    key = ("sparse_mla_decode", signature(q, kv_cache, indices), float(sm_scale), int(d_v), f.name)
+    return cached(key, build)(q=q, kv_cache=kv_cache, indices=indices.int())
