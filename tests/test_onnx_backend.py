@@ -152,3 +152,25 @@ def test_f32_from_bytes_is_a_bit_exact_bitcast():
     nan = torch.isnan(vals)
     assert torch.equal(torch.isnan(got), nan)
     assert torch.equal(got[~nan].view(torch.int32), vals[~nan].view(torch.int32))  # -0 and subnormals included
+
+
+def test_f32_and_fp8_byte_writers_are_bit_exact():
+    from dsport.backends.onnx.bytes import f32_bytes, fp8_codes
+
+    vals = torch.tensor([0.0, -0.0, 1.0, -2.5, 1e-45, -1e-40, 1.17549435e-38, 3.4028235e38, math.inf, -math.inf,
+                         2.0 ** -20, 0.1], dtype=torch.float32)
+    vals = torch.cat([vals, torch.randn(200) * 1e3, torch.rand(50) * 1e-38])
+    g = runtime.Graph("f32_bytes")
+    g.output(f32_bytes(g, g.input("x", runtime.FLOAT, vals.shape)), "b", runtime.TORCH_TO_ONNX[torch.uint8], (len(vals), 4))
+    got = runtime.compile_graph(g, [("b", torch.uint8, (len(vals), 4))])(x=vals)[0]
+    assert torch.equal(got, vals.view(torch.uint8).reshape(-1, 4))
+    for fmt, dtype in (("e4m3fn", torch.float8_e4m3fn), ("e4m3fnuz", torch.float8_e4m3fnuz)):
+        codes = torch.arange(256, dtype=torch.uint8)
+        values = codes.view(dtype).float()
+        keep = ~torch.isnan(values)
+        g = runtime.Graph("fp8_codes")
+        from dsport.core.fp8 import fp8_format
+        g.output(fp8_codes(g, g.input("y", runtime.FLOAT, (int(keep.sum()),)), fp8_format(fmt)), "c",
+                 runtime.TORCH_TO_ONNX[torch.uint8], (int(keep.sum()),))
+        got = runtime.compile_graph(g, [("c", torch.uint8, (int(keep.sum()),))])(y=values[keep].contiguous())[0]
+        assert torch.equal(got, codes[keep]), fmt

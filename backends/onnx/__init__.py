@@ -41,10 +41,12 @@ OPS = {} if _IMPORT_ERROR else {
     "hadamard": rotary.hadamard,
     "indexer_logits": dsa.indexer_logits,
     "indexer_logits_paged": dsa.indexer_logits_paged,
+    "index_cache_pack": dsa.index_cache_pack,
     "index_cache_unpack": dsa.index_cache_unpack,
     "topk_select": dsa.topk_select,
     "sparse_mla_prefill": dsa.sparse_mla_prefill,
     "sparse_mla_decode": dsa.sparse_mla_decode,
+    "mla_cache_pack": dsa.mla_cache_pack,
     "mla_cache_unpack": dsa.mla_cache_unpack,
     "mla_prefill_dense": dsa.mla_prefill_dense,
     "mla_decode_dense": dsa.mla_decode_dense,
@@ -62,6 +64,10 @@ _NOTES = {
     "indexer_logits": "one fp32 MatMul over all T*H query rows: memory T*H*S fp32 (no query blocking in a static graph)",
     "indexer_logits_paged": "FP8 codes decoded by a 256-entry table Gather, fp32 scales rebuilt exactly from their "
                             "bytes by integer arithmetic (ONNX has no bitcast); unused positions zeroed by Where",
+    "index_cache_pack": "FP8 codes and fp32 scale bytes written exactly by integer arithmetic on the exponent "
+                        "and significand (no bitcast in ONNX)",
+    "mla_cache_pack": "FP8 codes, fp32 scale bytes and bf16 rope bytes (ONNX Cast to bf16, nearest even) written "
+                      "exactly by integer arithmetic",
     "index_cache_unpack": "FP8 codes by table Gather, fp32 scales from bytes by integer arithmetic (no bitcast in ONNX)",
     "topk_select": "ONNX TopK; its lower-index-first tie rule is the lowest-position-first rule of the torch backend",
     "sparse_mla_prefill": "Gather of the named rows with clamped indices, masked by Where before both MatMuls",
@@ -78,10 +84,6 @@ CAPABILITIES = {op: Capability(devices=_CPU, note=_NOTES.get(op, "")) for op in 
 
 NOT_SERVED: dict[str, str] = {
     "yarn_freqs": "a 32-entry constant table with no tensor input: nothing for a graph executor to do",
-    "index_cache_pack": "writes fp32 scales as raw bytes into a uint8 cache: ONNX has no bitcast, and the byte "
-                        "encoder (the inverse of bytes.f32_from_bytes) is not written yet",
-    "mla_cache_pack": "writes fp32 scales and bf16 rope values as raw bytes: ONNX has no bitcast, and the byte "
-                      "encoder is not written yet",
 }
 
 

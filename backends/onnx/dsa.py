@@ -374,3 +374,51 @@ def sparse_mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, indices: torch.Te
         return compile_graph(g, [("out", q.dtype, (b, sq, h, int(d_v))), ("lse", torch.float32, (b, h, sq))])
     key = ("sparse_mla_decode", signature(q, kv_cache, indices), float(sm_scale), int(d_v), f.name)
     return cached(key, build)(q=q, kv_cache=kv_cache, indices=indices.int())
+
+
+def _quantized_codes(g: Graph, groups: str, f) -> tuple[str, str]:
+    """(uint8 FP8 codes of groups / s, ue8m0 scales s) for float32 groups [..., 128] (one scale per group)."""
+    from dsport.backends.onnx.bytes import fp8_codes
+    from dsport.backends.onnx.quant import group_scale
+    from dsport.core.fp8 import UE8M0
+
+    s = group_scale(g, groups, f, UE8M0)
+    y = g.Cast(g.Div(groups, g.Unsqueeze(s, g.i64(-1))), to=elem_of(f.dtype), saturate=1)
+    return fp8_codes(g, g.Cast(y, to=FLOAT), f), s
+
+
+def index_cache_pack(k: torch.Tensor, fmt="e4m3fn") -> torch.Tensor:
+    from dsport.backends.onnx.bytes import f32_bytes
+    from dsport.core.fp8 import fp8_format
+
+    f = fp8_format(fmt, "index_cache_pack")
+    nb, bs, d = k.shape
+
+    def build():
+        g = Graph("index_cache_pack")
+        codes, s = _quantized_codes(g, to_float(g, g.input("k", elem_of(k), k.shape), elem_of(k)), f)
+        flat = g.Concat(g.Reshape(codes, g.i64(nb, bs * d), allowzero=1),
+                        g.Reshape(f32_bytes(g, s), g.i64(nb, bs * 4), allowzero=1), axis=1)
+        g.output(g.Reshape(flat, g.i64(nb, bs, d + 4), allowzero=1), "cache", elem_of(torch.uint8), (nb, bs, d + 4))
+        return compile_graph(g, [("cache", torch.uint8, (nb, bs, d + 4))])
+    return cached(("index_cache_pack", signature(k), f.name), build)(k=k)[0]
+
+
+def mla_cache_pack(kv: torch.Tensor, fmt="e4m3fn") -> torch.Tensor:
+    from dsport.backends.onnx.bytes import bf16_bytes, f32_bytes
+    from dsport.core.fp8 import fp8_format
+
+    f = fp8_format(fmt, "mla_cache_pack")
+    n = kv.shape[0]
+
+    def build():
+        g = Graph("mla_cache_pack")
+        x = to_float(g, g.input("kv", elem_of(kv), kv.shape), elem_of(kv))
+        lat = g.Reshape(g.Slice(x, g.i64(0), g.i64(LATENT), g.i64(1)), g.i64(n, LATENT // TILE, TILE), allowzero=1)
+        codes, s = _quantized_codes(g, lat, f)                                                    # [N, 4, 128], [N, 4]
+        rope = bf16_bytes(g, g.Slice(x, g.i64(LATENT), g.i64(LATENT + ROPE), g.i64(1)))           # [N, 64, 2]
+        out = g.Concat(g.Reshape(codes, g.i64(n, LATENT), allowzero=1), g.Reshape(f32_bytes(g, s), g.i64(n, 16), allowzero=1),
+                       g.Reshape(rope, g.i64(n, 2 * ROPE), allowzero=1), axis=1)
+        g.output(out, "cache", elem_of(torch.uint8), (n, MLA_WIDTH))
+        return compile_graph(g, [("cache", torch.uint8, (n, MLA_WIDTH))])
+    return cached(("mla_cache_pack", signature(kv), f.name), build)(kv=kv)[0]
