@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-BF16_MIN_COSINE = 0.9999
-"""Per-position logits cosine a float-weight checkpoint must keep at every position. With FP8 weights a
-one-code difference in an activation's quantization is a 1/16 relative step, so single positions may dip:
-the median must keep it, and the op-by-op judge is ``dsport conformance --model --backends onnx``."""
+MIN_COSINE = 0.9999
+"""Per-position logits cosine the exported graph must keep at every position against (a) the same model run
+eagerly on the onnx backend (the export is faithful) and, for float weights, (b) the torch backend. With FP8
+weights (b) is reported, not required: one FP8 code apart in an activation is a 1/16 relative step that a
+near-tied expert or top-k key can amplify, so the onnx ops' numerics are judged op by op instead, by
+``dsport conformance --model --backends onnx``."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,10 +51,14 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     got = export.run_exported(res.path, tokens)
     t_ort = time.perf_counter() - t0
-    cos = export.per_position_cosine(got, export.torch_logits(args.checkpoint, tokens))
-    lo, med = cos.min().item(), cos.median().item()
+    vs_eager = export.per_position_cosine(got, export.eager_onnx_logits(args.checkpoint, tokens))
+    vs_torch = export.per_position_cosine(got, export.torch_logits(args.checkpoint, tokens))
     fp8 = cfg.fp8_weights
-    ok = (med if fp8 else lo) > BF16_MIN_COSINE
-    print(f"onnxruntime {t_ort:.2f} s; logits vs torch backend, per-position cosine: min {lo:.7f}, median {med:.7f} "
-          f"({'FP8 weights: median' if fp8 else 'every position'} must exceed {BF16_MIN_COSINE}): {'pass' if ok else 'fail'}")
+    ok = vs_eager.min().item() > MIN_COSINE and (fp8 or vs_torch.min().item() > MIN_COSINE)
+    print(f"onnxruntime {t_ort:.2f} s on a prompt other than the traced one; per-position logits cosine (min / median): "
+          f"vs the onnx backend run eagerly {vs_eager.min().item():.7f} / {vs_eager.median().item():.7f}, "
+          f"vs the torch backend {vs_torch.min().item():.7f} / {vs_torch.median().item():.7f}")
+    need = "vs eager onnx" + ("" if fp8 else " and vs torch")
+    print(f"{need}: every position must exceed {MIN_COSINE}" + (" (FP8 weights: vs torch is reported, the op numerics are "
+          "judged by dsport conformance --model --backends onnx)" if fp8 else "") + f": {'pass' if ok else 'fail'}")
     return 0 if ok else 1

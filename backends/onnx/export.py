@@ -255,5 +255,14 @@ def torch_logits(checkpoint: str | Path, tokens: torch.Tensor) -> torch.Tensor:
     return Model.from_pretrained(checkpoint, backend="torch", dtype=torch.float32)(tokens)
 
 
+def eager_onnx_logits(checkpoint: str | Path, tokens: torch.Tensor) -> torch.Tensor:
+    """The same model run eagerly on the onnx backend's op table (the graphs the export's functions hold)."""
+    from dsport.core.model import Model
+    from dsport.core.registry import resolve
+
+    ops = resolve({"backend": "onnx", "fallback": "fallback", "dtype": "float32"})
+    return Model.from_pretrained(checkpoint, ops=ops, dtype=torch.float32)(tokens)
+
+
 def per_position_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a.double().reshape(-1, a.shape[-1]), b.double().reshape(-1, b.shape[-1]), dim=-1)
