@@ -109,7 +109,7 @@ class RecordingOps:
             _STASH[self.calls] = (outs, fname, len(outs))
             inputs = [bound[i] for i in compiled.inputs]
             res = _DsportCall.apply(self.calls, *inputs)
-            return res if isinstance(out, tuple) else res
+            return res
 
         return call
 
