@@ -37,6 +37,7 @@ OPS = {} if _IMPORT_ERROR else {
     "fp8_gemm": quant.fp8_gemm,
     "rms_norm": norm.rms_norm,
     "layer_norm": norm.layer_norm,
+    "yarn_freqs": rotary.yarn_freqs,
     "rope": rotary.rope,
     "hadamard": rotary.hadamard,
     "indexer_logits": dsa.indexer_logits,
@@ -82,9 +83,7 @@ _NOTES = {
 }
 CAPABILITIES = {op: Capability(devices=_CPU, note=_NOTES.get(op, "")) for op in OPS}
 
-NOT_SERVED: dict[str, str] = {
-    "yarn_freqs": "a 32-entry constant table with no tensor input: nothing for a graph executor to do",
-}
+NOT_SERVED: dict[str, str] = {}
 
 
 def available() -> tuple[bool, str]:

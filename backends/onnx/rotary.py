@@ -63,3 +63,28 @@ def hadamard(x: torch.Tensor) -> torch.Tensor:
         g.output(hadamard_graph(g, g.input("x", e, shape), shape[-1], e), "y", e, shape)
         return compile_graph(g, [("y", x.dtype, shape)])
     return cached(("hadamard", signature(x)), build)(x=x)[0]
+
+
+def yarn_freqs(dim: int = 64, theta: float = 10000.0, factor: float = 40.0, original_seq_len: int = 4096,
+               beta_fast: float = 32, beta_slow: float = 1) -> torch.Tensor:
+    """The table in float64 inside the graph (the spec's precision), one rounding to float32 at the end. The
+    correction range [low, high] is two integers of the attributes, computed where the graph is built."""
+    import math
+
+    def corr(rot: float) -> float:
+        return dim * math.log(original_seq_len / (rot * 2 * math.pi)) / (2 * math.log(theta))
+
+    low = max(math.floor(corr(beta_fast)), 0)
+    high = min(math.ceil(corr(beta_slow)), dim - 1)
+    half = dim // 2
+
+    def build():
+        g = Graph("yarn_freqs")
+        i = g.const(np.arange(half, dtype=np.float64), np.float64)
+        f = g.Reciprocal(g.Pow(np.float64(theta), g.Div(g.Mul(i, np.float64(2.0)), np.float64(dim))))
+        ramp = g.Clip(g.Div(g.Sub(i, np.float64(low)), np.float64((high - low) or 0.001)), np.float64(0), np.float64(1))
+        y = g.Add(g.Mul(g.Div(f, np.float64(factor)), ramp), g.Mul(f, g.Sub(np.float64(1), ramp)))
+        g.output(g.Cast(y, to=FLOAT), "freqs", FLOAT, (half,))
+        return compile_graph(g, [("freqs", torch.float32, (half,))])
+    key = ("yarn_freqs", int(dim), float(theta), float(factor), int(original_seq_len), float(beta_fast), float(beta_slow))
+    return cached(key, build)()[0]

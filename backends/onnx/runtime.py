@@ -120,7 +120,9 @@ class Graph:
     def _value(self, v: Any) -> str:
         if v is None or isinstance(v, str):
             return "" if v is None else v
-        if isinstance(v, (bool, int, float)) and not isinstance(v, np.ndarray):
+        if isinstance(v, np.generic):  # before the Python types: np.float64 is a subclass of float
+            return self.const(v, v.dtype)
+        if isinstance(v, (bool, int, float)):
             return self.const(v, np.int64 if isinstance(v, int) and not isinstance(v, bool) else np.float32)
         return self.const(v, np.asarray(v).dtype)
 
