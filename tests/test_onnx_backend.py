@@ -127,16 +127,32 @@ def test_configure_refuses_an_opset_without_fp8():
         runtime.configure(opset=18)
 
 
+AVAILABILITY_SCRIPT = """
+import importlib, os, sys
+import dsport.backends.onnx as b
+def probe(**env):
+    os.environ.update(env)
+    for name in [m for m in sys.modules if m.startswith("dsport.backends.onnx.")]:
+        del sys.modules[name]  # the op modules and runtime are imported afresh by the package
+        b.__dict__.pop(name.rsplit(".", 1)[1], None)
+    print(b.available() if not importlib.reload(b)._IMPORT_ERROR else (False, b._IMPORT_ERROR), len(b.OPS), sep=" | ")
+probe(DSPORT_ONNX_PROVIDERS="NoSuchExecutionProvider")
+probe(DSPORT_ONNX_PROVIDERS="CPUExecutionProvider", DSPORT_ONNX_OPSET="twenty-one")
+probe(DSPORT_ONNX_OPSET="21")
+sys.modules["onnxruntime"] = None
+probe()
+"""
+
+
 def test_available_names_what_is_missing():
-    code = ("import sys; sys.modules['onnxruntime'] = None\n"
-            "from dsport.backends import onnx as b; ok, why = b.available(); print(ok, '|', why, '|', len(b.OPS))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
-    ok, why, n = (p.strip() for p in out.split("|"))
-    assert ok == "False" and "onnxruntime" in why and "dsport[onnx]" in why and n == "0"
-    code = ("import os; os.environ['DSPORT_ONNX_PROVIDERS'] = 'NoSuchExecutionProvider'\n"
-            "from dsport.backends import onnx as b; print(b.available())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
-    assert "False" in out and "NoSuchExecutionProvider" in out
+    # one fresh interpreter (the settings are read at import), four situations in turn
+    out = subprocess.run([sys.executable, "-c", AVAILABILITY_SCRIPT], capture_output=True, text=True, timeout=300)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 4, out.stderr[-2000:]
+    assert lines[0].startswith("(False") and "NoSuchExecutionProvider" in lines[0]
+    assert lines[1].startswith("(False") and "DSPORT_ONNX_OPSET must be an integer" in lines[1]
+    assert lines[2].startswith("(True") and "opset 21" in lines[2]
+    assert lines[3].startswith("(False") and "onnxruntime" in lines[3] and "dsport[onnx]" in lines[3] and lines[3].endswith("| 0")
 
 
 def test_f32_from_bytes_is_a_bit_exact_bitcast():

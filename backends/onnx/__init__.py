@@ -89,6 +89,8 @@ NOT_SERVED: dict[str, str] = {}
 def available() -> tuple[bool, str]:
     if _IMPORT_ERROR is not None:
         return False, f"onnx/onnxruntime not importable: {_IMPORT_ERROR}"
+    if runtime.SETTINGS_ERROR:
+        return False, runtime.SETTINGS_ERROR
     s = runtime.SETTINGS
     have = _ort.get_available_providers()
     missing = [p for p in s.providers if p not in have]

@@ -54,24 +54,32 @@ class Settings:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
 
-def _from_env() -> Settings:
-    opset = int(os.environ.get("DSPORT_ONNX_OPSET", "21"))
+def _from_env() -> tuple[Settings, str | None]:
+    """The settings from the environment, and why they are unusable (reported by ``available()``, never raised)."""
+    raw = os.environ.get("DSPORT_ONNX_OPSET", "21")
     prov = tuple(p.strip() for p in os.environ.get("DSPORT_ONNX_PROVIDERS", "CPUExecutionProvider").split(",") if p.strip())
-    return Settings(opset, prov or ("CPUExecutionProvider",))
+    try:
+        opset = int(raw)
+    except ValueError:
+        return Settings(providers=prov or Settings.providers), f"DSPORT_ONNX_OPSET must be an integer, got {raw!r}"
+    if not prov:
+        return Settings(opset), "DSPORT_ONNX_PROVIDERS names no execution provider"
+    return Settings(opset, prov), None
 
 
-SETTINGS = _from_env()
+SETTINGS, SETTINGS_ERROR = _from_env()
 _SESSIONS: dict[tuple, Compiled] = {}
 _LOCK = threading.Lock()
 
 
 def configure(opset: int | None = None, providers: Sequence[str] | None = None) -> Settings:
     """Change the opset or providers; cached sessions were built for the old ones and are dropped."""
-    global SETTINGS
+    global SETTINGS, SETTINGS_ERROR
     if opset is not None and opset < MIN_OPSET:
         raise ValueError(f"onnx backend: opset {opset} is below {MIN_OPSET}, the first with saturating FP8 casts in every op used")
     SETTINGS = Settings(opset if opset is not None else SETTINGS.opset,
                         tuple(providers) if providers is not None else SETTINGS.providers)
+    SETTINGS_ERROR = None
     _SESSIONS.clear()
     return SETTINGS
 
