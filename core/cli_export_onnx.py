@@ -9,7 +9,7 @@ import sys
 MIN_COSINE = 0.9999
 """Per-position logits cosine the exported graph must keep at every position against (a) the same model run
 eagerly on the onnx backend (the export is faithful) and, for float weights, (b) the torch backend. With FP8
-weights (b) is reported, not required: one FP8 code apart in an activation is a 1/16 relative step that a
+weights (b) is reported, not required: one FP8 code apart in an activation is a 1/16 to 1/8 relative step that a
 near-tied expert or top-k key can amplify, so the onnx ops' numerics are judged op by op instead, by
 ``dsport conformance --model --backends onnx``."""
 
