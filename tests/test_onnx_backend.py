@@ -150,7 +150,7 @@ def test_available_names_what_is_missing():
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 4, out.stderr[-2000:]
     assert lines[0].startswith("(False") and "NoSuchExecutionProvider" in lines[0]
-    assert lines[1].startswith("(False") and "DSPORT_ONNX_OPSET must be an integer" in lines[1]
+    assert lines[1].startswith("(False") and "DSPORT_ONNX_OPSET and DSPORT_ONNX_THREADS must be integers" in lines[1]
     assert lines[2].startswith("(True") and "opset 21" in lines[2]
     assert lines[3].startswith("(False") and "onnxruntime" in lines[3] and "dsport[onnx]" in lines[3] and lines[3].endswith("| 0")
 

@@ -10,11 +10,12 @@ their own dtypes (bf16, float8e4m3fn/fnuz included), so every cast the op
 makes — the FP8 saturation, the bf16 rounding of an output — happens inside
 ONNX Runtime, not in torch.
 
-The opset and the execution providers are settings: ``DSPORT_ONNX_OPSET``
-(default 21, the first opset with saturating FP8 Cast and blocked
-Quantize/DequantizeLinear) and ``DSPORT_ONNX_PROVIDERS`` (a comma list,
-default ``CPUExecutionProvider``), read when the module is imported, or
-:func:`configure` at run time (which drops the cached sessions).
+The opset, the execution providers and ORT's intra-op threads are settings:
+``DSPORT_ONNX_OPSET`` (default 21, the first opset with the FP8 types in every
+op used here), ``DSPORT_ONNX_PROVIDERS`` (a comma list, default
+``CPUExecutionProvider``) and ``DSPORT_ONNX_THREADS`` (default 0: torch's
+thread count), read when the module is imported, or :func:`configure` at run
+time (which drops the cached sessions).
 """
 from __future__ import annotations
 
@@ -52,19 +53,22 @@ FLOAT, DOUBLE, INT64, INT32, BOOL, BF16 = (TensorProto.FLOAT, TensorProto.DOUBLE
 class Settings:
     opset: int = 21
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    threads: int = 0  # ORT intra-op threads per session; 0: torch's count
 
 
 def _from_env() -> tuple[Settings, str | None]:
     """The settings from the environment, and why they are unusable (reported by ``available()``, never raised)."""
     raw = os.environ.get("DSPORT_ONNX_OPSET", "21")
     prov = tuple(p.strip() for p in os.environ.get("DSPORT_ONNX_PROVIDERS", "CPUExecutionProvider").split(",") if p.strip())
+    raw_threads = os.environ.get("DSPORT_ONNX_THREADS", "0")
     try:
-        opset = int(raw)
+        opset, threads = int(raw), int(raw_threads)
     except ValueError:
-        return Settings(providers=prov or Settings.providers), f"DSPORT_ONNX_OPSET must be an integer, got {raw!r}"
+        return (Settings(providers=prov or Settings.providers),
+                f"DSPORT_ONNX_OPSET and DSPORT_ONNX_THREADS must be integers, got {raw!r} and {raw_threads!r}")
     if not prov:
-        return Settings(opset), "DSPORT_ONNX_PROVIDERS names no execution provider"
-    return Settings(opset, prov), None
+        return Settings(opset, threads=threads), "DSPORT_ONNX_PROVIDERS names no execution provider"
+    return Settings(opset, prov, threads), None
 
 
 SETTINGS, SETTINGS_ERROR = _from_env()
@@ -143,7 +147,9 @@ class Graph:
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.inits)
         m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="dsport", ir_version=10)
-        onnx.checker.check_model(m, full_check=True)
+        # the structural check; ORT's session creation type-checks every node again, so the strict shape
+        # inference of full_check (a second pass over every graph of the quick set) is left to the exporter
+        onnx.checker.check_model(m)
         return m
 
 
@@ -187,7 +193,7 @@ def session_options() -> ort.SessionOptions:
     torch's thread count and does not spin-wait after a run, which would steal the cores torch runs on next."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.intra_op_num_threads = SETTINGS.threads or torch.get_num_threads()
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
