@@ -9,7 +9,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
-EXTRAS ?= test,triton,tilelang,plot
+EXTRAS ?= test,triton,tilelang,onnx,plot
 BIN    := $(VENV)/bin
 
 .PHONY: setup conformance test clean

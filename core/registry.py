@@ -38,6 +38,7 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "cuda": "dsport.backends.cuda",
     "hip": "dsport.backends.hip",
     "npu": "dsport.backends.npu",
+    "onnx": "dsport.backends.onnx",
 }
 
 

@@ -20,7 +20,7 @@ def err(data) -> str:
 def test_misspelled_backend_suggests_the_close_match():
     msg = err({"backend": "tritonn"})
     assert "backend: unknown name 'tritonn' (did you mean 'triton'?)" in msg
-    assert "valid: ['cuda', 'hip', 'npu', 'reference', 'tilelang', 'torch', 'triton']" in msg
+    assert "valid: ['cuda', 'hip', 'npu', 'onnx', 'reference', 'tilelang', 'torch', 'triton']" in msg
 
 
 def test_misspelled_backend_through_resolve_and_yaml(tmp_path):

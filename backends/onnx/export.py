@@ -1,0 +1,268 @@
+"""Export the DeepSeek-V3.2 prefill graph to one ONNX file, dsport ops as ONNX local functions.
+
+The model (``dsport.core.model``) is traced by torch's TorchScript ONNX
+exporter on a *recording* op table: every dsport op the model calls runs on
+the onnx backend, and the exact graph that op's session was built from
+(:mod:`dsport.backends.onnx.runtime`) becomes a local function in the
+``dsport`` domain (``dsport.rms_norm_0``, ``dsport.fp8_gemm_3``, ...), called
+by a node of that name in the exported graph. The torch glue between ops
+(embedding, the plain bf16/fp32 GEMMs, splits, cache writes) exports as
+standard operators. A vendor toolchain can therefore swap a ``dsport``
+function for its own fused kernel without touching the rest.
+
+Limit: the model writes the indexer's FP8 key cache through a view and
+reads it back through the base tensor, an aliasing the TorchScript tracer
+does not follow: the exported graph would carry the traced prompt's keys as
+a constant. With a prompt no longer than ``index_topk`` the selection is
+every causal position whatever the keys score, so the graph is exact there;
+longer prompts are refused (:class:`ExportLimit`) rather than exported wrong.
+Verification therefore always runs a different prompt than the traced one.
+
+FP8 weights stay FP8: parameters are exported as FLOAT8E4M3FN initializers,
+their ``weight_scale_inv`` as float32 initializers, and the act_quant,
+fp8_gemm and weight_dequant functions consume them. The graph is specialised
+to one batch and prompt length (the ops' graphs have static shapes).
+"""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper
+
+from dsport.backends.onnx import runtime
+from dsport.core.errors import DsportError
+
+log = logging.getLogger(__name__)
+DOMAIN = "dsport"
+_STASH: dict[int, tuple[tuple[torch.Tensor, ...], str, int]] = {}
+
+
+class _DsportCall(torch.autograd.Function):
+    """One dsport op call as one node: forward hands back the outputs the onnx backend already computed,
+    symbolic emits ``dsport::<function>``."""
+
+    @staticmethod
+    def forward(ctx: Any, call: int, *tensors: torch.Tensor) -> Any:  # noqa: ARG004 - inputs are the node's inputs
+        outs, _, _ = _STASH[call]
+        return outs[0].clone() if len(outs) == 1 else tuple(o.clone() for o in outs)
+
+    @staticmethod
+    def symbolic(g: Any, call: int, *tensors: Any) -> Any:
+        outs, fname, n_out = _STASH[call]
+        vals = g.op(f"{DOMAIN}::{fname}", *tensors, outputs=n_out)
+        for v, o in zip(vals if n_out > 1 else (vals,), outs):  # the node's output types, for torch's shape inference
+            v.setType(torch._C.TensorType.create_from_tensor(o))
+        return vals
+
+
+class RecordingOps:
+    """An op table that runs every op on the onnx backend and, while torch traces, records it as a node
+    calling the ONNX function its session was built from."""
+
+    def __init__(self) -> None:
+        from dsport.backends import onnx as backend
+
+        self._ops = backend.OPS
+        self.functions: dict[str, onnx.GraphProto] = {}
+        self._names: dict[tuple, str] = {}
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        from dsport.core.spec import specs
+
+        fn, spec = self._ops.get(name), specs()[name]
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if not torch.jit.is_tracing():  # set-up outside the traced forward (the yarn table): a constant
+                from dsport.backends import torch as torch_backend
+
+                return (fn or torch_backend.OPS[name])(*args, **kwargs)
+            if fn is None:
+                raise NotImplementedError(f"export-onnx: the onnx backend does not serve {name}, which the traced graph calls")
+            bound = spec.bind(*args, **kwargs)
+            seen: list[tuple[tuple, runtime.Compiled]] = []
+            runtime.RECORDER.watcher = lambda key, c: seen.append((key, c))
+            # the op runs untraced (its shapes plain ints, its ORT call invisible); the node below stands for it
+            state = torch._C._get_tracing_state()
+            torch._C._set_tracing_state(None)
+            try:
+                out = fn(**bound)
+            finally:
+                torch._C._set_tracing_state(state)
+                runtime.RECORDER.watcher = None
+            (key, compiled), = seen
+            fname = self._names.setdefault(key, f"{name}_{len(self._names)}")
+            self.functions[fname] = compiled.model.graph
+            outs = out if isinstance(out, tuple) else (out,)
+            self.calls += 1
+            _STASH[self.calls] = (outs, fname, len(outs))
+            inputs = [bound[i] for i in compiled.inputs]
+            res = _DsportCall.apply(self.calls, *inputs)
+            return res
+
+        return call
+
+
+FP8_TYPES = (onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ)
+# glue ops that only move elements: on float16 they move the same FP8 values (every e4m3fn/fnuz value is a
+# float16 value, and the Cast back is exact), which ONNX allows where it has no FP8 kernel (Slice, ScatterND)
+MOVES = {"Slice", "Gather", "GatherND", "GatherElements", "ScatterND", "ScatterElements", "Reshape", "Identity",
+         "Concat", "Squeeze", "Unsqueeze", "Transpose", "Expand", "Flatten", "Split", "Where", "Index", "Select"}
+
+
+def _widen_fp8_glue(graph: onnx.GraphProto, functions: dict[str, onnx.GraphProto]) -> int:
+    """Let the glue between dsport functions move FP8 tensors: each FP8 input of a standard op is cast to
+    float16 first, and each widened value is cast back to its FP8 type where a dsport function reads it.
+    Returns the number of Casts inserted."""
+    fp8: dict[str, int] = {t.name: t.data_type for t in graph.initializer if t.data_type in FP8_TYPES}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].t.data_type in FP8_TYPES:
+            fp8[n.output[0]] = n.attribute[0].t.data_type
+        if n.domain == DOMAIN:
+            for o, vi in zip(n.output, functions[n.op_type].output):
+                if vi.type.tensor_type.elem_type in FP8_TYPES:
+                    fp8[o] = vi.type.tensor_type.elem_type
+    wide: dict[str, int] = {}
+    nodes: list[onnx.NodeProto] = []
+    casts = 0
+    for n in graph.node:
+        if n.domain == DOMAIN:
+            for i, x in enumerate(n.input):
+                if x in wide:
+                    y = f"{x}__fp8"
+                    nodes.append(helper.make_node("Cast", [x], [y], to=wide[x], saturate=1))
+                    n.input[i], casts = y, casts + 1
+        elif any(x in fp8 or x in wide for x in n.input):
+            kind = None
+            for i, x in enumerate(n.input):
+                if x in fp8:
+                    y = f"{x}__f16"
+                    nodes.append(helper.make_node("Cast", [x], [y], to=onnx.TensorProto.FLOAT16))
+                    kind, n.input[i], casts = fp8[x], y, casts + 1
+                elif x in wide:
+                    kind = wide[x]
+            if n.op_type in MOVES and kind is not None:
+                for o in n.output:
+                    wide[o] = kind
+        nodes.append(n)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]  # the exporter's type hints still say FP8 for the widened values
+    return casts
+
+
+def _function(name: str, graph: onnx.GraphProto, opset: int) -> onnx.FunctionProto:
+    consts = [helper.make_node("Constant", [], [t.name], value=t) for t in graph.initializer]
+    return helper.make_function(DOMAIN, name, [i.name for i in graph.input], [o.name for o in graph.output],
+                                consts + list(graph.node), opset_imports=[helper.make_opsetid("", opset)])
+
+
+class _Prefill(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # Model.forward runs under inference_mode, which tracing cannot see through: call the undecorated body
+        return type(self.model).forward.__wrapped__(self.model, tokens)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    seconds: float
+    bytes: int
+    functions: int
+    calls: int
+    opset: int
+
+
+class ExportLimit(DsportError, ValueError):
+    """A model or prompt the exporter cannot write faithfully."""
+
+
+TRACE_SEED = 0
+"""The prompt traced at export; verification uses other seeds, so a value baked in at trace time shows."""
+
+
+def prompt(vocab: int, seq: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, (1, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def export_prefill(checkpoint: str | Path, out: str | Path, seq: int = 16, external_data: bool = False) -> ExportResult:
+    """Write the prefill graph of ``checkpoint`` for a [1, seq] prompt to ``out``; check it with onnx.checker."""
+    from dsport.core.model import Model
+    from dsport.core.model.config import load_config
+
+    cfg = load_config(checkpoint)
+    if not cfg.sparse:
+        raise ExportLimit("export-onnx: dense (V3/V3.1) checkpoints are not exported yet: their prefill reads the latent "
+                          "cache back through the base tensor after writing it through a view, the pattern the tracer "
+                          "drops for the indexer cache (untested for this path, so refused)")
+    if seq > cfg.index_topk:
+        raise ExportLimit(f"export-onnx: --seq {seq} > index_topk {cfg.index_topk}: the indexer's key cache is written through a "
+                          "view the tracer does not follow, so past index_topk the graph would select with the traced "
+                          f"prompt's keys; use --seq <= {cfg.index_topk}")
+    t0 = time.perf_counter()
+    rec = RecordingOps()
+    model = Model.from_pretrained(checkpoint, ops=rec, dtype=torch.float32)  # type: ignore[arg-type]
+    tokens = prompt(cfg.vocab_size, seq, TRACE_SEED)
+    model.reset(1, seq)  # caches allocated before tracing: the traced prefill writes into them as constants
+    out = Path(out)
+    opset = runtime.SETTINGS.opset
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer warns about every Python-level branch on a shape; the graph is specialised to them on purpose
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(_Prefill(model), (tokens,), str(out), dynamo=False, opset_version=min(opset, 20),
+                          input_names=["tokens"], output_names=["logits"], custom_opsets={DOMAIN: 1},
+                          do_constant_folding=False)
+    m = onnx.load(str(out))
+    for imp in m.opset_import:  # the glue was written at the exporter's newest opset; the functions need `opset`
+        if imp.domain in ("", "ai.onnx"):
+            imp.version = max(imp.version, opset)
+    used = {n.op_type for n in m.graph.node if n.domain == DOMAIN}  # calls whose outputs nothing reads are gone
+    m.functions.extend(_function(n, g, opset) for n, g in rec.functions.items() if n in used)
+    _widen_fp8_glue(m.graph, rec.functions)
+    onnx.save(m, str(out), save_as_external_data=external_data, location=out.name + ".data" if external_data else None)
+    onnx.checker.check_model(str(out), full_check=True)
+    size = out.stat().st_size + (out.with_name(out.name + ".data").stat().st_size if external_data else 0)
+    calls = sum(n.domain == DOMAIN for n in m.graph.node)
+    return ExportResult(out, time.perf_counter() - t0, size, len(used), calls, opset)
+
+
+def run_exported(path: str | Path, tokens: torch.Tensor) -> torch.Tensor:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), runtime.session_options(), providers=list(runtime.SETTINGS.providers))
+    return torch.from_numpy(sess.run(["logits"], {"tokens": tokens.numpy().astype(np.int64)})[0])
+
+
+def torch_logits(checkpoint: str | Path, tokens: torch.Tensor) -> torch.Tensor:
+    from dsport.core.model import Model
+
+    return Model.from_pretrained(checkpoint, backend="torch", dtype=torch.float32)(tokens)
+
+
+def eager_onnx_logits(checkpoint: str | Path, tokens: torch.Tensor) -> torch.Tensor:
+    """The same model run eagerly on the onnx backend's op table (the graphs the export's functions hold)."""
+    from dsport.core.model import Model
+    from dsport.core.registry import resolve
+
+    ops = resolve({"backend": "onnx", "fallback": "fallback", "dtype": "float32"})
+    return Model.from_pretrained(checkpoint, ops=ops, dtype=torch.float32)(tokens)
+
+
+def per_position_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.double().reshape(-1, a.shape[-1]), b.double().reshape(-1, b.shape[-1]), dim=-1)
