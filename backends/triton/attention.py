@@ -65,7 +65,9 @@ def sparse_mla_kernel(q_ptr, kv_ptr, idx_ptr, out_ptr, lse_ptr, mlog_ptr, H, K, 
             raw = tl.load(base[:, None] + dv[None, :], mask=lm, other=0)
             scale = tl.load((base + 512).to(tl.pointer_type(tl.float32))[:, None] + dv[None, :] // 128, mask=lm, other=0.0)
             kv_lat = cast_out(raw.to(FP8_DT, bitcast=True).to(tl.float32) * scale, q_ptr.dtype.element_ty)
-            kv_pe = tl.load((base + 528).to(tl.pointer_type(tl.bfloat16))[:, None] + dr[None, :], mask=pm, other=0.0)
+            # the cache keeps rope in bf16 whatever q is; the products take both operands in q's dtype
+            kv_pe = tl.load((base + 528).to(tl.pointer_type(tl.bfloat16))[:, None] + dr[None, :], mask=pm,
+                            other=0.0).to(q_ptr.dtype.element_ty)
         else:
             base = kv_ptr + row * KV_STRIDE
             kv_lat = tl.load(base[:, None] + dv[None, :], mask=lm, other=0.0)

@@ -309,11 +309,11 @@ def _cache(gen: torch.Generator, nb: int, bs: int, kind: str, dqk: int) -> torch
 
 
 def _sparse_decode(b: int, sq: int, h: int, k: int, nb: int, bs: int, seqlen: int, kind: str = "e4m3fn",
-                   dqk: int = DQK, d_v: int = DV, edit=None):
+                   dqk: int = DQK, d_v: int = DV, edit=None, q_dtype: torch.dtype = torch.bfloat16):
     def make(gen):
         seqlens = [seqlen] * b
         table = _paged(gen, b, nb, bs, seqlens)
-        args = {"q": _randn(gen, b, sq, h, dqk), "kv_cache": _cache(gen, nb, bs, kind, dqk),
+        args = {"q": _randn(gen, b, sq, h, dqk, dtype=q_dtype), "kv_cache": _cache(gen, nb, bs, kind, dqk),
                 "indices": _paged_indices(gen, table, seqlens, sq, k, bs),
                 "sm_scale": SCALE if dqk == DQK else dqk ** -0.5, "d_v": d_v}
         if kind != "float":
@@ -379,6 +379,8 @@ def _sparse_decode_cases() -> list[Case]:
         Case(op, "fp8-page64", _sparse_decode(2, 1, 16, 64, 4, 64, 100)),
         Case(op, "fp8-page1", _sparse_decode(2, 1, 16, 32, 96, 1, 40), tags=EDGE),
         Case(op, "fnuz-page64", _sparse_decode(2, 1, 16, 64, 4, 64, 100, "e4m3fnuz"), tags=EDGE),
+        Case(op, "fp8-fp32-q", _sparse_decode(2, 1, 16, 64, 4, 64, 100, q_dtype=torch.float32), tags=EDGE,
+             note="fp32 queries over the FP8 cache (its rope part stays bf16), as a float32 model decodes"),
         Case(op, "float-576", _sparse_decode(2, 1, 16, 64, 4, 64, 100, "float")),
         Case(op, "float-page1", _sparse_decode(2, 1, 8, 16, 48, 1, 20, "float"), tags=EDGE),
         Case(op, "mtp-sq2", _sparse_decode(2, 2, 16, 32, 4, 64, 100)),
