@@ -48,6 +48,7 @@ class ModelConfig:
     index_fp8: bool = True           # indexer scores in FP8 (quantized releases) or in float (unquantized checkpoints)
     n_nextn_layers: int = 0          # multi-token-prediction layers stored after the decoder's (num_nextn_predict_layers)
     # how the graph runs, not what the checkpoint holds (Model.from_pretrained's kv_cache= and moe= options)
+    index_paged: bool = True         # FP8 128-dim ue8m0 indexer keys in DeepGEMM's paged cache (else one flat FP8 cache)
     kv_cache_fp8: bool = False       # the 656-byte FP8 latent cache (FlashMLA's layout) instead of a float cache
     moe_grouped_gemm: bool = False   # routed experts as 128-row-aligned grouped GEMMs (DeepGEMM's contiguous layout)
 

@@ -49,7 +49,6 @@ def test_defaults_fill_every_optional_hook():
     (dict(OPS={}), "available", "nothing: not defined"),
     (dict(OPS=[("act_quant", print)], available=_ok), "OPS", "got list"),
     (dict(OPS={"act_quant": 3}, available=_ok), "OPS", "non-callable entries for ['act_quant']"),
-    (dict(OPS={"act_quantt": print}, available=_ok), "OPS", "did you mean act_quant?"),
     (dict(OPS={}, available=_ok, CAPABILITIES={"act_quant": {"dtypes": None}}), "CAPABILITIES", "other objects for ['act_quant']"),
     (dict(OPS={}, available=_ok, ENV=["TRITON_INTERPRET=1"]), "ENV", "got list"),
     (dict(OPS={}, available=_ok, build="make"), "build", "got str"),

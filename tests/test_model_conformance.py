@@ -59,6 +59,7 @@ def test_the_old_model_check_could_not_see_the_topk_bug(tmp_path, monkeypatch):
     """The control: a prompt shorter than index_topk (as the model check used to run) selects
     every key, so the planted top-k bug passes; only the sparse prompt above catches it."""
     from dsport.conformance.model import module_table
+    from dsport.core.backend import from_module
     from dsport.core.model import tiny_config
     from dsport.core.model.compare import compare
     from dsport.core.model.weights import make_checkpoint
@@ -68,7 +69,7 @@ def test_the_old_model_check_could_not_see_the_topk_bug(tmp_path, monkeypatch):
     monkeypatch.setattr(planted, "BUGS", {"topk_select"})
     ckpt = make_checkpoint(tmp_path / "c", tiny_config(n_layers=1), seed=1)  # index_topk 64
     tokens = torch.randint(0, 512, (1, 40), generator=torch.Generator().manual_seed(0))
-    rep = compare(ckpt, module_table(planted, "planted_model", torch.float32), tokens)
+    rep = compare(ckpt, module_table(from_module(planted), "planted_model", torch.float32), tokens)
     assert rep.verdict == "pass" and "topk_select" in rep.ops_used
 
 

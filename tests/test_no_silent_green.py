@@ -52,7 +52,7 @@ def test_allow_skip_accepts_an_unavailable_named_backend(capsys):
 
 def test_unknown_case_tag_names_the_valid_ones_and_a_close_match(capsys):
     rc, text = cli(capsys, "--backends", "torch", "--ops", "dequant", "--cases", "tiyn")
-    assert rc == 2 and "'tiyn' (did you mean 'tiny'?) matches no case" in text and "['T0', 'fnuz', 'tiny']" in text
+    assert rc == 2 and "'tiyn' (did you mean 'tiny'?) matches no case" in text and "['T0', 'fnuz', 'strided-views', 'tiny', 'transposed']" in text
 
 
 def test_unknown_backend_name_is_a_usage_error(capsys):
@@ -161,7 +161,7 @@ def test_pytest_plugin_unknown_case_and_allow_skip(pytester):
     res = _plugin(pytester, "--dsport-backend-module", P + "unavailable", "--dsport-ops", "dequant", "--dsport-cases", "tiyn")
     assert res.ret == pytest.ExitCode.USAGE_ERROR and "did you mean 'tiny'?" in res.stderr.str()
     res = _plugin(pytester, "--dsport-backend-module", P + "unavailable", "--dsport-ops", "dequant", "--dsport-allow-skip")
-    res.assert_outcomes(passed=1, skipped=3)
+    res.assert_outcomes(passed=1, skipped=5)
 
 
 # -- the YAML config -------------------------------------------------------------------

@@ -37,7 +37,7 @@ def test_bf16_export_matches_torch_at_every_position(bf16_export):
     called = {n.op_type.rsplit("_", 1)[0] for n in m.graph.node if n.domain == export.DOMAIN}
     # the indexer's key side (layer_norm, its rope and act_quant) is absent: its cache write goes through a
     # view the tracer drops, and with SEQ <= index_topk the selection does not depend on it (see ExportLimit)
-    assert {"rms_norm", "rope", "hadamard", "indexer_logits", "topk_select", "sparse_mla_prefill",
+    assert {"rms_norm", "rope", "indexer_logits", "topk_select", "sparse_mla_prefill",
             "moe_gate", "moe_experts"} <= called
     assert {f.name for f in m.functions} == {n.op_type for n in m.graph.node if n.domain == export.DOMAIN}
     cos = export.per_position_cosine(export.run_exported(res.path, tokens), want)

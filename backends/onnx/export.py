@@ -121,6 +121,10 @@ MOVES = {"Slice", "Gather", "GatherND", "GatherElements", "ScatterND", "ScatterE
          "Concat", "Squeeze", "Unsqueeze", "Transpose", "Expand", "Flatten", "Split", "Where", "Index", "Select"}
 
 
+# How every export (and its checks) builds the model: an FP8 indexer keeps its flat key cache, not the paged
+# one, whose block slices the tracer specialises to the traced prompt's (empty at run time).
+MODEL_OPTIONS = {"index_cache": "flat"}
+
 def _widen_fp8_glue(graph: onnx.GraphProto, functions: dict[str, onnx.GraphProto]) -> int:
     """Let the glue between dsport functions move FP8 tensors: each FP8 input of a standard op is cast to
     float16 first, and each widened value is cast back to its FP8 type where a dsport function reads it.
@@ -216,7 +220,8 @@ def export_prefill(checkpoint: str | Path, out: str | Path, seq: int = 16, exter
                           f"prompt's keys; use --seq <= {cfg.index_topk}")
     t0 = time.perf_counter()
     rec = RecordingOps()
-    model = Model.from_pretrained(checkpoint, ops=rec, dtype=torch.float32)  # type: ignore[arg-type]
+    # the flat FP8 indexer cache: the paged one is read back by block slices the tracer specialises to empty
+    model = Model.from_pretrained(checkpoint, ops=rec, dtype=torch.float32, **MODEL_OPTIONS)  # type: ignore[arg-type]
     tokens = prompt(cfg.vocab_size, seq, TRACE_SEED)
     model.reset(1, seq)  # caches allocated before tracing: the traced prefill writes into them as constants
     out = Path(out)
@@ -252,7 +257,7 @@ def run_exported(path: str | Path, tokens: torch.Tensor) -> torch.Tensor:
 def torch_logits(checkpoint: str | Path, tokens: torch.Tensor) -> torch.Tensor:
     from dsport.core.model import Model
 
-    return Model.from_pretrained(checkpoint, backend="torch", dtype=torch.float32)(tokens)
+    return Model.from_pretrained(checkpoint, backend="torch", dtype=torch.float32, **MODEL_OPTIONS)(tokens)
 
 
 def eager_onnx_logits(checkpoint: str | Path, tokens: torch.Tensor) -> torch.Tensor:
@@ -261,7 +266,7 @@ def eager_onnx_logits(checkpoint: str | Path, tokens: torch.Tensor) -> torch.Ten
     from dsport.core.registry import resolve
 
     ops = resolve({"backend": "onnx", "fallback": "fallback", "dtype": "float32"})
-    return Model.from_pretrained(checkpoint, ops=ops, dtype=torch.float32)(tokens)
+    return Model.from_pretrained(checkpoint, ops=ops, dtype=torch.float32, **MODEL_OPTIONS)(tokens)
 
 
 def per_position_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -126,7 +126,7 @@ class Indexer(nn.Module):
         self.wk = Linear(ops, cfg, cfg.dim, cfg.index_head_dim, dtype, fp8)
         self.k_norm = LayerNorm(ops, cfg.index_head_dim, 1e-6)
         self.weights_proj = Linear(ops, cfg, cfg.dim, cfg.index_n_heads, dtype, fp8=False)
-        self.paged = cfg.index_fp8 and cfg.index_head_dim == PAGED_INDEX_DIM and cfg.scale_fmt == "ue8m0"
+        self.paged = cfg.index_paged and cfg.index_fp8 and cfg.index_head_dim == PAGED_INDEX_DIM and cfg.scale_fmt == "ue8m0"
         self.k_cache: torch.Tensor | None = None
         self.k_scale: torch.Tensor | None = None
 
@@ -258,10 +258,13 @@ class MLA(nn.Module):
         kv = self.kv_a_layernorm(kv)
         k_pe = ops.rope(k_pe.unsqueeze(1), b.positions, b.freqs, True)[:, 0]
         latent = torch.cat([kv, k_pe], dim=-1)
+        # one view of the cache rows, written and then read through (a graph tracer, as the ONNX export's,
+        # follows a write into a view only to reads of that same view, not to later reads of the base tensor)
+        flat = self.kv_cache.view(-1, self.kv_cache.shape[-1])
         if cfg.kv_cache_fp8:  # FP8 latent (four 128-tiles with ue8m0 scales) + bf16 rope, 656 bytes a token
-            self.kv_cache.view(-1, self.FP8_ROW)[b.rows] = ops.mla_cache_pack(latent, WEIGHT_FMT)
+            flat[b.rows] = ops.mla_cache_pack(latent, WEIGHT_FMT)
         else:
-            self.kv_cache.view(-1, latent.shape[-1])[b.rows] = latent.to(self.kv_cache.dtype)
+            flat[b.rows] = latent.to(self.kv_cache.dtype)
 
         wkv_b = self.wkv_b().to(x.dtype)
         q_abs = torch.einsum("thd,hdc->thc", q_nope, wkv_b[:, : cfg.qk_nope_head_dim])
@@ -273,22 +276,22 @@ class MLA(nn.Module):
                 o, _ = ops.sparse_mla_decode(q_full.view(b.batch, 1, h, -1), self.kv_cache, rows.view(b.batch, 1, -1).int(), scale, d_v,
                                              WEIGHT_FMT)
             else:  # prefill reads the cache as decode will see it (dequantized, with the FP8 cache)
-                o, _, _ = ops.sparse_mla_prefill(q_full, self._float_rows(x.dtype), rows.unsqueeze(1).int(), scale, d_v)
+                o, _, _ = ops.sparse_mla_prefill(q_full, self._float_rows(flat, x.dtype), rows.unsqueeze(1).int(), scale, d_v)
         else:  # V3 / V3.1: dense absorbed attention over the paged cache, causal within the new tokens
             per_seq = b.capacity // self.BLOCK_SIZE
             table = torch.arange(b.batch * per_seq, device=x.device, dtype=torch.int32).view(b.batch, per_seq)
             seqlens = torch.full((b.batch,), b.end, dtype=torch.int32, device=x.device)
-            cache = self._float_rows(x.dtype).view(*self.kv_cache.shape[:3], -1) if cfg.kv_cache_fp8 else self.kv_cache
+            cache = self._float_rows(flat, x.dtype).view(*self.kv_cache.shape[:3], -1) if cfg.kv_cache_fp8 else self.kv_cache
             o, _ = ops.mla_decode_dense(q_full.view(b.batch, b.length, h, -1), cache, table, seqlens, scale, d_v, True)
         o = o.reshape(-1, h, d_v).to(x.dtype)
         o = torch.einsum("thc,hdc->thd", o, wkv_b[:, cfg.qk_nope_head_dim:])
         return self.o_proj(o.reshape(-1, h * cfg.v_head_dim))
 
-    def _float_rows(self, dtype: torch.dtype) -> torch.Tensor:
-        """Every cache row as [rows, 1, kv_lora + rope] floats (the FP8 cache dequantized)."""
+    def _float_rows(self, flat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Every cache row of ``flat`` (the cache as [rows, W]) as [rows, 1, kv_lora + rope] floats (the FP8 cache dequantized)."""
         if not self.cfg.kv_cache_fp8:
-            return self.kv_cache.view(-1, 1, self.kv_cache.shape[-1])
-        return self.ops.mla_cache_unpack(self.kv_cache.view(-1, self.FP8_ROW), WEIGHT_FMT).to(dtype).unsqueeze(1)
+            return flat.unsqueeze(1)
+        return self.ops.mla_cache_unpack(flat, WEIGHT_FMT).to(dtype).unsqueeze(1)
 
 
 class MLP(nn.Module):

@@ -44,7 +44,7 @@ class Model(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, backend: str = "torch", dtype: torch.dtype | None = None,
                         dequantize: bool = False, ops: OpTable | None = None, indexer: str = "auto",
-                        kv_cache: str = "float", moe: str = "experts") -> Model:
+                        kv_cache: str = "float", moe: str = "experts", index_cache: str = "paged") -> Model:
         """Load a Hugging Face-format checkpoint (config.json + safetensors).
 
         FP8 weights stay FP8 (act_quant + fp8_gemm) unless ``dequantize``.
@@ -52,18 +52,22 @@ class Model(nn.Module):
         ``quantization_config``, float without one), ``fp8`` or ``float`` force it.
         ``kv_cache``: ``float`` (the model dtype) or ``fp8`` (FlashMLA's 656-byte
         latent rows). ``moe``: ``experts`` (one moe_experts call) or ``grouped``
-        (DeepGEMM-style grouped GEMMs)."""
+        (DeepGEMM-style grouped GEMMs). ``index_cache``: ``paged`` (FP8 128-dim
+        keys with ue8m0 scales in DeepGEMM's paged layout, where they apply) or
+        ``flat`` (one FP8 key cache and a scale per token)."""
         from dataclasses import replace
 
         from dsport.core.model.weights import load_weights
 
-        choices = {"indexer": (indexer, INDEXER_PRECISIONS), "kv_cache": (kv_cache, ("float", "fp8")), "moe": (moe, ("experts", "grouped"))}
+        choices = {"indexer": (indexer, INDEXER_PRECISIONS), "kv_cache": (kv_cache, ("float", "fp8")), "moe": (moe, ("experts", "grouped")),
+                   "index_cache": (index_cache, ("paged", "flat"))}
         for key, (v, valid) in choices.items():
             if v not in valid:
                 raise ConfigError(f"Model.from_pretrained: {key}: expected one of {list(valid)}, got {v!r}")
         cfg = load_config(path)
         index_fp8 = cfg.index_fp8 if indexer == "auto" else indexer == "fp8"
-        cfg = replace(cfg, index_fp8=index_fp8, kv_cache_fp8=kv_cache == "fp8", moe_grouped_gemm=moe == "grouped")
+        cfg = replace(cfg, index_fp8=index_fp8, kv_cache_fp8=kv_cache == "fp8", moe_grouped_gemm=moe == "grouped",
+                      index_paged=index_cache == "paged")
         if dequantize:
             cfg = replace(cfg, fp8_weights=False)
         ops = ops or resolve(backend)
