@@ -218,3 +218,11 @@ def test_build_rows_map_statuses_honestly():
     src = row("source")  # lowered, no toolchain here: neither built nor failed
     assert src["verdict"] == "skip" and "not compiled here" in src["reason"]
     assert KernelBuild("b", "k", (), "gfx950", "source").findings == []
+
+
+def test_an_unavailable_backend_still_builds_ahead_of_time():
+    # a build needs the toolchain, not the device: the rows are 'built', the cases of an op table it cannot run 'skip'
+    runs, rows = run(Plan(backend_modules=["conformance_planted.offline_builder"], ops=["act_quant"], cases=["tiny"],
+                          build_targets=["sm_90a"]))
+    got = {(r["case"], r["verdict"]) for r in rows}
+    assert ("sm_90a:act_quant_kernel", "built") in got and ("tiny", "skip") in got, got
