@@ -129,10 +129,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if not _active(config):
         return
     _TALLY.update(ran=0, skipped=0)  # one session per process, or per in-process pytester run
-    from dsport.conformance.runner import Plan, select_items
+    from dsport.conformance.runner import ConformancePlan, select_items
 
     split = lambda s: [x for x in s.split(",") if x] if s else None  # noqa: E731
-    plan = Plan(ops=split(config.getoption("--dsport-ops")), case_set=config.getoption("--dsport-set"),
+    plan = ConformancePlan(ops=split(config.getoption("--dsport-ops")), case_set=config.getoption("--dsport-set"),
                 cases=split(config.getoption("--dsport-cases")))
     from dsport.core.errors import DsportError
 

@@ -40,7 +40,7 @@ EXECUTED = ("pass", "fail", "crash", "timeout", "built", "contract")
 
 
 @dataclass
-class Plan:
+class ConformancePlan:
     """What to run. ``backends`` are registry names; ``backend_modules`` are
     dotted module paths of extra backends (out-of-tree or test backends)."""
 
@@ -58,7 +58,7 @@ class Plan:
     ref_cache: str | None = None          # reference outputs shared by the run's workers (default: a temp dir)
 
 
-def select_items(plan: Plan) -> list[tuple[str, str]]:
+def select_items(plan: ConformancePlan) -> list[tuple[str, str]]:
     """(op, case id) pairs in spec order, filtered by op, set and id patterns."""
     from dsport.core.errors import ConfigError
     from dsport.core.spec import specs
@@ -180,7 +180,7 @@ class BackendRun:
     broken: bool = False                  # failed to import (not a missing dependency) or available() raised
 
 
-def run_backend(label: str, module: str | None, items: Sequence[tuple[str, str]], plan: Plan,
+def run_backend(label: str, module: str | None, items: Sequence[tuple[str, str]], plan: ConformancePlan,
                 on_row: Callable[[dict[str, Any]], None] = lambda r: None,
                 build_targets: Sequence[str] | None = None) -> tuple[BackendRun, list[dict[str, Any]]]:
     """All cases of one backend; restarts the worker after a crash or hang."""
@@ -272,7 +272,7 @@ def run_backend(label: str, module: str | None, items: Sequence[tuple[str, str]]
     return info, rows
 
 
-def run(plan: Plan, on_row: Callable[[dict[str, Any]], None] = lambda r: None,
+def run(plan: ConformancePlan, on_row: Callable[[dict[str, Any]], None] = lambda r: None,
         on_backend: Callable[[str, int], None] = lambda name, n: None) -> tuple[dict[str, BackendRun], list[dict[str, Any]]]:
     """Every selected backend over the selected cases; returns availability and result rows."""
     items = select_items(plan)
@@ -295,7 +295,7 @@ def run(plan: Plan, on_row: Callable[[dict[str, Any]], None] = lambda r: None,
     return runs, rows
 
 
-def _one_backend(label: str, module: str | None, items: list[tuple[str, str]], plan: Plan,
+def _one_backend(label: str, module: str | None, items: list[tuple[str, str]], plan: ConformancePlan,
                  on_row: Callable[[dict[str, Any]], None], on_backend: Callable[[str, int], None]) -> tuple[BackendRun, list[dict[str, Any]]]:
     on_backend(label, len(items))
     info, got = run_backend(label, module, items, plan, on_row)

@@ -146,7 +146,7 @@ def _run(args: argparse.Namespace, err: Any) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from dsport.conformance import report
-    from dsport.conformance.runner import Plan, check_module, load_build_reports, run, select_items, unchecked
+    from dsport.conformance.runner import ConformancePlan, check_module, load_build_reports, run, select_items, unchecked
     from dsport.core.errors import ConfigError
 
     targets = _csv(args.targets)
@@ -158,7 +158,7 @@ def _run(args: argparse.Namespace, err: Any) -> int:
             _choice("--backends", b, backend_names())
     for m in args.backend_module:
         check_module(m)
-    plan = Plan(backends=named or ([] if args.backend_module else _default_backends()),
+    plan = ConformancePlan(backends=named or ([] if args.backend_module else _default_backends()),
                 backend_modules=args.backend_module, ops=_csv(args.ops), case_set=args.case_set, cases=_csv(args.cases),
                 timeout=args.timeout, build_targets=(targets or ["all"]) if (args.build or targets) else None,
                 build_dir=args.build_dir, jobs=args.jobs)

@@ -9,7 +9,7 @@ import json
 import sys
 
 from dsport.core.errors import DsportError
-from dsport.core.plan import GIB, Plan, hardware_memory, plan
+from dsport.core.plan import GIB, MemoryPlan, hardware_memory, plan
 
 RELEASE = ("671B", "release")
 
@@ -35,7 +35,7 @@ def _gib(b: float) -> str:
     return f"{b:,.0f} B"
 
 
-def _render(p: Plan, hw: tuple[str, float] | None) -> list[str]:
+def _render(p: MemoryPlan, hw: tuple[str, float] | None) -> list[str]:
     c = p.cfg
     lines = [f"dsport plan: {c.n_layers} layers, dim {c.dim}, {c.n_heads} heads, {c.n_routed_experts} routed experts; "
              f"tp={p.tp} ep={p.ep} -> {p.world} rank(s), {p.dp} data-parallel attention group(s); "

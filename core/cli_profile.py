@@ -115,7 +115,7 @@ def profile(args: argparse.Namespace, console: Any) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from dsport.core.profile import hardware, report
-    from dsport.core.profile.run import Plan, run
+    from dsport.core.profile.run import ProfilePlan, run
     from dsport.core.profile.shapes import CPU, DEVICE, PHASES, check_scale, profile_cases
     from dsport.core.registry import load_backend
 
@@ -130,7 +130,7 @@ def profile(args: argparse.Namespace, console: Any) -> dict[str, Any]:
                         else "reading the roofline"):
         roof = hardware.for_device(device, args.hardware)
     console.print(f"roofline: {roof.name} ({roof.origin}); {roof.note}")
-    plan = Plan(mods, cases, roof, load_backend("reference"), device, args.warmup, args.repeats, min(3, args.repeats), args.budget)
+    plan = ProfilePlan(mods, cases, roof, load_backend("reference"), device, args.warmup, args.repeats, min(3, args.repeats), args.budget)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as prog:
         task = prog.add_task("profiling", total=len(cases) * len(mods))

@@ -196,7 +196,7 @@ def group_of(name: str) -> str:
 
 
 @dataclass
-class Plan:
+class MemoryPlan:
     cfg: ModelConfig
     tp: int
     ep: int
@@ -268,12 +268,12 @@ def _activation_terms(cfg: ModelConfig, tp: int, ep: int, tokens: int, context: 
     return {**resid, **{f"{peak_block}: {k}": v for k, v in chosen.items()}}
 
 
-def plan(cfg: ModelConfig, tp: int = 1, ep: int = 1, context: int = 8192, batch: int = 1, chunk: int = 4096) -> Plan:
+def plan(cfg: ModelConfig, tp: int = 1, ep: int = 1, context: int = 8192, batch: int = 1, chunk: int = 4096) -> MemoryPlan:
     _check_degrees(cfg, tp, ep)
     for arg, v in (("--context", context), ("--batch", batch), ("--chunk", chunk)):
         if v < 1:
             raise ValidationError(OP, arg, "a positive integer", v)
-    p = Plan(cfg, tp, ep, context, batch, chunk)
+    p = MemoryPlan(cfg, tp, ep, context, batch, chunk)
     for t, repeats in _weight_kinds(cfg):
         g = group_of(t.name)
         p.weights[g] = p.weights.get(g, 0) + repeats * rank_bytes(t, cfg, tp, ep)

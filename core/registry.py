@@ -141,7 +141,7 @@ class OpPlan:
 
 
 @dataclass
-class Plan:
+class Resolution:
     config: Config
     backends: dict[str, Backend]
     ops: dict[str, OpPlan] = field(default_factory=dict)
@@ -163,13 +163,13 @@ def judge(backend: Backend, op: str, query: Mapping[str, Any]) -> tuple[str, ...
     return backend.module.refusal(op, query)
 
 
-def plan(config: Config) -> Plan:
+def plan(config: Config) -> Resolution:
     """Judge every candidate of every op; raise nothing (``resolve`` decides)."""
     sources = discover()
     names = {b for op in specs() for b in config.chain(op)}
     backends = {n: load(n, sources) for n in sorted(names)}
     query = config.query()
-    result = Plan(config, backends)
+    result = Resolution(config, backends)
     for op in specs():
         chain = config.chain(op)
         verdicts = [Verdict(b, judge(backends[b], op, query)) for b in chain]
@@ -197,7 +197,7 @@ class OpTable:
     every candidate's reason."""
 
     def __init__(self, bound: dict[str, Callable[..., Any]], served_by: dict[str, str], trace: list[str],
-                 plan: Plan | None = None):
+                 plan: Resolution | None = None):
         self.__dict__.update(bound)
         self.ops = dict(bound)
         self.served_by = served_by

@@ -8,7 +8,7 @@ import types
 import pytest
 
 from dsport.backends import reference
-from dsport.conformance.runner import Plan, run_backend, select_items
+from dsport.conformance.runner import ConformancePlan, run_backend, select_items
 from dsport.conformance.worker import run_case
 from dsport.core.backend import HOOKS, BackendContractError, contract_markdown, from_module, import_backend
 from dsport.core.capabilities import Capability
@@ -97,14 +97,14 @@ def _rms_items():
     from dsport.core.spec import specs
 
     plain = {c.id for c in specs()["rms_norm"].cases() if c.inputs().get("residual") is None}
-    return [it for it in select_items(Plan(ops=["rms_norm"])) if it[1] in plain][:4]
+    return [it for it in select_items(ConformancePlan(ops=["rms_norm"])) if it[1] in plain][:4]
 
 
 @pytest.mark.parametrize("clean, want", [(True, "contract"), (False, "fail")])
 def test_contract_ops_run_where_the_backend_is_unavailable(monkeypatch, clean, want):
     if clean:
         monkeypatch.setenv("DSPORT_PLANTED_CLEAN", "1")
-    plan = Plan(ops=["rms_norm"])
+    plan = ConformancePlan(ops=["rms_norm"])
     info, rows = run_backend("contract_adapter", ADAPTER, _rms_items(), plan)
     assert info.available and "contract models" in info.reason and "vendornorm" in info.reason
     got = {r["case"]: r["verdict"] for r in rows}

@@ -12,7 +12,7 @@ from conformance_planted.planted_bugs import EXPECTED
 from dsport.backends import reference
 from dsport.conformance import report, schema
 from dsport.conformance.merge import merge
-from dsport.conformance.runner import Plan, load_build_reports, run, run_backend, select_items
+from dsport.conformance.runner import ConformancePlan, load_build_reports, run, run_backend, select_items
 from dsport.core.cli import main
 
 pytest_plugins = ("pytester",)
@@ -29,13 +29,13 @@ def planted():
     # the case each bug must turn red, plus the tiny and empty cases: enough for the control to show
     # that the bug alone makes the difference, small enough for a 2-core machine
     cases = [f"{op}/{case}" for op, (case, _) in EXPECTED.items()] + ["*/tiny*", "*/T0"]
-    runs, rows = run(Plan(backend_modules=[PLANTED, CLEAN], ops=sorted(EXPECTED), cases=cases, jobs=2))
+    runs, rows = run(ConformancePlan(backend_modules=[PLANTED, CLEAN], ops=sorted(EXPECTED), cases=cases, jobs=2))
     return runs, rows
 
 
 @pytest.fixture(scope="module")
 def unstable():
-    plan = Plan(ops=["act_quant", "dequant"], timeout=4.0)
+    plan = ConformancePlan(ops=["act_quant", "dequant"], timeout=4.0)
     info, rows = run_backend("unstable", UNSTABLE, select_items(plan), plan)
     _, built = run_backend("unstable", UNSTABLE, [], plan, build_targets=["sm_90a"])
     return info, rows, built
@@ -71,7 +71,7 @@ def test_crash_and_hang_are_recorded_and_the_rest_completes(unstable):
     assert by[("act_quant", "tiny")]["verdict"] == "crash" and "SIGABRT" in by[("act_quant", "tiny")]["reason"]
     assert by[("dequant", "fnuz")]["verdict"] == "timeout"
     rest = [r for k, r in by.items() if k not in (("act_quant", "tiny"), ("dequant", "fnuz"))]
-    assert len(by) == len(select_items(Plan(ops=["act_quant", "dequant"]))) and rest
+    assert len(by) == len(select_items(ConformancePlan(ops=["act_quant", "dequant"]))) and rest
     assert all(r["verdict"] == "pass" for r in rest), [(r["case"], r["verdict"], r["reason"]) for r in rest]
 
 
@@ -183,7 +183,7 @@ def test_pytest_plugin_is_inert_without_its_option(pytester):
 
 
 def test_a_backend_that_cannot_load_is_a_crash_and_a_missing_one_a_skip():
-    runs, rows = run(Plan(backend_modules=["conformance_planted.broken", "conformance_planted.not_there"],
+    runs, rows = run(ConformancePlan(backend_modules=["conformance_planted.broken", "conformance_planted.not_there"],
                           ops=["dequant"], cases=["tiny"], jobs=2))
     by = {r["backend"]: r for r in rows}
     assert by["broken"]["verdict"] == "crash" and "half-written backend" in by["broken"]["reason"]
@@ -193,14 +193,14 @@ def test_a_backend_that_cannot_load_is_a_crash_and_a_missing_one_a_skip():
 
 def test_quick_tags_narrow_the_quick_set_with_visible_skips():
     module = "conformance_planted.quick_tagged"
-    quick = Plan(ops=["act_quant"])
+    quick = ConformancePlan(ops=["act_quant"])
     _, rows = run_backend("quick_tagged", module, select_items(quick), quick)
     by_verdict = {r["case"]: r["verdict"] for r in rows}
     assert by_verdict["tiny"] == "pass"
     skipped = [r for r in rows if r["verdict"] == "skip"]
     assert skipped and all("quick set" in r["reason"] and "--full" in r["reason"] for r in skipped)
     assert set(by_verdict) == {c for _, c in select_items(quick)}  # nothing silently dropped
-    full = Plan(ops=["act_quant"], case_set="full")
+    full = ConformancePlan(ops=["act_quant"], case_set="full")
     _, rows = run_backend("quick_tagged", module, select_items(full), full)
     assert rows and all(r["verdict"] == "pass" for r in rows)
 
@@ -222,7 +222,7 @@ def test_build_rows_map_statuses_honestly():
 
 def test_an_unavailable_backend_still_builds_ahead_of_time():
     # a build needs the toolchain, not the device: the rows are 'built', the cases of an op table it cannot run 'skip'
-    runs, rows = run(Plan(backend_modules=["conformance_planted.offline_builder"], ops=["act_quant"], cases=["tiny"],
+    runs, rows = run(ConformancePlan(backend_modules=["conformance_planted.offline_builder"], ops=["act_quant"], cases=["tiny"],
                           build_targets=["sm_90a"]))
     got = {(r["case"], r["verdict"]) for r in rows}
     assert ("sm_90a:act_quant_kernel", "built") in got and ("tiny", "skip") in got, got

@@ -14,7 +14,7 @@ from dsport.backends.hip import aiter as A
 from dsport.backends.hip import aot as hb
 from dsport.backends.hip import host
 from dsport.conformance import worker
-from dsport.conformance.runner import Plan, run_backend, select_items
+from dsport.conformance.runner import ConformancePlan, run_backend, select_items
 from dsport.core.backend import import_backend
 from dsport.core.build import ToolchainMissing
 from dsport.core.errors import ConfigError
@@ -116,7 +116,7 @@ def test_topk_adapter_uses_the_decode_form_for_windows_from_zero():
 
 
 def _items(op, pred=lambda case: True):
-    plan = Plan(ops=[op])
+    plan = ConformancePlan(ops=[op])
     cases = {c.id: c for c in specs()[op].cases()}
     return [it for it in select_items(plan) if pred(cases[it[1]])], plan
 
@@ -129,7 +129,7 @@ def test_adapters_come_out_contract_never_pass():
         items += its[:n]
     items.append(("moe_experts", "ep-minus1-nan-weights"))  # named below, wherever the spec lists it
     items = list(dict.fromkeys(items))
-    info, rows = run_backend("hip", "dsport.backends.hip", items, Plan(ops=None))
+    info, rows = run_backend("hip", "dsport.backends.hip", items, ConformancePlan(ops=None))
     got = {(r["op"], r["case"]): r["verdict"] for r in rows}
     assert info.available and "contract models" in info.reason
     assert "pass" not in got.values() and "fail" not in got.values() and "crash" not in got.values(), got

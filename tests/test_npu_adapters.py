@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dsport.backends import reference
-from dsport.conformance.runner import Plan, run_backend
+from dsport.conformance.runner import ConformancePlan, run_backend
 from dsport.conformance.worker import run_case
 from dsport.core.backend import from_module, import_backend
 from dsport.npu_kernels import adapters, contract_models as M, layouts
@@ -50,7 +50,7 @@ def test_planted_npu_slip_fails_where_the_clean_adapter_is_contract(plant):
 def test_npu_backend_runs_contract_in_the_conformance_worker():
     items = [("sparse_mla_prefill", "small"), ("sparse_mla_decode", "fp8-page64"), ("rms_norm", "residual"),
              ("sparse_mla_decode", "fp8-page1"), ("sparse_mla_prefill", "tiny"), ("indexer_logits", "tiny-fp8")]
-    info, rows = run_backend("npu", "dsport.backends.npu", items, Plan(backends=["npu"]))
+    info, rows = run_backend("npu", "dsport.backends.npu", items, ConformancePlan(backends=["npu"]))
     assert info.available and "torch_npu is not installed" in info.reason and "contract models" in info.reason
     got = {(r["op"], r["case"]): (r["verdict"], r["reason"]) for r in rows}
     assert [got[i][0] for i in items[:3]] == ["contract"] * 3, got

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Plan:
+class ProfilePlan:
     backends: dict[str, BackendModule]
     cases: list[ProfileCase]
     roof: Roofline
@@ -75,7 +75,7 @@ def _row(pc: ProfileCase, backend: str, **kw: Any) -> dict[str, Any]:
             "shapes": None, "flops": None, "bytes": None, "timing": None, "perf": None, **kw}
 
 
-def run(plan: Plan, on_row: Callable[[dict[str, Any]], None] = lambda r: None) -> list[dict[str, Any]]:
+def run(plan: ProfilePlan, on_row: Callable[[dict[str, Any]], None] = lambda r: None) -> list[dict[str, Any]]:
     table = specs()
     rows: list[dict[str, Any]] = []
     for pc in plan.cases:
