@@ -86,7 +86,7 @@ class InputGuard:
         return "; ".join(why)
 
     def _output_name(self, i: int) -> str:
-        declared = [o for o in self.spec.outputs if o.when is None or self.args.get(o.when) is not None]
+        declared = self.spec.outputs_for(self.args)
         return declared[i].name if i < len(declared) else str(i)
 
 

@@ -264,14 +264,10 @@ def row_condition(bound: Mapping[str, Any]) -> float:
     return float(c.max()) if c.numel() else 0.0
 
 
-def output_dtype(o: Output, bound: Mapping[str, Any]) -> torch.dtype:
-    return o.dtype(bound) if callable(o.dtype) else o.dtype
-
-
 def judge(spec: OpSpec, bound: Mapping[str, Any], dims: Mapping[str, Any], outs: Sequence[Any], refs: Sequence[Any],
           check_dtypes: bool = True) -> Judgement:
     """Compare one case's outputs with the reference's under the op's metric family."""
-    declared = [o for o in spec.outputs if o.when is None or bound.get(o.when) is not None]
+    declared = spec.outputs_for(bound)
     shapes = spec.output_shapes(bound, dims)
     if len(outs) != len(declared):
         return Judgement(False, f"{len(outs)} outputs returned, spec declares {len(declared)} ({', '.join(o.name for o in declared)})")
@@ -280,7 +276,7 @@ def judge(spec: OpSpec, bound: Mapping[str, Any], dims: Mapping[str, Any], outs:
             return Judgement(False, f"output '{o.name}' is {type(x).__name__}, not a tensor")
         if tuple(x.shape) != tuple(shape):
             return Judgement(False, f"output '{o.name}' has shape {tuple(x.shape)}, spec says {tuple(shape)}")
-        want = output_dtype(o, bound)
+        want = o.dtype_for(bound)
         if check_dtypes and x.dtype != want:
             return Judgement(False, f"output '{o.name}' has dtype {str(x.dtype).removeprefix('torch.')}, spec says {str(want).removeprefix('torch.')}")
     q = query_of(spec, bound, dims)
@@ -291,7 +287,7 @@ def judge(spec: OpSpec, bound: Mapping[str, Any], dims: Mapping[str, Any], outs:
     cond = row_condition(bound) if row.cond_ulps else 0.0
 
     def tol_for(o: Output) -> Tolerance:
-        return tolerance(spec.name, q.get("dtype"), output_dtype(o, bound), q.get("fp8_format"), n, angle, cond)
+        return tolerance(spec.name, q.get("dtype"), o.dtype_for(bound), q.get("fp8_format"), n, angle, cond)
 
     if spec.metric == "routing":
         return routing(outs, refs, bound, tol_for(declared[0]))
@@ -304,7 +300,7 @@ def judge(spec: OpSpec, bound: Mapping[str, Any], dims: Mapping[str, Any], outs:
             lowered = r.dtype == torch.float64 and x.is_floating_point() and x.dtype not in FP8 and x.dtype != r.dtype
             j = exact(x, r.to(x.dtype) if lowered else r)
         elif spec.metric == "attention" and o.name in ("lse", "max_logits"):
-            j = log_scale(x, r, output_dtype(declared[0], bound), n, o.name)
+            j = log_scale(x, r, declared[0].dtype_for(bound), n, o.name)
         else:
             j = close(x, r, tol_for(o))
         parts.append((o.name, j))

@@ -112,19 +112,6 @@ def _to_schema_value(v: Any) -> Any:
     return v.name if isinstance(v, (Fp8Format, ScaleFormat)) else v
 
 
-def _bound_dims(spec: OpSpec, bound: Mapping[str, Any]) -> dict[str, Any]:
-    """Shape dims from tensor shapes and integer params only: the value
-    checks of ``validate`` (index bounds, ...) cannot run on fake tensors."""
-    dims: dict[str, Any] = {}
-    for a in spec.args:
-        v = bound.get(a.name)
-        if isinstance(a, Tensor) and isinstance(v, torch.Tensor):
-            spec._bind_shape(a, v, dims, [])
-        elif isinstance(a, Param) and isinstance(v, (int, float)) and not isinstance(v, bool):
-            dims[a.name] = v
-    return dims
-
-
 def _bind(var: Variant, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Schema arguments by name, defaults filled, dropped optionals None."""
     bound: dict[str, Any] = dict.fromkeys(var.dropped)
@@ -143,15 +130,10 @@ def _device(var: Variant, bound: Mapping[str, Any]) -> torch.device:
 def _make_fake(var: Variant) -> Callable[..., Any]:
     def fake(*args: Any, **kwargs: Any) -> Any:
         bound = _bind(var, args, kwargs)
-        dims = _bound_dims(var.spec, bound)
+        dims = var.spec.shape_dims(bound)
         shapes = var.spec.output_shapes(bound, dims)
-        present = [i for i, o in enumerate(var.spec.outputs) if o.when is None or bound.get(o.when) is not None]
         dev = _device(var, bound)
-        outs = []
-        for i, shape in zip(present, shapes):
-            o = var.spec.outputs[i]
-            dt = o.dtype(bound) if callable(o.dtype) else o.dtype
-            outs.append(torch.empty(shape, dtype=dt, device=dev))
+        outs = [torch.empty(shape, dtype=o.dtype_for(bound), device=dev) for o, shape in zip(var.spec.outputs_for(bound), shapes)]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     return fake
@@ -180,7 +162,7 @@ def _make_impl(var: Variant, fn: Callable[..., Any]) -> Callable[..., Any]:
         ptrs = {t.untyped_storage().data_ptr() for t in ins if t is not None and t.numel()}
         fixed = []
         for o, t in zip(outs_spec, outs):
-            dt = o.dtype if static else (o.dtype(bound) if callable(o.dtype) else o.dtype)
+            dt = o.dtype if static else o.dtype_for(bound)
             if t.dtype != dt:
                 t = t.to(dt)
             if t.numel() and t.untyped_storage().data_ptr() in ptrs:

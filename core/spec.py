@@ -91,6 +91,10 @@ class Output:
     when: str | None = None
     doc: str = ""
 
+    def dtype_for(self, bound: Mapping[str, Any]) -> torch.dtype:
+        """This output's dtype for one call's bound arguments."""
+        return self.dtype(bound) if callable(self.dtype) else self.dtype
+
 
 @dataclass(frozen=True)
 class Check:
@@ -214,6 +218,22 @@ class OpSpec:
         if p.minimum is not None and not v >= p.minimum:  # `not >=` also rejects NaN (nan < min is False)
             raise ValidationError(self.name, p.name, f">= {p.minimum}" + (" (not NaN)" if v != v else ""), repr(v))
 
+    def outputs_for(self, bound: Mapping[str, Any]) -> list[Output]:
+        """The outputs this call returns, in order (an optional output only when its ``when`` argument is given)."""
+        return [o for o in self.outputs if o.when is None or bound.get(o.when) is not None]
+
+    def shape_dims(self, bound: Mapping[str, Any]) -> dict[str, Any]:
+        """The dims bound from tensor shapes and numeric params alone: no value
+        checks, so it works on meta and fake tensors (the cost model, fake kernels)."""
+        dims: dict[str, Any] = {}
+        for a in self.args:
+            v = bound.get(a.name)
+            if isinstance(a, Tensor) and isinstance(v, torch.Tensor):
+                self._bind_shape(a, v, dims, [])
+            elif isinstance(a, Param) and isinstance(v, (int, float)) and not isinstance(v, bool):
+                dims[a.name] = v
+        return dims
+
     def _bind_shape(self, a: Tensor, t: torch.Tensor, dims: dict[str, Any], exprs: list) -> None:
         shape = a.shape
         fixed = shape[1:] if shape and shape[0] == "*" else shape
@@ -272,9 +292,11 @@ class OpSpec:
             shapes.append(tuple(shape))
         return shapes
 
-    def cost(self, bound: Mapping[str, Any]) -> tuple[float, float]:
-        """(FLOPs, bytes moved) for these arguments: the roofline inputs."""
-        dims = self.validate(bound)
+    def cost(self, bound: Mapping[str, Any], shapes_only: bool = False) -> tuple[float, float]:
+        """(FLOPs, bytes moved) for these arguments: the roofline inputs. With
+        ``shapes_only`` the arguments may be meta tensors: dims come from their
+        shapes (:meth:`shape_dims`) and the value checks are skipped."""
+        dims = self.shape_dims(bound) if shapes_only else self.validate(bound)
         ns = {**dims, **{k: v for k, v in bound.items() if not isinstance(v, torch.Tensor)}}
         if self.bytes is not None:
             nbytes = float(self.bytes(ns))
@@ -285,10 +307,8 @@ class OpSpec:
 
     def _output_bytes(self, bound: Mapping[str, Any], dims: Mapping[str, Any]) -> float:
         total = 0.0
-        outs = [o for o in self.outputs if o.when is None or bound.get(o.when) is not None]
-        for o, shape in zip(outs, self.output_shapes(bound, dims)):
-            dt = o.dtype(bound) if callable(o.dtype) else o.dtype
-            total += math.prod(shape) * torch.empty((), dtype=dt).element_size()
+        for o, shape in zip(self.outputs_for(bound), self.output_shapes(bound, dims)):
+            total += math.prod(shape) * torch.empty((), dtype=o.dtype_for(bound)).element_size()
         return total
 
 

@@ -107,10 +107,10 @@ def _check(spec, case) -> None:
     want = want if isinstance(want, tuple) else (want,)
     got = got if isinstance(got, tuple) else (got,)
     bound = spec.bind(**args)
-    outs = [o for o in spec.outputs if o.when is None or bound.get(o.when) is not None]
+    outs = spec.outputs_for(bound)
     assert len(got) == len(outs) == len(want)
     for o, g, w in zip(outs, got, want):
-        dt = o.dtype(bound) if callable(o.dtype) else o.dtype
+        dt = o.dtype_for(bound)
         assert g.dtype == dt, f"{o.name}: torch backend returned {g.dtype}, the spec says {dt}"
         assert g.shape == w.shape, f"{o.name}: shape {tuple(g.shape)} vs {tuple(w.shape)}"
     if spec.metric == "topk":

@@ -23,7 +23,7 @@ import torch
 from dsport.core.constants import DEEPSEEK_V32 as V
 from dsport.core.profile.hardware import Roofline
 from dsport.core.profile.roofline import math_class, roofline_time
-from dsport.core.spec import Tensor, cdiv, specs
+from dsport.core.spec import cdiv, specs
 
 PAGE = 64
 CONTEXTS = (8192, 16384, 32768, 65536, 131072)
@@ -45,25 +45,9 @@ class Call:
 
 
 def model_cost(op: str, args: Mapping[str, Any]) -> tuple[float, float]:
-    """The spec's (FLOPs, bytes) for shape-only arguments: dims bound from shapes,
-    value checks skipped (meta tensors carry no values)."""
+    """The spec's (FLOPs, bytes) for shape-only arguments (meta tensors carry no values)."""
     spec = specs()[op]
-    bound = spec.bind(**args)
-    dims: dict[str, Any] = {}
-    exprs: list = []
-    for a in spec.args:
-        v = bound.get(a.name)
-        if isinstance(a, Tensor) and isinstance(v, torch.Tensor):
-            spec._bind_shape(a, v, dims, exprs)  # shape binding only: the value checks need data
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            dims[a.name] = v
-    ns = {**dims, **{k: v for k, v in bound.items() if not isinstance(v, torch.Tensor)}}
-    if spec.bytes is not None:
-        nbytes = float(spec.bytes(ns))
-    else:
-        nbytes = float(sum(v.numel() * v.element_size() for v in bound.values() if isinstance(v, torch.Tensor)))
-        nbytes += spec._output_bytes(bound, dims)
-    return float(spec.flops(ns)), nbytes
+    return spec.cost(spec.bind(**args), shapes_only=True)
 
 
 def _gemm(label: str, group: str, m: int, n: int, k: int, variant: str = "both") -> list[Call]:

@@ -56,13 +56,13 @@ def _query(spec: Any, args: dict[str, Any]) -> dict[str, Any]:
 def _structure(spec: Any, bound: dict[str, Any], outs: tuple, is_reference: bool) -> str:
     """What is wrong with the outputs of the profiled call that needs no reference to see."""
     dims = spec.validate(bound)
-    declared = [o for o in spec.outputs if o.when is None or bound.get(o.when) is not None]
+    declared = spec.outputs_for(bound)
     if len(outs) != len(declared):
         return f"{len(outs)} outputs, the spec declares {len(declared)}"
     for o, x, shape in zip(declared, outs, spec.output_shapes(bound, dims)):
         if not isinstance(x, torch.Tensor) or tuple(x.shape) != tuple(shape):
             return f"output '{o.name}' is {tuple(getattr(x, 'shape', ()))}, the spec says {tuple(shape)}"
-        want = o.dtype(bound) if callable(o.dtype) else o.dtype
+        want = o.dtype_for(bound)
         if not is_reference and x.dtype != want:
             return f"output '{o.name}' has dtype {x.dtype}, the spec says {want}"
         if x.is_floating_point() and x.dtype.itemsize > 1 and bool(torch.isnan(x).any()):

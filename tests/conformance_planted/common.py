@@ -21,10 +21,10 @@ def reference_op(op: str) -> Callable[..., Any]:
 def as_spec(op: str, args: dict[str, Any], outs: Any) -> Any:
     spec = get_spec(op)
     bound = spec.bind(**args)
-    declared = [o for o in spec.outputs if o.when is None or bound.get(o.when) is not None]
+    declared = spec.outputs_for(bound)
     single = not isinstance(outs, (tuple, list))
     outs = (outs,) if single else tuple(outs)
-    cast = tuple(x.to(o.dtype(bound) if callable(o.dtype) else o.dtype) if x.is_floating_point() else x
+    cast = tuple(x.to(o.dtype_for(bound)) if x.is_floating_point() else x
                  for o, x in zip(declared, outs))
     return cast[0] if single else cast
 
