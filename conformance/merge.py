@@ -24,6 +24,7 @@ from typing import Any
 from dsport.conformance.report import SCHEMA_NAME, SCHEMA_VERSION, summary
 from dsport.conformance.schema import errors
 from dsport.core.errors import ConfigError
+from dsport.core.files import read_text
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +36,9 @@ class ReportError(ConfigError):
 def load(path: str | Path) -> dict[str, Any]:
     """Read and validate one report; every way it can be unreadable is a ReportError naming ``path``."""
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise ReportError(f"{p}: cannot read: {e.strerror or e}") from None
-    if not raw.strip():
+    text = read_text(p, "a JSON conformance report", error=ReportError)
+    if not text.strip():
         raise ReportError(f"{p}: empty file, not a conformance report")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ReportError(f"{p}: not a text file (byte {e.start} is not UTF-8): binary data, not a JSON conformance report") from None
-    if "\x00" in text:
-        raise ReportError(f"{p}: contains NUL bytes: binary data, not a JSON conformance report")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:

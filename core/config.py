@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from dsport.core.errors import ConfigError
+from dsport.core.files import read_text
 from dsport.core.fp8 import FP8_FORMATS, SCALE_FORMATS
 
 ENV_CONFIG = "DSPORT_CONFIG"
@@ -252,16 +253,7 @@ def read_yaml(path: str | os.PathLike[str], base: Config | None = None) -> Confi
     import yaml
 
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"config file {str(p)!r}: cannot read: {e.strerror or e}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {str(p)!r}: not a text file (byte {e.start} is not UTF-8): expected a YAML mapping") from None
-    if "\x00" in text:
-        raise ConfigError(f"config file {str(p)!r}: contains NUL bytes (a binary file?): expected a YAML mapping")
+    text = read_text(p, "a YAML mapping", label=f"config file {str(p)!r}")
     try:
         data = yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:

@@ -15,6 +15,7 @@ from typing import Any
 
 from dsport.core.constants import ModelConfig
 from dsport.core.errors import ConfigError
+from dsport.core.files import read_text
 from dsport.core.fp8 import SCALE_FORMATS
 
 
@@ -149,16 +150,10 @@ def from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
 def load_config(path: str | Path) -> ModelConfig:
     p = Path(path)
     p = p / "config.json" if p.is_dir() else p
+    if not p.exists():
+        raise ConfigError(f"config.json not found at {p}")
     try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"config.json not found at {p}") from None
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read: {e.strerror or e}") from None
-    try:
-        hf = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: not a text file (byte {e.start} is not UTF-8): expected a JSON model config") from None
+        hf = json.loads(read_text(p, "a JSON model config"))
     except json.JSONDecodeError as e:
         raise ConfigError(f"{p}: not valid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     return from_hf(hf, str(p))
