@@ -43,8 +43,6 @@ if TYPE_CHECKING:
 
 ENV_MARK = "DSPORT_MODEL_ENV_APPLIED"
 DECODE_STEPS = 16
-# the median step: a near-tied expert or top-k key may flip on one step (see core/model/compare.py)
-MIN_DECODE_MEDIAN = 0.999
 EXECUTED = ("pass", "fail", "crash", "timeout")
 
 
@@ -197,7 +195,7 @@ def _main(job_path: str) -> int:
         row = _row(backend, case, "skip", f"backend unavailable: {reason}", {"module": module}, None, again)
     else:
         from dsport.core.errors import ValidationError
-        from dsport.core.model.compare import compare
+        from dsport.conformance.model_compare import compare
         from dsport.core.model.config import load_config
 
         t0 = time.perf_counter()
@@ -230,7 +228,9 @@ def _main(job_path: str) -> int:
                else f"every op call within tolerance; median logits cosine {rep.logits_cosine_median:.5f}")
         if len(rep.failed) > 1:
             why += f"; also out of tolerance: {', '.join(rep.failed[1:])}"
-        decode_ok = cos.median().item() >= MIN_DECODE_MEDIAN
+        from dsport.conformance.tolerances import MODEL_MIN_DECODE_MEDIAN
+
+        decode_ok = cos.median().item() >= MODEL_MIN_DECODE_MEDIAN
         why += f"; {DECODE_STEPS} decode steps vs re-prefill: median cosine {cos.median().item():.5f}"
         if borrowed:
             why += f"; ops without a {backend} kernel ran on {', '.join(borrowed)}"

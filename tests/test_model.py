@@ -8,7 +8,7 @@ import torch
 
 import dsport
 from dsport.core.model import Model, tiny_config
-from dsport.core.model.compare import compare, decode_consistency
+from dsport.conformance.model_compare import compare, decode_consistency
 from dsport.core.model.weights import CheckpointError, make_checkpoint
 
 BACKENDS = ["reference", "torch"]
@@ -30,7 +30,7 @@ def test_decode_with_cache_equals_reprefill(ckpt, backend, n):
     of all the tokens from scratch: the two must give the same logits."""
     cos = decode_consistency(Model.from_pretrained(ckpt, backend=backend), _prompt(n), 16)[0]
     # Routing and top-k are discrete: in float32 a near-tied expert or key can be chosen by
-    # one path and not the other, which moves that token's row (see core/model/compare.py);
+    # one path and not the other, which moves that token's row (see conformance/model_compare.py);
     # in float64 (reference) both paths agree to rounding everywhere.
     if backend == "reference":
         assert cos.min() > 0.9999, cos

@@ -42,7 +42,7 @@ def test_dense_grouped_case_runs_the_grouped_gemms_and_dense_decode(tmp_path):
     moe_experts result, and decode goes through mla_decode_dense."""
     from dsport.conformance.model import scenarios
     from dsport.core.model import Model, tiny_config
-    from dsport.core.model.compare import compare
+    from dsport.conformance.model_compare import compare
     from dsport.core.model.weights import make_checkpoint
 
     s = next(s for s in scenarios() if s.name == "v3-dense-grouped")
@@ -61,7 +61,7 @@ def test_the_old_model_check_could_not_see_the_topk_bug(tmp_path, monkeypatch):
     from dsport.conformance.model import module_table
     from dsport.core.backend import from_module
     from dsport.core.model import tiny_config
-    from dsport.core.model.compare import compare
+    from dsport.conformance.model_compare import compare
     from dsport.core.model.weights import make_checkpoint
 
     import conformance_planted.planted_model as planted

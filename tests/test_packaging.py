@@ -59,3 +59,11 @@ def test_wheel_imports_and_runs_outside_the_source_tree(wheel, tmp_path):
     assert r.returncode == 0 and "reference" in r.stdout, r.stderr
     ep = next(site.glob("dsport-*.dist-info")) / "entry_points.txt"
     assert "dsport = dsport.core.cli:main" in ep.read_text()
+
+
+def test_the_model_does_not_depend_on_conformance():
+    # dependencies point one way: conformance -> model -> ops -> spec; the model's checker lives in conformance/
+    root = pathlib.Path(__file__).resolve().parents[1]
+    offenders = [f"{p.relative_to(root)}:{n}" for p in (root / "core" / "model").glob("*.py")
+                 for n, line in enumerate(p.read_text().splitlines(), 1) if "dsport.conformance" in line]
+    assert not offenders, offenders
