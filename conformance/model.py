@@ -164,24 +164,15 @@ def module_table(mod: BackendModule, label: str, dtype: Any) -> Any:
     return OpTable(bound, served, base.trace)
 
 
-def _load(job: dict[str, Any]) -> BackendModule:
-    if job.get("backend_module"):
-        from dsport.core.backend import import_backend
-
-        return import_backend(job["backend_module"])
-    from dsport.core.registry import load_backend
-
-    return load_backend(job["backend"])
-
-
 def _main(job_path: str) -> int:
     import torch
 
+    from dsport.conformance.worker import load
     from dsport.core.registry import resolve
 
     job = json.loads(Path(job_path).read_text())
     backend, case, again, module = job["backend"], job["case"], job["again"], job.get("backend_module")
-    mod = _load(job)
+    mod = load(job)
     env = dict(mod.env)
     if env and any(os.environ.get(k) != v for k, v in env.items()) and not os.environ.get(ENV_MARK):
         os.execve(sys.executable, [sys.executable, "-m", "dsport.conformance.model", job_path], {**os.environ, **env, ENV_MARK: "1"})

@@ -55,16 +55,13 @@ def _load(name: str | None, module: str | None) -> Any:
     from dsport.core.errors import DsportError
 
     try:
+        from dsport.conformance.worker import load
+
         if module:
             from dsport.conformance.runner import check_module
-            from dsport.core.backend import import_backend
 
             check_module(module)
-            mod = import_backend(module)
-        else:
-            from dsport.core.registry import load_backend
-
-            mod = load_backend(name)  # type: ignore[arg-type]
+        mod = load({"backend": name, "backend_module": module})
     except DsportError as e:
         raise pytest.UsageError(f"dsport: nothing checked: {e}") from None
     except Exception as e:  # noqa: BLE001 - any import failure: what and where, not a traceback through pytest

@@ -36,6 +36,8 @@ ENV_MARK = "DSPORT_CONFORMANCE_ENV_APPLIED"
 
 
 def load(job: dict[str, Any]) -> BackendModule:
+    """The job's backend read through the contract: ``backend_module`` (a dotted
+    path) if given, else the registry name ``backend``. Op and model conformance share it."""
     if job.get("backend_module"):
         from dsport.core.backend import import_backend
 

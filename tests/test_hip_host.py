@@ -110,7 +110,7 @@ def test_act_quant_bit_exact_on_conformance_cases(case, args):
     y, s = host.act_quant(**args)
     assert y.dtype == y_ref.dtype
     assert torch.equal(y.view(torch.uint8), y_ref.contiguous().view(torch.uint8))
-    assert torch.equal(s.isnan(), s_ref.isnan()) and torch.equal(s.nan_to_num(0.0), s_ref.nan_to_num(0.0))  # NaN where the reference has it
+    torch.testing.assert_close(s, s_ref, rtol=0, atol=0, equal_nan=True)  # bit-equal, NaN where the reference has it
 
 
 def test_act_quant_non_finite_group_gets_non_finite_scale():
