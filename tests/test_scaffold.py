@@ -18,7 +18,7 @@ except ModuleNotFoundError:  # Python 3.10: pip vendors the same parser
 
 import dsport
 from dsport.core.cli import main
-from dsport.core.cli_new_backend import write
+from dsport.core.cli.new_backend import write
 from dsport.core.errors import ConfigError
 from dsport.core.spec import specs
 

@@ -74,7 +74,7 @@ def test_report_lists_every_kernel(report):
 
 def test_findings_are_reported_not_hidden():
     from dsport.core.build import KernelBuild
-    from dsport.core.cli_build import markdown
+    from dsport.core.cli.build import markdown
 
     r = KernelBuild("triton", "k", ("op",), "sm_90a", "built", registers=255, spills=64, matrix_instr="wgmma",
                     matrix_found=False, hot=True)
