@@ -137,7 +137,8 @@ def _known_archs() -> tuple[str, ...]:
     return tuple(dict.fromkeys([*KNOWN_ARCHS, *SHARED_LIMIT, *(a for f in FP8_FORMATS.values() for a in f.archs)]))
 
 
-def _unknown(what: str, got: Any, valid: Sequence[str]) -> ConfigError:
+def unknown_name(what: str, got: Any, valid: Sequence[str]) -> ConfigError:
+    """The error for a name not among ``valid``, with the closest valid name as a hint."""
     close = difflib.get_close_matches(str(got), list(valid), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return ConfigError(f"{what}: unknown name {got!r}{hint}; valid: {sorted(valid)}")
@@ -155,11 +156,11 @@ def backend_names() -> list[str]:
     return list(discover())
 
 
-def _choice(key: str, v: Any, valid: Sequence[str]) -> str:
+def one_of(key: str, v: Any, valid: Sequence[str]) -> str:
     """A string that must be one of ``valid`` (backend names, policies, dtypes, formats)."""
     v = _str(key, v)
     if v not in valid:
-        raise _unknown(key, v, valid)
+        raise unknown_name(key, v, valid)
     return v
 
 
@@ -171,12 +172,12 @@ def from_mapping(data: Mapping[str, Any], base: Config | None = None, origin: st
         raise ConfigError(f"{origin}: expected a mapping of settings, got {type(data).__name__}")
     for k in data:
         if k not in TOP_KEYS:
-            raise _unknown(f"{origin}: key", k, TOP_KEYS)
+            raise unknown_name(f"{origin}: key", k, TOP_KEYS)
     cfg = base or Config()
     names = backend_names()
     kw: dict[str, Any] = {"origin": origin if cfg.origin == "defaults" else f"{cfg.origin} < {origin}"}
     if "backend" in data:
-        kw["backend"] = _choice("backend", data["backend"], names)
+        kw["backend"] = one_of("backend", data["backend"], names)
     if "ops" in data:
         ops = data["ops"] or {}
         if not isinstance(ops, Mapping):
@@ -185,16 +186,16 @@ def from_mapping(data: Mapping[str, Any], base: Config | None = None, origin: st
         merged = dict(cfg.ops)
         for op, b in ops.items():
             if op not in valid_ops:
-                raise _unknown("ops: op", op, valid_ops)
-            merged[op] = _choice(f"ops.{op}", b, names)
+                raise unknown_name("ops: op", op, valid_ops)
+            merged[op] = one_of(f"ops.{op}", b, names)
         kw["ops"] = merged
     if "fallback" in data:
-        kw["fallback"] = _choice("fallback", data["fallback"], POLICIES)
+        kw["fallback"] = one_of("fallback", data["fallback"], POLICIES)
     if "fallback_chain" in data:
         chain = data["fallback_chain"]
         if not isinstance(chain, (list, tuple)):
             raise ConfigError(f"fallback_chain: expected a list of backend names, got {type(chain).__name__} {chain!r}")
-        kw["fallback_chain"] = tuple(_choice("fallback_chain", b, names) for b in chain)
+        kw["fallback_chain"] = tuple(one_of("fallback_chain", b, names) for b in chain)
     if "allow_absent_device" in data:
         if not isinstance(data["allow_absent_device"], bool):
             raise ConfigError(f"{origin}: allow_absent_device: expected true or false, got {data['allow_absent_device']!r}")
@@ -213,20 +214,20 @@ def from_mapping(data: Mapping[str, Any], base: Config | None = None, origin: st
                               f"--allow-absent-device, or ${ENV_ALLOW_ABSENT_DEVICE}=1)")
         kw["device"] = v
     if "dtype" in data:
-        kw["dtype"] = _choice("dtype", _str("dtype", data["dtype"]).removeprefix("torch."), DTYPES)
+        kw["dtype"] = one_of("dtype", _str("dtype", data["dtype"]).removeprefix("torch."), DTYPES)
     if "arch" in data:
-        kw["arch"] = _choice("arch", data["arch"], _known_archs())
+        kw["arch"] = one_of("arch", data["arch"], _known_archs())
     if "fp8" in data:
         fp8 = data["fp8"]
         if not isinstance(fp8, Mapping):
             raise ConfigError(f"fp8: expected a mapping with keys {list(FP8_KEYS)}, got {type(fp8).__name__} {fp8!r}")
         for k in fp8:
             if k not in FP8_KEYS:
-                raise _unknown("fp8: key", k, FP8_KEYS)
+                raise unknown_name("fp8: key", k, FP8_KEYS)
         if "format" in fp8:
-            kw["fp8_format"] = _choice("fp8.format", fp8["format"], list(FP8_FORMATS))
+            kw["fp8_format"] = one_of("fp8.format", fp8["format"], list(FP8_FORMATS))
         if "scale" in fp8:
-            kw["scale_format"] = _choice("fp8.scale", fp8["scale"], list(SCALE_FORMATS))
+            kw["scale_format"] = one_of("fp8.scale", fp8["scale"], list(SCALE_FORMATS))
     return replace(cfg, **kw)
 
 

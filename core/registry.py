@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dsport.core.backend import BackendContractError, BackendModule, import_backend
-from dsport.core.config import Config, _unknown, from_mapping, load_config
+from dsport.core.config import Config, unknown_name, from_mapping, load_config
 from dsport.core.errors import BackendUnavailable, ConfigError, ResolveError
 from dsport.core.spec import specs
 
@@ -94,7 +94,7 @@ def load(name: str, sources: Mapping[str, BackendSource] | None = None) -> Backe
     back unavailable with the error as its reason; it never takes others down."""
     sources = discover() if sources is None else sources
     if name not in sources:
-        raise _unknown("backend", name, list(sources))
+        raise unknown_name("backend", name, list(sources))
     src = sources[name]
     try:
         mod = import_backend(src.module, name)

@@ -106,6 +106,30 @@ class Check:
     got: Callable[[Mapping[str, Any], Mapping[str, Any]], Any]
 
 
+# The case vocabulary every spec module speaks. "quick" cases run in the main job, "full" ones
+# with --full; the other tags say what a case probes (the harness and reports filter on them).
+QUICK = frozenset({"quick", "full"})
+TINY = QUICK | {"tiny"}
+EDGE = QUICK | {"edge"}
+POISON = EDGE | {"poison"}
+DEEPSEEK = QUICK | {"deepseek"}
+DEEPSEEK_FULL = frozenset({"full", "deepseek"})
+
+
+def randn(gen: torch.Generator, *shape: int, scale: float = 1.0, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Standard-normal case input from the case's generator, scaled, then cast (the one random-input helper)."""
+    x = torch.randn(*shape, generator=gen)
+    return (x if scale == 1.0 else x * scale).to(dtype)
+
+
+def leading_rows(dims: Mapping[str, Any]) -> int:
+    """The product of an argument's leading ``*`` dims (1 when there are none), for FLOP and byte models."""
+    n = 1
+    for s in dims.get("*", ()):
+        n *= s
+    return n
+
+
 @dataclass(frozen=True)
 class Case:
     """One conformance/test case. ``make(gen)`` builds the arguments (CPU
@@ -115,7 +139,7 @@ class Case:
     op: str
     id: str
     make: Callable[[torch.Generator], dict[str, Any]]
-    tags: frozenset[str] = frozenset({"quick", "full"})
+    tags: frozenset[str] = QUICK
     note: str = ""
     fill_uninitialized: bool = False
     """Run the backend with torch's uninitialized-memory filling on (deterministic algorithms,

@@ -1,6 +1,7 @@
 """The wheel carries every module under one import root, `dsport`, and works
 without the source tree: nothing named `core` or `backends` leaks into
 site-packages, and each subpackage of the repo is in the wheel."""
+import ast
 import os
 import pathlib
 import shutil
@@ -61,9 +62,41 @@ def test_wheel_imports_and_runs_outside_the_source_tree(wheel, tmp_path):
     assert "dsport = dsport.core.cli:main" in ep.read_text()
 
 
+def _package_imports():
+    """(file, line, absolute module, imported names) for every import of a dsport module inside the package,
+    relative imports resolved against the importing file."""
+    for path in ROOT.glob("**/*.py"):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in (".venv", "tests", "build") or ".egg-info" in rel.parts[0]:
+            continue
+        here = ["dsport", *rel.parent.parts] if rel.name != "__init__.py" or rel.parent.parts else ["dsport"]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = here[: len(here) - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                if module.split(".")[0] == "dsport":
+                    yield rel.as_posix(), node.lineno, module, [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.split(".")[0] == "dsport":
+                        yield rel.as_posix(), node.lineno, a.name, []
+
+
 def test_the_model_does_not_depend_on_conformance():
     # dependencies point one way: conformance -> model -> ops -> spec; the model's checker lives in conformance/
-    root = pathlib.Path(__file__).resolve().parents[1]
-    offenders = [f"{p.relative_to(root)}:{n}" for p in (root / "core" / "model").glob("*.py")
-                 for n, line in enumerate(p.read_text().splitlines(), 1) if "dsport.conformance" in line]
+    offenders = [f"{f}:{n}: {m}" for f, n, m, _ in _package_imports()
+                 if f.startswith("core/model/") and (m + ".").startswith("dsport.conformance.")]
     assert not offenders, offenders
+
+
+def test_no_module_imports_another_modules_private_names():
+    # a name with a leading underscore is its module's own business (dunders such as __version__ are public)
+    offenders = [f"{f}:{n}: from {m} import {name}" for f, n, m, names in _package_imports()
+                 for name in names if name.startswith("_") and not name.startswith("__")]
+    assert not offenders, offenders
+
+
+def test_the_import_scan_sees_the_package():
+    # the two checks above pass vacuously if the scan finds nothing
+    seen = {m for _, _, m, _ in _package_imports()}
+    assert {"dsport.core.spec", "dsport.core.backend", "dsport.conformance.worker"} <= seen

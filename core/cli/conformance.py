@@ -152,10 +152,10 @@ def _run(args: argparse.Namespace, err: Any) -> int:
     targets = _csv(args.targets)
     named = _csv(args.backends) or []
     if named:
-        from dsport.core.config import _choice, backend_names
+        from dsport.core.config import one_of, backend_names
 
         for b in named:
-            _choice("--backends", b, backend_names())
+            one_of("--backends", b, backend_names())
     for m in args.backend_module:
         check_module(m)
     plan = ConformancePlan(backends=named or ([] if args.backend_module else _default_backends()),

@@ -26,7 +26,8 @@ PAGED_INDEX_DIM = 128  # the paged indexer key cache stores 128-dim keys (DeepGE
 FP8_LATENT = (512, 64)  # kv_lora_rank, qk_rope_head_dim of the 656-byte FP8 latent cache (FlashMLA's layout)
 
 
-def _param(*shape: int, dtype: torch.dtype) -> nn.Parameter:
+def frozen_param(*shape: int, dtype: torch.dtype) -> nn.Parameter:
+    """A zero inference-only parameter, filled by the checkpoint loader."""
     return nn.Parameter(torch.zeros(*shape, dtype=dtype), requires_grad=False)
 
 
@@ -37,8 +38,8 @@ class Linear(nn.Module):
     def __init__(self, ops: OpTable, cfg: ModelConfig, in_features: int, out_features: int, dtype: torch.dtype, fp8: bool):
         super().__init__()
         self.ops, self.scale_fmt, self.out_features = ops, cfg.scale_fmt, out_features
-        self.weight = _param(out_features, in_features, dtype=torch.float8_e4m3fn if fp8 else dtype)
-        self.weight_scale_inv = _param(cdiv(out_features, FP8_BLOCK), cdiv(in_features, FP8_BLOCK), dtype=torch.float32) if fp8 else None
+        self.weight = frozen_param(out_features, in_features, dtype=torch.float8_e4m3fn if fp8 else dtype)
+        self.weight_scale_inv = frozen_param(cdiv(out_features, FP8_BLOCK), cdiv(in_features, FP8_BLOCK), dtype=torch.float32) if fp8 else None
 
     def dense_weight(self) -> torch.Tensor:
         if self.weight_scale_inv is None:
@@ -58,7 +59,7 @@ class RMSNorm(nn.Module):
     def __init__(self, ops: OpTable, dim: int, eps: float):
         super().__init__()
         self.ops, self.eps = ops, eps
-        self.weight = _param(dim, dtype=torch.float32)
+        self.weight = frozen_param(dim, dtype=torch.float32)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         return self.ops.rms_norm(x, self.weight, self.eps, residual)
@@ -68,8 +69,8 @@ class LayerNorm(nn.Module):
     def __init__(self, ops: OpTable, dim: int, eps: float):
         super().__init__()
         self.ops, self.eps = ops, eps
-        self.weight = _param(dim, dtype=torch.float32)
-        self.bias = _param(dim, dtype=torch.float32)
+        self.weight = frozen_param(dim, dtype=torch.float32)
+        self.bias = frozen_param(dim, dtype=torch.float32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ops.layer_norm(x, self.weight, self.bias, self.eps)
@@ -311,8 +312,8 @@ class MLP(nn.Module):
 class Gate(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.weight = _param(cfg.n_routed_experts, cfg.dim, dtype=torch.float32)
-        self.e_score_correction_bias = _param(cfg.n_routed_experts, dtype=torch.float32)
+        self.weight = frozen_param(cfg.n_routed_experts, cfg.dim, dtype=torch.float32)
+        self.e_score_correction_bias = frozen_param(cfg.n_routed_experts, dtype=torch.float32)
 
 
 class MoE(nn.Module):
@@ -338,12 +339,14 @@ class MoE(nn.Module):
         x2 = x.reshape(-1, cfg.dim)
         weights, ids = self.ops.moe_gate(x2, self.gate.weight.to(x.dtype), self.gate.e_score_correction_bias, cfg.n_expert_groups,
                                          cfg.n_limited_groups, cfg.n_activated_experts, float(cfg.route_scale), cfg.score_func)
+        return (self.routed(x2, ids, weights) + self.shared_experts(x2)).view_as(x)
+
+    def routed(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """sum_j weights[t, j] * expert_{ids[t, j]}(x[t]) over the routed experts; ids -1 add nothing."""
         w1, w3, w2 = self.stacked(x.dtype)
-        if cfg.moe_grouped_gemm:
-            y = self._grouped(x2, ids, weights, w1, w3, w2)
-        else:
-            y = self.ops.moe_experts(x2, ids, weights, w1, w3, w2).to(x.dtype)
-        return (y + self.shared_experts(x2)).view_as(x)
+        if self.cfg.moe_grouped_gemm:
+            return self._grouped(x, ids, weights, w1, w3, w2)
+        return self.ops.moe_experts(x, ids, weights, w1, w3, w2).to(x.dtype)
 
     ALIGN = 128
 

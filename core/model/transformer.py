@@ -10,7 +10,7 @@ from torch import nn
 
 from dsport.core.errors import ConfigError, ValidationError
 from dsport.core.model.config import INDEXER_PRECISIONS, ModelConfig, load_config
-from dsport.core.model.layers import MLA, Batch, Block, RMSNorm, _param
+from dsport.core.model.layers import MLA, Batch, Block, RMSNorm, frozen_param
 from dsport.core.registry import OpTable, resolve
 
 
@@ -36,7 +36,7 @@ class Model(nn.Module):
         self.cfg, self.ops, self.dtype = cfg, ops, dtype
         self.model = Decoder(ops, cfg, dtype)
         self.lm_head = nn.Module()
-        self.lm_head.weight = _param(cfg.vocab_size, cfg.dim, dtype=dtype)
+        self.lm_head.weight = frozen_param(cfg.vocab_size, cfg.dim, dtype=dtype)
         self.freqs = ops.yarn_freqs(cfg.qk_rope_head_dim, float(cfg.rope_theta), float(cfg.rope_factor) if cfg.yarn else 1.0,
                                     cfg.original_seq_len, cfg.beta_fast, cfg.beta_slow)
         self.batch = self.capacity = 0

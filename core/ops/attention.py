@@ -13,7 +13,7 @@ from dsport.core.constants import DEEPSEEK_V32 as V32
 from dsport.core.fp8 import FP8_FORMATS, Fp8Format
 from dsport.core.ops.cache import fp8_cache_bytes
 from dsport.core.ops.hostile import poison, strided_views
-from dsport.core.spec import Case, Check, OpSpec, Output, Param, Tensor, cdiv, register
+from dsport.core.spec import DEEPSEEK, DEEPSEEK_FULL, EDGE, POISON, TINY, Case, Check, OpSpec, Output, Param, Tensor, cdiv, randn, register
 
 SM_SCALE = Param("sm_scale", (float,), minimum=0.0, doc="softmax scale (192^-0.5 * mscale^2 in V3.2)")
 D_V = Param("d_v", (int,), 512, minimum=1, doc="value dims: the first d_v dims of each KV row")
@@ -139,17 +139,10 @@ mla_decode_dense = register(OpSpec(
 # (d_qk 576, d_v 512) or MHA dims (192 / 128) with CPU-sized T, H and k. The tensor-parallel head counts are the
 # 128 heads of V3.2 split over 1, 2, 4, 8 and 16 ranks.
 
-QUICK, EDGE, TINY = frozenset({"quick", "full"}), frozenset({"quick", "full", "edge"}), frozenset({"quick", "full", "tiny"})
-DEEP_QUICK, DEEP_FULL = frozenset({"quick", "full", "deepseek"}), frozenset({"full", "deepseek"})
-POISON = frozenset({"quick", "full", "edge", "poison"})
 OUTLIER_LOGIT = 120.0
 """Scaled logit of an outlier head: past 88.7, where exp() overflows fp32 without the max subtracted."""
 TP_HEADS = (128, 64, 32, 16, 8)
 DQK, DV, SCALE = V32.d_qk, V32.d_v, V32.softmax_scale
-
-
-def _randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen).to(dtype)
 
 
 def _pick(gen: torch.Generator, avail: int, k: int) -> torch.Tensor:
@@ -168,7 +161,7 @@ def _causal_indices(gen: torch.Generator, t: int, s: int, k: int) -> torch.Tenso
 
 def _prefill(t: int, h: int, s: int, k: int, dqk: int = DQK, d_v: int = DV, dtype=torch.bfloat16, edit=None):
     def make(gen):
-        args = {"q": _randn(gen, t, h, dqk, dtype=dtype), "kv": _randn(gen, s, 1, dqk, dtype=dtype),
+        args = {"q": randn(gen, t, h, dqk, dtype=dtype), "kv": randn(gen, s, 1, dqk, dtype=dtype),
                 "indices": _causal_indices(gen, t, s, k), "sm_scale": SCALE if dqk == DQK else dqk ** -0.5, "d_v": d_v}
         return edit(gen, args) if edit else args
     return make
@@ -260,8 +253,8 @@ def _sparse_prefill_cases() -> list[Case]:
              note="k > S: every key selected (dense attention), the rest -1"),
         Case(op, "causal-dense", _prefill(16, 4, 16, 16), tags=EDGE, note="all causal keys selected"),
         Case(op, "non-contiguous", _prefill(6, 8, 32, 16, edit=_non_contiguous_prefill), tags=EDGE),
-        Case(op, "ds-topk2048", _prefill(2, 16, 4096, 2048), tags=DEEP_QUICK),
-        Case(op, "ds-topk2048-h128", _prefill(4, 128, 4096, 2048), tags=DEEP_FULL),
+        Case(op, "ds-topk2048", _prefill(2, 16, 4096, 2048), tags=DEEPSEEK),
+        Case(op, "ds-topk2048-h128", _prefill(4, 128, 4096, 2048), tags=DEEPSEEK_FULL),
         Case(op, "poison-nan", _prefill(2, 16, 128, 64, edit=_poison_unreferenced_prefill), tags=POISON, fill_uninitialized=True,
              note="NaN in every KV row no index names, a quarter of the slots -1: as if those rows were absent"),
         Case(op, "poison-nan-fp32", _prefill(4, 8, 32, 16, dtype=torch.float32, edit=_poison_unreferenced_prefill), tags=POISON,
@@ -304,7 +297,7 @@ def _paged_indices(gen: torch.Generator, table: torch.Tensor, seqlens: list[int]
 
 def _cache(gen: torch.Generator, nb: int, bs: int, kind: str, dqk: int) -> torch.Tensor:
     if kind == "float":
-        return _randn(gen, nb, bs, 1, dqk)
+        return randn(gen, nb, bs, 1, dqk)
     return fp8_cache_bytes(gen, nb * bs, kind).view(nb, bs, 1, 656)
 
 
@@ -313,7 +306,7 @@ def _sparse_decode(b: int, sq: int, h: int, k: int, nb: int, bs: int, seqlen: in
     def make(gen):
         seqlens = [seqlen] * b
         table = _paged(gen, b, nb, bs, seqlens)
-        args = {"q": _randn(gen, b, sq, h, dqk, dtype=q_dtype), "kv_cache": _cache(gen, nb, bs, kind, dqk),
+        args = {"q": randn(gen, b, sq, h, dqk, dtype=q_dtype), "kv_cache": _cache(gen, nb, bs, kind, dqk),
                 "indices": _paged_indices(gen, table, seqlens, sq, k, bs),
                 "sm_scale": SCALE if dqk == DQK else dqk ** -0.5, "d_v": d_v}
         if kind != "float":
@@ -393,8 +386,8 @@ def _sparse_decode_cases() -> list[Case]:
         Case(op, "duplicates", _sparse_decode(2, 1, 8, 32, 4, 64, 100, edit=_decode_duplicates), tags=EDGE),
         Case(op, "S-lt-k", _sparse_decode(2, 1, 8, 64, 4, 16, 20), tags=EDGE, note="k > sequence length: padded with -1"),
         Case(op, "non-contiguous", _sparse_decode(2, 2, 8, 32, 4, 64, 100, edit=_non_contiguous_decode), tags=EDGE),
-        Case(op, "ds-topk2048", _sparse_decode(2, 1, 16, 2048, 80, 64, 2500), tags=DEEP_QUICK),
-        Case(op, "ds-topk2048-h128", _sparse_decode(4, 1, 128, 2048, 192, 64, 3000), tags=DEEP_FULL),
+        Case(op, "ds-topk2048", _sparse_decode(2, 1, 16, 2048, 80, 64, 2500), tags=DEEPSEEK),
+        Case(op, "ds-topk2048-h128", _sparse_decode(4, 1, 128, 2048, 192, 64, 3000), tags=DEEPSEEK_FULL),
         Case(op, "poison-fp8-0xff", _sparse_decode(2, 1, 16, 64, 4, 64, 100, edit=_poison_unreferenced_decode), tags=POISON,
              fill_uninitialized=True, note="0xFF bytes (NaN latents, scales, rope) in every slot no index names"),
         Case(op, "poison-float-nan", _sparse_decode(2, 2, 8, 32, 4, 64, 100, "float", edit=_poison_unreferenced_decode),
@@ -411,7 +404,7 @@ def _sparse_decode_cases() -> list[Case]:
 
 def _dense_prefill(t: int, h: int, s: int, dqk: int = 192, dv: int = 128, edit=None):
     def make(gen):
-        args = {"q": _randn(gen, t, h, dqk), "k": _randn(gen, s, h, dqk), "v": _randn(gen, s, h, dv), "sm_scale": SCALE}
+        args = {"q": randn(gen, t, h, dqk), "k": randn(gen, s, h, dqk), "v": randn(gen, s, h, dv), "sm_scale": SCALE}
         return edit(gen, args) if edit else args
     return make
 
@@ -425,8 +418,8 @@ def _non_contiguous_dense(gen, a):
 def _absorbed_shared_kv(gen, a):
     """H heads sharing one [S, 576] latent KV: expanded (stride-0) views."""
     s, h = a["k"].shape[:2]
-    kv = _randn(gen, s, 1, DQK)
-    a["q"] = _randn(gen, a["q"].shape[0], h, DQK)
+    kv = randn(gen, s, 1, DQK)
+    a["q"] = randn(gen, a["q"].shape[0], h, DQK)
     a["k"], a["v"] = kv.expand(s, h, DQK), kv[..., :DV].expand(s, h, DV)
     return a
 
@@ -448,8 +441,8 @@ def _dense_prefill_cases() -> list[Case]:
         Case(op, "T1", _dense_prefill(1, 8, 33), tags=EDGE),
         Case(op, "non-contiguous", _dense_prefill(6, 4, 10, edit=_non_contiguous_dense), tags=EDGE),
         Case(op, "absorbed-576", _dense_prefill(6, 4, 10, edit=_absorbed_shared_kv), tags=EDGE),
-        Case(op, "ds-mha-512", _dense_prefill(64, 16, 512), tags=DEEP_QUICK),
-        Case(op, "ds-mha-h128", _dense_prefill(64, 128, 1024), tags=DEEP_FULL),
+        Case(op, "ds-mha-512", _dense_prefill(64, 16, 512), tags=DEEPSEEK),
+        Case(op, "ds-mha-h128", _dense_prefill(64, 128, 1024), tags=DEEPSEEK_FULL),
         Case(op, "outlier-logits", _dense_prefill(6, 4, 10, edit=_outlier_dense), tags=EDGE,
              note="head 0 of every query meets key 0 at a scaled logit of ~120"),
         Case(op, "outlier-logits-prefix", _dense_prefill(8, 4, 40, edit=_outlier_dense), tags=EDGE),
@@ -465,7 +458,7 @@ def _dense_decode(seqlens: list[int], sq: int, h: int, nb: int, bs: int, causal:
         table = _paged(gen, len(seqlens), nb, bs, seqlens)
         if extra_blocks:  # unused trailing columns, -1
             table = torch.cat([table, torch.full((len(seqlens), extra_blocks), -1, dtype=torch.int32)], dim=1)
-        args = {"q": _randn(gen, len(seqlens), sq, h, dqk), "kv_cache": _randn(gen, nb, bs, 1, dqk),
+        args = {"q": randn(gen, len(seqlens), sq, h, dqk), "kv_cache": randn(gen, nb, bs, 1, dqk),
                 "block_table": table, "cache_seqlens": torch.tensor(seqlens, dtype=torch.int32),
                 "sm_scale": SCALE if dqk == DQK else dqk ** -0.5, "d_v": d_v, "causal": causal}
         return edit(gen, args) if edit else args
@@ -506,8 +499,8 @@ def _dense_decode_cases() -> list[Case]:
         Case(op, "block-table-padding", _dense_decode([5, 17], 1, 8, 10, 4, extra_blocks=3), tags=EDGE),
         Case(op, "B0", _dense_decode([], 1, 8, 4, 64), tags=EDGE),
         Case(op, "non-contiguous", _dense_decode([20, 33], 2, 8, 16, 4, edit=_non_contiguous_decode), tags=EDGE),
-        Case(op, "ds-2k", _dense_decode([2048, 1500], 1, 16, 64, 64), tags=DEEP_QUICK),
-        Case(op, "ds-h128-4k", _dense_decode([4096, 3000], 1, 128, 128, 64), tags=DEEP_FULL),
+        Case(op, "ds-2k", _dense_decode([2048, 1500], 1, 16, 64, 64), tags=DEEPSEEK),
+        Case(op, "ds-h128-4k", _dense_decode([4096, 3000], 1, 128, 128, 64), tags=DEEPSEEK_FULL),
         Case(op, "poison-nan", _dense_decode([5, 17], 1, 8, 10, 4, extra_blocks=3, edit=_poison_past_seqlens), tags=POISON,
              fill_uninitialized=True, note="NaN at and past cache_seqlens and in every unused block"),
         Case(op, "poison-nan-mtp", _dense_decode([20, 33], 3, 8, 16, 4, extra_blocks=1, edit=_poison_past_seqlens),

@@ -7,12 +7,10 @@ import torch
 from dsport.core.constants import DEEPSEEK_V32 as V32
 from dsport.core.fp8 import FP8_FORMATS, Fp8Format
 from dsport.core.ops.hostile import strided_views
-from dsport.core.spec import Case, OpSpec, Output, Param, Tensor, register
+from dsport.core.spec import DEEPSEEK, EDGE, TINY, Case, OpSpec, Output, Param, Tensor, randn, register
 
 FMT = Param("fmt", (str, Fp8Format), "e4m3fn", tuple(FP8_FORMATS))
 SRC = "FlashMLA sparse decode FP8 cache layout (V3.2); FlashMLA tests/quant.py"
-QUICK, EDGE, TINY = frozenset({"quick", "full"}), frozenset({"quick", "full", "edge"}), frozenset({"quick", "full", "tiny"})
-DEEP_QUICK = frozenset({"quick", "full", "deepseek"})
 
 
 def latent_rows(gen: torch.Generator, n: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
@@ -60,7 +58,7 @@ def _pack_cases() -> list[Case]:
              note="tiny negatives that round to zero: 0x00 in e4m3fnuz, never 0x80 (its NaN)"),
         Case("mla_cache_pack", "fnuz-negative-zero-fp32", lambda g: {"kv": _signed_zeros(g, 3).float(), "fmt": "e4m3fnuz"}, tags=EDGE),
         Case("mla_cache_pack", "strided-views", strided_views(lambda g: {"kv": latent_rows(g, 5)}), tags=EDGE),
-        Case("mla_cache_pack", "ds-4k-tokens", lambda g: {"kv": latent_rows(g, 4096)}, tags=DEEP_QUICK),
+        Case("mla_cache_pack", "ds-4k-tokens", lambda g: {"kv": latent_rows(g, 4096)}, tags=DEEPSEEK),
     ]
 
 
@@ -73,7 +71,7 @@ def _unpack_cases() -> list[Case]:
         Case("mla_cache_unpack", "strided-views", strided_views(lambda g: {"cache": fp8_cache_bytes(g, 6)}), tags=EDGE),
         Case("mla_cache_unpack", "fnuz-4-tiles", lambda g: {"cache": fp8_cache_bytes(g, 5, "e4m3fnuz"), "fmt": "e4m3fnuz"},
              tags=EDGE, note="four distinct tile scales per row: a tile-order swap shows"),
-        Case("mla_cache_unpack", "ds-4k-tokens", lambda g: {"cache": fp8_cache_bytes(g, 4096)}, tags=DEEP_QUICK),
+        Case("mla_cache_unpack", "ds-4k-tokens", lambda g: {"cache": fp8_cache_bytes(g, 4096)}, tags=DEEPSEEK),
     ]
 
 

@@ -6,14 +6,11 @@ import torch
 from dsport.core.constants import DEEPSEEK_V32 as V32
 from dsport.core.fp8 import FP8_FORMATS, Fp8Format
 from dsport.core.ops.hostile import poison, strided_views
-from dsport.core.ops.norm import DEEPSEEK, EDGE, TINY, _rand
-from dsport.core.spec import DTYPE_GROUPS, Case, Check, OpSpec, Output, Param, Tensor, register
+from dsport.core.spec import DEEPSEEK, DEEPSEEK_FULL, DTYPE_GROUPS, EDGE, POISON, TINY, Case, Check, OpSpec, Output, Param, Tensor, randn, register
 
 SRC = "DeepGEMM fp8_mqa_logits / fp8_paged_mqa_logits; DeepSeek-V3.2-Exp inference/kernel.py fp8_index"
-FULL_DEEPSEEK = frozenset({"full", "deepseek"})
 KEY_DIM = V32.index_head_dim
 HEADS_PER_RANK = (64, 32, 16, 8)
-POISON = frozenset({"quick", "full", "edge", "poison"})
 LONG = 70_000
 """A context past 65536 (the model runs to 163840): int16 / fp16 position arithmetic breaks here."""
 
@@ -30,7 +27,7 @@ def _pow2_scales(gen: torch.Generator, *shape: int) -> torch.Tensor:
     return torch.exp2(torch.randint(-10, -3, shape, generator=gen).float())
 
 
-def _windows(gen: torch.Generator, t: int, s: int, kind: str, prefix: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def windows(gen: torch.Generator, t: int, s: int, kind: str, prefix: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """ks, ke for: 'full' rows, 'causal' prefill after a prefix (ke = prefix + t + 1),
     'random' windows, or 'empty' (every other row ks == ke)."""
     if kind == "full":
@@ -53,12 +50,12 @@ def _indexer_case(t: int, s: int, h: int, d: int = KEY_DIM, fmt: str | None = "e
     def make(gen):
         n = prefix + t if window == "causal" else s
         if fmt is None:
-            q, k, extra = _rand(gen, t, h, d), _rand(gen, n, d), {}
+            q, k, extra = randn(gen, t, h, d), randn(gen, n, d), {}
         else:
             q, k = _fp8_codes(gen, t, h, d, fmt=fmt), _fp8_codes(gen, n, d, fmt=fmt)
             extra = {"k_scale": _pow2_scales(gen, n)}
         weights = torch.randn(t, h, generator=gen) * (h ** -0.5 * d ** -0.5 * q_scale)
-        ks, ke = _windows(gen, t, n, window, prefix)
+        ks, ke = windows(gen, t, n, window, prefix)
         return {"q": q, "k": k, "weights": weights, "ks": ks, "ke": ke, **extra}
     return make
 
@@ -124,7 +121,7 @@ def _indexer_cases() -> list[Case]:
              note="every argument an offset view of a padded, poisoned buffer"),
         Case(c, "ds-shape", _indexer_case(4, 256, V32.index_n_heads, fmt="e4m3fn", window="causal", prefix=252), tags=DEEPSEEK),
         Case(c, "ds-prefill", _indexer_case(64, 0, V32.index_n_heads, fmt="e4m3fn", window="causal", prefix=4032),
-             tags=FULL_DEEPSEEK, note="64 heads x 128 dims, 4096 keys: 4.3 GFLOP, about a second in float64"),
+             tags=DEEPSEEK_FULL, note="64 heads x 128 dims, 4096 keys: 4.3 GFLOP, about a second in float64"),
     ]
     cases += [Case(c, f"heads-{h}", _indexer_case(4, 128, h, fmt="e4m3fn", window="random"), tags=EDGE) for h in HEADS_PER_RANK]
     return cases
@@ -215,18 +212,18 @@ def _pack_cases() -> list[Case]:
         return {"k": k.bfloat16()}
 
     return [
-        Case(c, "tiny", lambda g: {"k": _rand(g, 2, 64, KEY_DIM)}, tags=TINY),
-        Case(c, "page-size-1", lambda g: {"k": _rand(g, 5, 1, KEY_DIM)}, tags=EDGE),
-        Case(c, "fnuz", lambda g: {"k": _rand(g, 3, 64, KEY_DIM, scale=3.0), "fmt": "e4m3fnuz"}),
+        Case(c, "tiny", lambda g: {"k": randn(g, 2, 64, KEY_DIM)}, tags=TINY),
+        Case(c, "page-size-1", lambda g: {"k": randn(g, 5, 1, KEY_DIM)}, tags=EDGE),
+        Case(c, "fnuz", lambda g: {"k": randn(g, 3, 64, KEY_DIM, scale=3.0), "fmt": "e4m3fnuz"}),
         Case(c, "zeros-fmax-outlier", special, tags=EDGE),
         Case(c, "zeros-fmax-outlier-fnuz", lambda g: {**special(g), "fmt": "e4m3fnuz"}, tags=EDGE),
-        Case(c, "NB0", lambda g: {"k": _rand(g, 0, 64, KEY_DIM)}, tags=EDGE),
-        Case(c, "non-contiguous", lambda g: {"k": _rand(g, 64, 2, KEY_DIM).transpose(0, 1)}, tags=EDGE),
-        Case(c, "ds-pool", lambda g: {"k": _rand(g, 32, 64, KEY_DIM)}, tags=DEEPSEEK),
+        Case(c, "NB0", lambda g: {"k": randn(g, 0, 64, KEY_DIM)}, tags=EDGE),
+        Case(c, "non-contiguous", lambda g: {"k": randn(g, 64, 2, KEY_DIM).transpose(0, 1)}, tags=EDGE),
+        Case(c, "ds-pool", lambda g: {"k": randn(g, 32, 64, KEY_DIM)}, tags=DEEPSEEK),
         Case(c, "fnuz-negative-zero", lambda g: {"k": _signed_zeros(g, 2, 8), "fmt": "e4m3fnuz"}, tags=EDGE,
              note="negative values that round to zero: e4m3fnuz has no -0, its 0x80 is NaN"),
         Case(c, "fnuz-negative-zero-page1", lambda g: {"k": _signed_zeros(g, 5, 1), "fmt": "e4m3fnuz"}, tags=EDGE),
-        Case(c, "strided-views", strided_views(lambda g: {"k": _rand(g, 3, 16, KEY_DIM)}), tags=EDGE),
+        Case(c, "strided-views", strided_views(lambda g: {"k": randn(g, 3, 16, KEY_DIM)}), tags=EDGE),
     ]
 
 

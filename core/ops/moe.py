@@ -6,14 +6,11 @@ import torch
 
 from dsport.core.constants import DEEPSEEK_V32
 from dsport.core.ops.hostile import poison, strided_views
-from dsport.core.spec import Case, Check, OpSpec, Output, Param, Tensor, register
+from dsport.core.spec import DEEPSEEK, DEEPSEEK_FULL, EDGE, POISON, TINY, Case, Check, OpSpec, Output, Param, Tensor, randn, register
 
 SRC = "DeepSeek-V3.2-Exp inference/model.py (Gate, MoE, Expert); DeepGEMM m_grouped_fp8_gemm_nt_contiguous/masked"
 DS = DEEPSEEK_V32
 ALIGN = 128  # DeepGEMM's get_mk_alignment_for_contiguous_layout(): one M tile never mixes two groups
-EDGE = frozenset({"quick", "full", "edge"})
-TINY = frozenset({"quick", "full", "tiny"})
-POISON = frozenset({"quick", "full", "edge", "poison"})
 SKEWED = [300, 0, 2, 0, 41, 1]
 """Real routing is skewed: hundreds of rows on a hot expert, some experts empty."""
 
@@ -46,16 +43,13 @@ def _mixed_tiles(m_indices: torch.Tensor) -> str:
 
 # -- case builders ------------------------------------------------------------------------------
 
-def _randn(gen: torch.Generator, *shape: int, scale: float = 1.0, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    return (torch.randn(*shape, generator=gen) * scale).to(dtype)
-
 
 def _gate_case(t: int, d: int, e: int, n_group: int, topk_group: int, topk: int, bias: bool = True,
                route_scale: float = 2.5, score_func: str = "sigmoid", transposed: bool = False):
     def make(gen):
         # weight ~ N(0, 1/d) keeps the logits O(1), where sigmoid scores spread and the bias can reorder them
-        x = _randn(gen, d, t).t() if transposed else _randn(gen, t, d)
-        args = {"x": x, "weight": _randn(gen, e, d, scale=d ** -0.5), "bias": None,
+        x = randn(gen, d, t).t() if transposed else randn(gen, t, d)
+        args = {"x": x, "weight": randn(gen, e, d, scale=d ** -0.5), "bias": None,
                 "n_group": n_group, "topk_group": topk_group, "topk": topk, "route_scale": route_scale,
                 "score_func": score_func}
         if bias:
@@ -67,8 +61,8 @@ def _gate_case(t: int, d: int, e: int, n_group: int, topk_group: int, topk: int,
 def _gate_ties(gen):
     # every group holds the same four expert rows: all group scores tie, and within a group the scores
     # come in equal pairs across groups, so ties straddle both the group and the expert boundary
-    base = _randn(gen, 4, 32, scale=32 ** -0.5)
-    return {"x": _randn(gen, 6, 32), "weight": base.repeat(4, 1), "bias": torch.zeros(16),
+    base = randn(gen, 4, 32, scale=32 ** -0.5)
+    return {"x": randn(gen, 6, 32), "weight": base.repeat(4, 1), "bias": torch.zeros(16),
             "n_group": 4, "topk_group": 2, "topk": 4, "route_scale": 2.5, "score_func": "sigmoid"}
 
 
@@ -94,9 +88,9 @@ def _gate_cases() -> list[Case]:
              note="softmax scores, weights not renormalised"),
         Case("moe_gate", "one-group", _gate_case(16, 64, 64, 1, 1, 6)),
         Case("moe_gate", "ds-routing", _gate_case(32, 256, e, g, tg, k, route_scale=DS.route_scale),
-             tags=frozenset({"quick", "full", "deepseek"}), note="V3.2 routing (256 experts, 8 groups, 4 kept, top-8), small dim"),
+             tags=DEEPSEEK, note="V3.2 routing (256 experts, 8 groups, 4 kept, top-8), small dim"),
         Case("moe_gate", "ds-hidden", _gate_case(64, DS.dim, e, g, tg, k, route_scale=DS.route_scale),
-             tags=frozenset({"full", "deepseek"})),
+             tags=DEEPSEEK_FULL),
     ]
 
 
@@ -112,9 +106,9 @@ def _experts_case(t: int, d: int, i: int, e: int, k: int, ids=None, transposed: 
         w = w / w.sum(dim=1, keepdim=True) * DS.route_scale
         if nan_at_minus1:
             w = w.masked_fill(routed < 0, float("nan"))  # never read: a -1 slot has no expert on this rank
-        return {"x": _randn(gen, d, t).t() if transposed else _randn(gen, t, d), "ids": routed, "weights": w,
-                "w1": _randn(gen, e, i, d, scale=d ** -0.5), "w3": _randn(gen, e, i, d, scale=d ** -0.5),
-                "w2": _randn(gen, e, d, i, scale=i ** -0.5)}
+        return {"x": randn(gen, d, t).t() if transposed else randn(gen, t, d), "ids": routed, "weights": w,
+                "w1": randn(gen, e, i, d, scale=d ** -0.5), "w3": randn(gen, e, i, d, scale=d ** -0.5),
+                "w2": randn(gen, e, d, i, scale=i ** -0.5)}
     return make
 
 
@@ -184,9 +178,9 @@ def _experts_cases() -> list[Case]:
              tags=EDGE, note="no expert on this rank: y = 0"),
         Case("moe_experts", "non-contiguous", _experts_case(8, 32, 16, 4, 2, transposed=True), tags=EDGE),
         Case("moe_experts", "ds-routing", _experts_case(16, 128, 64, DS.n_routed_experts, DS.n_activated_experts),
-             tags=frozenset({"quick", "full", "deepseek"}), note="256 experts, top-8, small dims"),
+             tags=DEEPSEEK, note="256 experts, top-8, small dims"),
         Case("moe_experts", "ds-routing-wide", _experts_case(128, 256, 128, DS.n_routed_experts, DS.n_activated_experts),
-             tags=frozenset({"full", "deepseek"})),
+             tags=DEEPSEEK_FULL),
     ]
 
 
@@ -199,8 +193,8 @@ def _contiguous_case(counts: list[int], n: int, k: int, transposed: bool = False
         m_indices = torch.cat(segs) if segs else torch.empty(0, dtype=torch.int32)
         m = m_indices.numel()
         # padding rows of `a` hold random values, not zeros: their output must still be 0
-        a = _randn(gen, k, m).t() if transposed else _randn(gen, m, k)
-        return {"a": a, "b": _randn(gen, len(counts), n, k, scale=k ** -0.5), "m_indices": m_indices}
+        a = randn(gen, k, m).t() if transposed else randn(gen, m, k)
+        return {"a": a, "b": randn(gen, len(counts), n, k, scale=k ** -0.5), "m_indices": m_indices}
     return make
 
 
@@ -239,13 +233,13 @@ def _contiguous_cases() -> list[Case]:
         Case("moe_grouped_gemm_contiguous", "empty-group", _contiguous_case([5, 0, 200, 1], 32, 64), tags=EDGE),
         Case("moe_grouped_gemm_contiguous", "one-group-no-padding", _contiguous_case([0, 0, 256, 0], 32, 64), tags=EDGE),
         Case("moe_grouped_gemm_contiguous", "all-padding", lambda g: {**_contiguous_case([0, 0], 32, 64)(g),
-             "a": _randn(g, 128, 64), "m_indices": torch.full((128,), -1, dtype=torch.int32)}, tags=EDGE,
+             "a": randn(g, 128, 64), "m_indices": torch.full((128,), -1, dtype=torch.int32)}, tags=EDGE,
              note="one tile, every row -1: c = 0"),
         Case("moe_grouped_gemm_contiguous", "non-contiguous", _contiguous_case([7, 60], 32, 64, transposed=True), tags=EDGE),
         Case("moe_grouped_gemm_contiguous", "ds-ep32", _contiguous_case([90, 130, 0, 17, 128, 260, 1, 64], 256, 256),
-             tags=frozenset({"quick", "full", "deepseek"}), note="8 local experts (EP32), w13-like N, small K"),
+             tags=DEEPSEEK, note="8 local experts (EP32), w13-like N, small K"),
         Case("moe_grouped_gemm_contiguous", "ds-w13-tp8", _contiguous_case([90, 130, 0, 17], 2 * DS.moe_inter_dim // 8, DS.dim),
-             tags=frozenset({"full", "deepseek"}), note="w1|w3 of a 1/8 slice of moe_inter_dim, K = dim"),
+             tags=DEEPSEEK_FULL, note="w1|w3 of a 1/8 slice of moe_inter_dim, K = dim"),
     ]
 
 
@@ -253,8 +247,8 @@ def _masked_case(counts: list[int], m_max: int, n: int, k: int, transposed: bool
     def make(gen):
         g = len(counts)
         # rows beyond the count hold random values: their output must still be 0
-        a = _randn(gen, k, g * m_max).t().reshape(g, m_max, k) if transposed else _randn(gen, g, m_max, k)
-        return {"a": a, "b": _randn(gen, g, n, k, scale=k ** -0.5), "masked_m": torch.tensor(counts, dtype=torch.int32)}
+        a = randn(gen, k, g * m_max).t().reshape(g, m_max, k) if transposed else randn(gen, g, m_max, k)
+        return {"a": a, "b": randn(gen, g, n, k, scale=k ** -0.5), "masked_m": torch.tensor(counts, dtype=torch.int32)}
     return make
 
 
@@ -274,9 +268,9 @@ def _masked_cases() -> list[Case]:
         Case("moe_grouped_gemm_masked", "G0", _masked_case([], 16, 32, 64), tags=EDGE),
         Case("moe_grouped_gemm_masked", "non-contiguous", _masked_case([3, 9], 12, 32, 64, transposed=True), tags=EDGE),
         Case("moe_grouped_gemm_masked", "ds-decode", _masked_case([20, 0, 64, 33, 1, 7, 64, 50], 64, 256, 256),
-             tags=frozenset({"quick", "full", "deepseek"}), note="decode-style low-latency layout, 8 local experts"),
+             tags=DEEPSEEK, note="decode-style low-latency layout, 8 local experts"),
         Case("moe_grouped_gemm_masked", "ds-w2-tp8", _masked_case([20, 0, 64, 33, 1, 7, 64, 50], 64, DS.dim, DS.moe_inter_dim // 8),
-             tags=frozenset({"full", "deepseek"}), note="w2 of a 1/8 slice of moe_inter_dim: N = dim"),
+             tags=DEEPSEEK_FULL, note="w2 of a 1/8 slice of moe_inter_dim: N = dim"),
     ]
 
 

@@ -6,22 +6,10 @@ import torch
 
 from dsport.core.constants import DEEPSEEK_V32 as V32
 from dsport.core.ops.hostile import strided_views
-from dsport.core.spec import Case, OpSpec, Output, Param, Tensor, register
+from dsport.core.spec import DEEPSEEK, EDGE, TINY, Case, OpSpec, Output, Param, Tensor, leading_rows, randn, register
 
 SRC = "DeepSeek-V3.2-Exp inference/model.py (RMSNorm, Indexer.k_norm LayerNorm)"
 EPS = Param("eps", (float,), 1e-6, minimum=0.0)
-EDGE, TINY, DEEPSEEK = (frozenset({"quick", "full", t}) for t in ("edge", "tiny", "deepseek"))
-
-
-def _rows(d) -> int:
-    n = 1
-    for s in d.get("*", ()):
-        n *= s
-    return n
-
-
-def _rand(gen: torch.Generator, *shape: int, scale: float = 1.0, dtype=torch.bfloat16) -> torch.Tensor:
-    return (torch.randn(*shape, generator=gen) * scale).to(dtype)
 
 
 def _weight(gen: torch.Generator, d: int) -> torch.Tensor:
@@ -49,26 +37,26 @@ def _tiny_rows(gen: torch.Generator, n: int, d: int, dtype=torch.bfloat16) -> to
 def _rms_cases() -> list[Case]:
     c = "rms_norm"
     return [
-        Case(c, "tiny", lambda g: {"x": _rand(g, 2, 64), "w": _weight(g, 64)}, tags=TINY),
-        Case(c, "residual", lambda g: {"x": _rand(g, 3, 7, 512), "w": _weight(g, 512), "residual": _rand(g, 3, 7, 512, scale=4.0)}),
-        Case(c, "fp32-eps", lambda g: {"x": _rand(g, 4, 256, dtype=torch.float32), "w": _weight(g, 256), "eps": 1e-3}),
-        Case(c, "T0", lambda g: {"x": _rand(g, 0, 512), "w": _weight(g, 512)}, tags=EDGE),
-        Case(c, "T0-residual", lambda g: {"x": _rand(g, 0, 512), "w": _weight(g, 512), "residual": _rand(g, 0, 512)}, tags=EDGE),
-        Case(c, "T1", lambda g: {"x": _rand(g, 1, 512), "w": _weight(g, 512), "residual": _rand(g, 1, 512)}, tags=EDGE),
+        Case(c, "tiny", lambda g: {"x": randn(g, 2, 64), "w": _weight(g, 64)}, tags=TINY),
+        Case(c, "residual", lambda g: {"x": randn(g, 3, 7, 512), "w": _weight(g, 512), "residual": randn(g, 3, 7, 512, scale=4.0)}),
+        Case(c, "fp32-eps", lambda g: {"x": randn(g, 4, 256, dtype=torch.float32), "w": _weight(g, 256), "eps": 1e-3}),
+        Case(c, "T0", lambda g: {"x": randn(g, 0, 512), "w": _weight(g, 512)}, tags=EDGE),
+        Case(c, "T0-residual", lambda g: {"x": randn(g, 0, 512), "w": _weight(g, 512), "residual": randn(g, 0, 512)}, tags=EDGE),
+        Case(c, "T1", lambda g: {"x": randn(g, 1, 512), "w": _weight(g, 512), "residual": randn(g, 1, 512)}, tags=EDGE),
         Case(c, "zeros-nan-inf-rows", lambda g: {"x": _special_rows(g, 256), "w": _weight(g, 256)}, tags=EDGE,
              note="zero row -> 0 (eps keeps rsqrt finite); NaN and inf rows -> NaN, reported not hidden"),
-        Case(c, "non-contiguous", lambda g: {"x": _rand(g, 512, 8).t(), "w": _weight(g, 512),
-                                              "residual": _rand(g, 512, 8).t()}, tags=EDGE),
+        Case(c, "non-contiguous", lambda g: {"x": randn(g, 512, 8).t(), "w": _weight(g, 512),
+                                              "residual": randn(g, 512, 8).t()}, tags=EDGE),
         Case(c, "tiny-rows", lambda g: {"x": _tiny_rows(g, 6, 512), "w": _weight(g, 512)}, tags=EDGE,
              note="rows of magnitude 1e-3 .. 1e-5: mean(x^2) at or below eps, where eps inside the sqrt matters"),
         Case(c, "tiny-rows-fp32-residual", lambda g: {"x": _tiny_rows(g, 6, 256, torch.float32), "w": _weight(g, 256),
                                                       "residual": _tiny_rows(g, 6, 256, torch.float32)}, tags=EDGE),
-        Case(c, "strided-views", strided_views(lambda g: {"x": _rand(g, 6, 512), "w": _weight(g, 512),
-                                                          "residual": _rand(g, 6, 512)}), tags=EDGE),
-        Case(c, "ds-q-norm", lambda g: {"x": _rand(g, 16, V32.q_lora_rank), "w": _weight(g, V32.q_lora_rank)}, tags=DEEPSEEK),
-        Case(c, "ds-kv-norm", lambda g: {"x": _rand(g, 16, V32.kv_lora_rank), "w": _weight(g, V32.kv_lora_rank)}, tags=DEEPSEEK),
-        Case(c, "ds-hidden-residual", lambda g: {"x": _rand(g, 16, V32.dim), "w": _weight(g, V32.dim),
-                                                  "residual": _rand(g, 16, V32.dim, scale=8.0)}, tags=DEEPSEEK),
+        Case(c, "strided-views", strided_views(lambda g: {"x": randn(g, 6, 512), "w": _weight(g, 512),
+                                                          "residual": randn(g, 6, 512)}), tags=EDGE),
+        Case(c, "ds-q-norm", lambda g: {"x": randn(g, 16, V32.q_lora_rank), "w": _weight(g, V32.q_lora_rank)}, tags=DEEPSEEK),
+        Case(c, "ds-kv-norm", lambda g: {"x": randn(g, 16, V32.kv_lora_rank), "w": _weight(g, V32.kv_lora_rank)}, tags=DEEPSEEK),
+        Case(c, "ds-hidden-residual", lambda g: {"x": randn(g, 16, V32.dim), "w": _weight(g, V32.dim),
+                                                  "residual": randn(g, 16, V32.dim, scale=8.0)}, tags=DEEPSEEK),
     ]
 
 
@@ -85,21 +73,21 @@ def _ln_cases() -> list[Case]:
         return {"w": _weight(g, d), "b": 0.1 * torch.randn(d, generator=g)}
 
     return [
-        Case(c, "tiny", lambda g: {"x": _rand(g, 2, 8), "w": _weight(g, 8), "b": torch.zeros(8)}, tags=TINY),
-        Case(c, "k-norm", lambda g: {"x": _rand(g, 16, d, scale=3.0), **wb(g)}),
+        Case(c, "tiny", lambda g: {"x": randn(g, 2, 8), "w": _weight(g, 8), "b": torch.zeros(8)}, tags=TINY),
+        Case(c, "k-norm", lambda g: {"x": randn(g, 16, d, scale=3.0), **wb(g)}),
         Case(c, "offset", lambda g: {"x": (torch.randn(8, d, generator=g) + 100.0).bfloat16(), **wb(g)},
              note="large mean: a one-pass E[x^2]-E[x]^2 variance loses digits here"),
-        Case(c, "T0", lambda g: {"x": _rand(g, 0, d), **wb(g)}, tags=EDGE),
-        Case(c, "T1", lambda g: {"x": _rand(g, 1, d), **wb(g)}, tags=EDGE),
+        Case(c, "T0", lambda g: {"x": randn(g, 0, d), **wb(g)}, tags=EDGE),
+        Case(c, "T1", lambda g: {"x": randn(g, 1, d), **wb(g)}, tags=EDGE),
         Case(c, "constant-rows", constant_rows, tags=EDGE),
         Case(c, "nan-inf-rows", lambda g: {"x": _special_rows(g, d), **wb(g)}, tags=EDGE),
-        Case(c, "non-contiguous", lambda g: {"x": _rand(g, 4, d, 6).transpose(1, 2), **wb(g)}, tags=EDGE),
+        Case(c, "non-contiguous", lambda g: {"x": randn(g, 4, d, 6).transpose(1, 2), **wb(g)}, tags=EDGE),
         Case(c, "fp32-offset", lambda g: {"x": torch.randn(8, d, generator=g) + 100.0, **wb(g)},
              note="fp32 input, mean 100: a one-pass variance E[x^2] - E[x]^2 loses ~4 digits of 7"),
         Case(c, "fp32-offset-1000", lambda g: {"x": torch.randn(8, d, generator=g) * 3.0 - 1000.0, **wb(g)}, tags=EDGE),
         Case(c, "tiny-rows", lambda g: {"x": _tiny_rows(g, 6, d), **wb(g)}, tags=EDGE, note="variance at or below eps"),
-        Case(c, "strided-views", strided_views(lambda g: {"x": _rand(g, 6, d, scale=3.0), **wb(g)}), tags=EDGE),
-        Case(c, "ds-k-norm", lambda g: {"x": _rand(g, 2, 256, d, scale=2.0), **wb(g)}, tags=DEEPSEEK),
+        Case(c, "strided-views", strided_views(lambda g: {"x": randn(g, 6, d, scale=3.0), **wb(g)}), tags=EDGE),
+        Case(c, "ds-k-norm", lambda g: {"x": randn(g, 2, 256, d, scale=2.0), **wb(g)}, tags=DEEPSEEK),
     ]
 
 
@@ -110,7 +98,7 @@ rms_norm = register(OpSpec(
     outputs=(Output("y", ("*", "D"), lambda a: a["x"].dtype),
              Output("residual", ("*", "D"), lambda a: a["x"].dtype, when="residual")),
     metric="close", reduction="D", source=SRC,
-    flops=lambda d: 4.0 * _rows(d) * d["D"],
+    flops=lambda d: 4.0 * leading_rows(d) * d["D"],
     cases=_rms_cases,
 ))
 
@@ -120,6 +108,6 @@ layer_norm = register(OpSpec(
     args=(Tensor("x", ("*", "D")), Tensor("w", ("D",)), Tensor("b", ("D",)), EPS),
     outputs=(Output("y", ("*", "D"), lambda a: a["x"].dtype),),
     metric="close", reduction="D", source=SRC,
-    flops=lambda d: 7.0 * _rows(d) * d["D"],
+    flops=lambda d: 7.0 * leading_rows(d) * d["D"],
     cases=_ln_cases,
 ))

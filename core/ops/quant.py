@@ -5,9 +5,8 @@ import torch
 
 from dsport.core.fp8 import FP8_FORMATS, SCALE_FORMATS, Fp8Format, ScaleFormat, fp8_format
 from dsport.core.ops.hostile import strided_views
-from dsport.core.spec import Case, Check, OpSpec, Output, Param, Tensor, register
+from dsport.core.spec import DEEPSEEK_FULL, EDGE, QUICK, TINY, Case, Check, OpSpec, Output, Param, Tensor, randn, register
 
-EDGE = frozenset({"quick", "full", "edge"})
 SRC = "DeepSeek-V3.2-Exp inference/kernel.py (act_quant, fp8_gemm, weight_dequant); DeepGEMM fp8 scaling"
 FMT = Param("fmt", (str, Fp8Format), "e4m3fn", tuple(FP8_FORMATS), doc="FP8 element format")
 SCALE = Param("scale_fmt", (str, ScaleFormat), "ue8m0", tuple(SCALE_FORMATS), doc="scale format")
@@ -24,13 +23,9 @@ def _same_fp8(*args: str) -> Check:
                  lambda a, d: len({a[n].dtype for n in args}) == 1, lambda a, d: str(a[args[-1]].dtype))
 
 
-def _rand(gen: torch.Generator, *shape: int, scale: float = 1.0, dtype=torch.bfloat16) -> torch.Tensor:
-    return (torch.randn(*shape, generator=gen) * scale).to(dtype)
-
-
 def _act_quant_cases() -> list[Case]:
     def with_outliers(gen):
-        x = _rand(gen, 4, 512, dtype=torch.float32)
+        x = randn(gen, 4, 512, dtype=torch.float32)
         x[1, 7] = 900.0  # one outlier sets its group's scale
         return {"x": x.bfloat16()}
 
@@ -49,33 +44,33 @@ def _act_quant_cases() -> list[Case]:
 
     def nonfinite(gen):
         """A group holding +inf, one holding NaN, one -inf: their scales are non-finite (never 1)."""
-        x = _rand(gen, 3, 384, dtype=torch.float32)
+        x = randn(gen, 3, 384, dtype=torch.float32)
         x[0, 5], x[1, 130], x[2, 300] = float("inf"), float("nan"), float("-inf")
         return {"x": x}
 
-    cases = [Case("act_quant", "tiny", lambda g: {"x": _rand(g, 2, 128)}, tags=frozenset({"quick", "full", "tiny"}))]
+    cases = [Case("act_quant", "tiny", lambda g: {"x": randn(g, 2, 128)}, tags=TINY)]
     cases += [
         Case("act_quant", "fnuz-negative-zero", lambda g: {**signed_zeros(g), "fmt": "e4m3fnuz"}, tags=EDGE,
              note="e4m3fnuz has no -0 (0x80 is its NaN): a value rounding to -0 is written 0x00"),
         Case("act_quant", "fnuz-negative-zero-fp32", lambda g: {**signed_zeros(g), "fmt": "e4m3fnuz", "scale_fmt": "fp32"}, tags=EDGE),
         Case("act_quant", "nonfinite-groups", nonfinite, tags=EDGE, note="inf / NaN amax: non-finite scale, NaN codes"),
         Case("act_quant", "nonfinite-groups-fp32", lambda g: {**nonfinite(g), "scale_fmt": "fp32"}, tags=EDGE),
-        Case("act_quant", "strided-views", strided_views(lambda g: {"x": _rand(g, 6, 256, scale=3.0)}), tags=EDGE),
-        Case("act_quant", "fp32-strided-views", strided_views(lambda g: {"x": _rand(g, 6, 256, scale=3.0, dtype=torch.float32),
+        Case("act_quant", "strided-views", strided_views(lambda g: {"x": randn(g, 6, 256, scale=3.0)}), tags=EDGE),
+        Case("act_quant", "fp32-strided-views", strided_views(lambda g: {"x": randn(g, 6, 256, scale=3.0, dtype=torch.float32),
                                                                          "fmt": "e4m3fnuz"}), tags=EDGE),
     ]
     for fmt in FP8_FORMATS:
         for sf in SCALE_FORMATS:
             cases.append(Case("act_quant", f"{fmt}-{sf}", lambda g, fmt=fmt, sf=sf: {
-                "x": _rand(g, 33, 1024, scale=3.0), "fmt": fmt, "scale_fmt": sf}))
+                "x": randn(g, 33, 1024, scale=3.0), "fmt": fmt, "scale_fmt": sf}))
     cases += [
-        Case("act_quant", "T0", lambda g: {"x": torch.empty(0, 256, dtype=torch.bfloat16)}, tags=frozenset({"quick", "full", "edge"})),
-        Case("act_quant", "outlier", with_outliers, tags=frozenset({"quick", "full", "edge"})),
-        Case("act_quant", "zeros-and-fmax", zeros_and_fmax, tags=frozenset({"quick", "full", "edge"})),
-        Case("act_quant", "zeros-and-fmax-fnuz", lambda g: {**zeros_and_fmax(g), "fmt": "e4m3fnuz"}, tags=frozenset({"quick", "full", "edge"})),
-        Case("act_quant", "non-contiguous", lambda g: {"x": _rand(g, 256, 64).t()}, tags=frozenset({"quick", "full", "edge"})),
-        Case("act_quant", "3d-heads", lambda g: {"x": _rand(g, 5, 64, 128)}, tags=frozenset({"quick", "full"})),
-        Case("act_quant", "ds-hidden", lambda g: {"x": _rand(g, 16, 7168)}, tags=frozenset({"full", "deepseek"})),
+        Case("act_quant", "T0", lambda g: {"x": torch.empty(0, 256, dtype=torch.bfloat16)}, tags=EDGE),
+        Case("act_quant", "outlier", with_outliers, tags=EDGE),
+        Case("act_quant", "zeros-and-fmax", zeros_and_fmax, tags=EDGE),
+        Case("act_quant", "zeros-and-fmax-fnuz", lambda g: {**zeros_and_fmax(g), "fmt": "e4m3fnuz"}, tags=EDGE),
+        Case("act_quant", "non-contiguous", lambda g: {"x": randn(g, 256, 64).t()}, tags=EDGE),
+        Case("act_quant", "3d-heads", lambda g: {"x": randn(g, 5, 64, 128)}, tags=QUICK),
+        Case("act_quant", "ds-hidden", lambda g: {"x": randn(g, 16, 7168)}, tags=DEEPSEEK_FULL),
     ]
     return cases
 
@@ -117,7 +112,7 @@ dequant = register(OpSpec(
     cases=lambda: [
         Case("dequant", "tiny", lambda g: dict(zip("ys", _quantized(g, 2, 256)))),
         Case("dequant", "fnuz", lambda g: dict(zip("ys", _quantized(g, 9, 512, "e4m3fnuz")))),
-        Case("dequant", "T0", lambda g: dict(zip("ys", _quantized(g, 0, 256))), tags=frozenset({"quick", "full", "edge"})),
+        Case("dequant", "T0", lambda g: dict(zip("ys", _quantized(g, 0, 256))), tags=EDGE),
         Case("dequant", "strided-views", strided_views(lambda g: dict(zip("ys", _quantized(g, 5, 384)))), tags=EDGE,
              note="y and s as offset views of padded, poisoned buffers"),
         Case("dequant", "transposed", _transposed_y, tags=EDGE, note="y and s column-major"),
@@ -140,7 +135,7 @@ weight_dequant = register(OpSpec(
     metric="exact", source=SRC + "; HF weight_scale_inv",
     cases=lambda: [
         Case("weight_dequant", "tiny", lambda g: dict(zip("ws", _weight(g, 256, 384)))),
-        Case("weight_dequant", "ragged-edges", lambda g: dict(zip("ws", _weight(g, 200, 130))), tags=frozenset({"quick", "full", "edge"})),
+        Case("weight_dequant", "ragged-edges", lambda g: dict(zip("ws", _weight(g, 200, 130))), tags=EDGE),
         Case("weight_dequant", "fnuz", lambda g: dict(zip("ws", _weight(g, 128, 256, "e4m3fnuz")))),
         Case("weight_dequant", "strided-views", strided_views(lambda g: dict(zip("ws", _weight(g, 200, 256)))), tags=EDGE,
              note="w and s as offset views of padded, poisoned buffers"),
@@ -175,14 +170,14 @@ fp8_gemm = register(OpSpec(
     metric="close", reduction="K", source=SRC + "; DeepGEMM gemm_fp8_fp8_bf16_nt",
     flops=lambda d: 2.0 * d["M"] * d["N"] * d["K"],
     cases=lambda: [
-        Case("fp8_gemm", "tiny", _gemm_case(4, 128, 256), tags=frozenset({"quick", "full", "tiny"})),
-        Case("fp8_gemm", "ragged-n", _gemm_case(7, 200, 384), tags=frozenset({"quick", "full", "edge"})),
+        Case("fp8_gemm", "tiny", _gemm_case(4, 128, 256), tags=TINY),
+        Case("fp8_gemm", "ragged-n", _gemm_case(7, 200, 384), tags=EDGE),
         Case("fp8_gemm", "fnuz", _gemm_case(16, 256, 512, "e4m3fnuz")),
-        Case("fp8_gemm", "M0", _gemm_case(0, 128, 128), tags=frozenset({"quick", "full", "edge"})),
+        Case("fp8_gemm", "M0", _gemm_case(0, 128, 128), tags=EDGE),
         Case("fp8_gemm", "strided-views", strided_views(_gemm_case(7, 200, 384)), tags=EDGE,
              note="a, sa, b (the weight) and sb as offset views of padded, poisoned buffers"),
         Case("fp8_gemm", "transposed-b", _transposed_b(_gemm_case(4, 256, 256, "e4m3fnuz")), tags=EDGE,
              note="b (and sb) column-major, as a weight stored transposed"),
-        Case("fp8_gemm", "ds-wq-b", _gemm_case(32, 1536, 1536), tags=frozenset({"full", "deepseek"})),
+        Case("fp8_gemm", "ds-wq-b", _gemm_case(32, 1536, 1536), tags=DEEPSEEK_FULL),
     ],
 ))

@@ -6,8 +6,7 @@ import torch
 
 from dsport.core.constants import DEEPSEEK_V32 as V32
 from dsport.core.ops.hostile import strided_views
-from dsport.core.ops.norm import DEEPSEEK, EDGE, TINY, _rand, _rows
-from dsport.core.spec import Case, Check, OpSpec, Output, Param, Tensor, register
+from dsport.core.spec import DEEPSEEK, EDGE, TINY, Case, Check, OpSpec, Output, Param, Tensor, leading_rows, randn, register
 
 SRC = "DeepSeek-V3.2-Exp inference/model.py (precompute_freqs_cis, apply_rotary_emb, rotate_activation) after the 2025-11-17 indexer-rope fix"
 
@@ -30,7 +29,7 @@ def _plain_freqs(d: int) -> torch.Tensor:
 
 def _rope_case(t: int, h: int, d: int, interleaved: bool, max_pos: int = 4096, dtype=torch.bfloat16):
     def make(gen):
-        return {"x": _rand(gen, t, h, d, dtype=dtype), "positions": torch.randint(0, max_pos, (t,), generator=gen),
+        return {"x": randn(gen, t, h, d, dtype=dtype), "positions": torch.randint(0, max_pos, (t,), generator=gen),
                 "freqs": _plain_freqs(d), "interleaved": interleaved}
     return make
 
@@ -45,7 +44,7 @@ def _rope_cases() -> list[Case]:
 
     def non_contiguous(gen):
         args = _rope_case(6, 4, 32, False)(gen)
-        args["x"] = _rand(gen, 4, 6, 64)[..., ::2].transpose(0, 1)  # strided in two dims
+        args["x"] = randn(gen, 4, 6, 64)[..., ::2].transpose(0, 1)  # strided in two dims
         return args
 
     def int32_positions(gen):
@@ -87,16 +86,16 @@ def _hadamard_cases() -> list[Case]:
         return {"x": x.bfloat16()}
 
     return [
-        Case(c, "tiny", lambda g: {"x": _rand(g, 3, 4)}, tags=TINY),
-        Case(c, "D1", lambda g: {"x": _rand(g, 3, 1)}, tags=EDGE),
-        Case(c, "D2", lambda g: {"x": _rand(g, 3, 2)}, tags=EDGE),
-        Case(c, "index-q", lambda g: {"x": _rand(g, 8, V32.index_n_heads, d)}, tags=DEEPSEEK),
-        Case(c, "index-k", lambda g: {"x": _rand(g, 64, d)}, tags=DEEPSEEK),
-        Case(c, "T0", lambda g: {"x": _rand(g, 0, d)}, tags=EDGE),
+        Case(c, "tiny", lambda g: {"x": randn(g, 3, 4)}, tags=TINY),
+        Case(c, "D1", lambda g: {"x": randn(g, 3, 1)}, tags=EDGE),
+        Case(c, "D2", lambda g: {"x": randn(g, 3, 2)}, tags=EDGE),
+        Case(c, "index-q", lambda g: {"x": randn(g, 8, V32.index_n_heads, d)}, tags=DEEPSEEK),
+        Case(c, "index-k", lambda g: {"x": randn(g, 64, d)}, tags=DEEPSEEK),
+        Case(c, "T0", lambda g: {"x": randn(g, 0, d)}, tags=EDGE),
         Case(c, "outlier-zero-nan-rows", outliers, tags=EDGE),
-        Case(c, "non-contiguous", lambda g: {"x": _rand(g, d, 6).t()}, tags=EDGE),
-        Case(c, "fp32-256", lambda g: {"x": _rand(g, 5, 256, dtype=torch.float32)}),
-        Case(c, "strided-views", strided_views(lambda g: {"x": _rand(g, 6, d)}), tags=EDGE),
+        Case(c, "non-contiguous", lambda g: {"x": randn(g, d, 6).t()}, tags=EDGE),
+        Case(c, "fp32-256", lambda g: {"x": randn(g, 5, 256, dtype=torch.float32)}),
+        Case(c, "strided-views", strided_views(lambda g: {"x": randn(g, 6, d)}), tags=EDGE),
     ]
 
 
@@ -138,6 +137,6 @@ hadamard = register(OpSpec(
     outputs=(Output("y", ("*", "D"), lambda a: a["x"].dtype),),
     checks=(Check("x", "a power-of-two last dim", lambda a, d: d["D"] > 0 and d["D"] & (d["D"] - 1) == 0, lambda a, d: d["D"]),),
     metric="close", reduction="D", source="DeepSeek-V3.2-Exp inference/model.py rotate_activation (fast_hadamard_transform)",
-    flops=lambda d: float(_rows(d) * d["D"] * max(d["D"].bit_length() - 1, 1)),
+    flops=lambda d: float(leading_rows(d) * d["D"] * max(d["D"].bit_length() - 1, 1)),
     cases=_hadamard_cases,
 ))

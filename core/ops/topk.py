@@ -5,9 +5,8 @@ import torch
 
 from dsport.core.constants import DEEPSEEK_V32 as V32
 from dsport.core.ops.hostile import poison, strided_views
-from dsport.core.ops.indexer import BOUNDS_RULE, LONG, POISON, _windows
-from dsport.core.ops.norm import DEEPSEEK, EDGE, TINY
-from dsport.core.spec import Case, Check, OpSpec, Output, Param, Tensor, register
+from dsport.core.ops.indexer import BOUNDS_RULE, LONG, windows
+from dsport.core.spec import DEEPSEEK, EDGE, POISON, TINY, Case, Check, OpSpec, Output, Param, Tensor, randn, register
 
 
 def _topk_case(t: int, s: int, k: int, window: str | None = None, prefix: int = 0, levels: int | None = None):
@@ -22,7 +21,7 @@ def _topk_case(t: int, s: int, k: int, window: str | None = None, prefix: int = 
             logits = torch.randint(0, levels, (t, n), generator=gen).float()
         args = {"logits": logits, "k": k}
         if window is not None:
-            args["ks"], args["ke"] = _windows(gen, t, n, window, prefix)
+            args["ks"], args["ke"] = windows(gen, t, n, window, prefix)
         return args
     return make
 
