@@ -1,3 +1,3 @@
-from dsport.core.cli import main
+from .core.cli import main
 
 raise SystemExit(main())

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from dsport.core.spec import OpSpec, Tensor
+from ..core.spec import OpSpec, Tensor
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

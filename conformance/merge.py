@@ -21,10 +21,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dsport.conformance.report import SCHEMA_NAME, SCHEMA_VERSION, summary
-from dsport.conformance.schema import errors
-from dsport.core.errors import ConfigError
-from dsport.core.files import read_text
+from .report import SCHEMA_NAME, SCHEMA_VERSION, summary
+from .schema import errors
+from ..core.errors import ConfigError
+from ..core.files import read_text
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from dsport.conformance.tolerances import Tolerance, log_scale_tolerance, row_for, tolerance
-from dsport.core.capabilities import query_of
-from dsport.core.spec import OpSpec, Output, cdiv
+from .tolerances import Tolerance, log_scale_tolerance, row_for, tolerance
+from ..core.capabilities import query_of
+from ..core.spec import OpSpec, Output, cdiv
 
 FP8 = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 log = logging.getLogger(__name__)

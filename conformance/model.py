@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dsport.core.backend import BackendModule
+    from ..core.backend import BackendModule
 
 ENV_MARK = "DSPORT_MODEL_ENV_APPLIED"
 DECODE_STEPS = 16
@@ -83,9 +83,9 @@ def model_rows(backends: list[str], checkpoint: str | None, timeout: float = 600
     against re-prefill, and the first op call out of tolerance. ``only`` narrows
     the built-in cases by name; ``prompt_len`` replaces each case's prompt length
     (4 x index_topk by default: shorter prompts select every key)."""
-    from dsport.core.model import tiny_config
-    from dsport.core.model.config import load_config
-    from dsport.core.model.weights import make_checkpoint
+    from ..core.model import tiny_config
+    from ..core.model.config import load_config
+    from ..core.model.weights import make_checkpoint
 
     targets = [(b, None) for b in backends] + [(m.rsplit(".", 1)[-1], m) for m in modules or []]
     tmp = None if checkpoint else tempfile.mkdtemp(prefix="dsport-model-")
@@ -152,8 +152,8 @@ def model_unchecked(rows: list[dict[str, Any]], explicit: set[str], allow_skip: 
 def module_table(mod: BackendModule, label: str, dtype: Any) -> Any:
     """An OpTable of a backend module's ops (those its capabilities admit in
     ``dtype``), the rest served by the default fallback chain."""
-    from dsport.core.registry import OpTable, resolve
-    from dsport.core.spec import specs
+    from ..core.registry import OpTable, resolve
+    from ..core.spec import specs
 
     base = resolve({"backend": "torch", "fallback": "fallback", "dtype": str(dtype).removeprefix("torch.")})
     bound, served = dict(base.ops), dict(base.served_by)
@@ -167,8 +167,8 @@ def module_table(mod: BackendModule, label: str, dtype: Any) -> Any:
 def _main(job_path: str) -> int:
     import torch
 
-    from dsport.conformance.worker import load
-    from dsport.core.registry import resolve
+    from .worker import load
+    from ..core.registry import resolve
 
     job = json.loads(Path(job_path).read_text())
     backend, case, again, module = job["backend"], job["case"], job["again"], job.get("backend_module")
@@ -185,9 +185,9 @@ def _main(job_path: str) -> int:
     if not ok:
         row = _row(backend, case, "skip", f"backend unavailable: {reason}", {"module": module}, None, again)
     else:
-        from dsport.core.errors import ValidationError
-        from dsport.conformance.model_compare import compare
-        from dsport.core.model.config import load_config
+        from ..core.errors import ValidationError
+        from .model_compare import compare
+        from ..core.model.config import load_config
 
         t0 = time.perf_counter()
         # the model runs in float32 here: ops whose declared capabilities exclude it fall back at resolve time
@@ -219,7 +219,7 @@ def _main(job_path: str) -> int:
                else f"every op call within tolerance; median logits cosine {rep.logits_cosine_median:.5f}")
         if len(rep.failed) > 1:
             why += f"; also out of tolerance: {', '.join(rep.failed[1:])}"
-        from dsport.conformance.tolerances import MODEL_MIN_DECODE_MEDIAN
+        from .tolerances import MODEL_MIN_DECODE_MEDIAN
 
         decode_ok = cos.median().item() >= MODEL_MIN_DECODE_MEDIAN
         why += f"; {DECODE_STEPS} decode steps vs re-prefill: median cosine {cos.median().item():.5f}"

@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from dsport.conformance.model_trace import CheckedOps, OpCheck
-from dsport.conformance.tolerances import MODEL_MIN_MEDIAN_COSINE
-from dsport.core.model.transformer import Model
-from dsport.core.registry import OpTable, resolve
+from .model_trace import CheckedOps, OpCheck
+from .tolerances import MODEL_MIN_MEDIAN_COSINE
+from ..core.model.transformer import Model
+from ..core.registry import OpTable, resolve
 
 
 

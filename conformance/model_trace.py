@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from dsport.core.registry import OpTable
-from dsport.core.spec import specs
+from ..core.registry import OpTable
+from ..core.spec import specs
 
 
 @dataclass
@@ -48,7 +48,7 @@ class CheckedOps:
         ref = getattr(self._ref, name)
 
         def checked(*args: Any, **kwargs: Any) -> Any:
-            from dsport.conformance.metrics import judge
+            from .metrics import judge
 
             out = fn(*args, **kwargs)
             bound = spec.bind(*args, **kwargs)

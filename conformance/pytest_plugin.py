@@ -52,13 +52,13 @@ def _active(config: pytest.Config) -> bool:
 def _load(name: str | None, module: str | None) -> Any:
     import traceback
 
-    from dsport.core.errors import DsportError
+    from ..core.errors import DsportError
 
     try:
-        from dsport.conformance.worker import load
+        from .worker import load
 
         if module:
-            from dsport.conformance.runner import check_module
+            from .runner import check_module
 
             check_module(module)
         mod = load({"backend": name, "backend_module": module})
@@ -89,9 +89,9 @@ class ConformanceItem(pytest.Item):
         self.backend, self.op, self.case = backend, op, case
 
     def runtest(self) -> None:
-        from dsport.backends import reference
-        from dsport.conformance.runner import reproduce_command
-        from dsport.conformance.worker import run_case
+        from ..backends import reference
+        from .runner import reproduce_command
+        from .worker import run_case
 
         ok, reason = self.backend.available()
         contract = not ok and self.backend.contract_ops is not None  # adapters against their contract models
@@ -116,7 +116,7 @@ class ConformanceItem(pytest.Item):
 
 
 def _registered() -> list[str]:
-    from dsport.core.registry import BUILTIN_BACKENDS
+    from ..core.registry import BUILTIN_BACKENDS
 
     return list(BUILTIN_BACKENDS)
 
@@ -126,12 +126,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if not _active(config):
         return
     _TALLY.update(ran=0, skipped=0)  # one session per process, or per in-process pytester run
-    from dsport.conformance.runner import ConformancePlan, select_items
+    from .runner import ConformancePlan, select_items
 
     split = lambda s: [x for x in s.split(",") if x] if s else None  # noqa: E731
     plan = ConformancePlan(ops=split(config.getoption("--dsport-ops")), case_set=config.getoption("--dsport-set"),
                 cases=split(config.getoption("--dsport-cases")))
-    from dsport.core.errors import DsportError
+    from ..core.errors import DsportError
 
     try:
         pairs = select_items(plan)

@@ -47,7 +47,7 @@ def device_info() -> dict[str, Any]:
 
 def environment(backends: Mapping[str, Any]) -> dict[str, Any]:
     """The fingerprint of this machine: versions, device, backend availability."""
-    from dsport import __version__
+    from .. import __version__
 
     dev = device_info()
     host = socket.gethostname()

@@ -60,8 +60,8 @@ class ConformancePlan:
 
 def select_items(plan: ConformancePlan) -> list[tuple[str, str]]:
     """(op, case id) pairs in spec order, filtered by op, set and id patterns."""
-    from dsport.core.errors import ConfigError
-    from dsport.core.spec import specs
+    from ..core.errors import ConfigError
+    from ..core.spec import specs
 
     table = specs()
     unknown = [o for o in plan.ops or [] if o not in table and not any(fnmatch.fnmatch(n, o) for n in table)]
@@ -96,7 +96,7 @@ def select_items(plan: ConformancePlan) -> list[tuple[str, str]]:
 
 
 def _seed(op: str, case: str) -> int | None:
-    from dsport.core.spec import specs
+    from ..core.spec import specs
 
     spec = specs().get(op)
     return next((c.seed for c in spec.cases() if c.id == case), None) if spec else None
@@ -315,7 +315,7 @@ def _one_backend(label: str, module: str | None, items: list[tuple[str, str]], p
 
 def load_build_reports(paths: Iterable[str]) -> list[dict[str, Any]]:
     """Rows from build reports written earlier (``dsport build --json F``: a list of KernelBuild.to_json())."""
-    from dsport.conformance.worker import build_row
+    from .worker import build_row
 
     rows = []
     for p in paths:
@@ -335,7 +335,7 @@ def check_module(module: str) -> None:
     cannot be found (a typo) or whose source has no ``OPS`` table. Reads the
     source without executing it; import errors inside the module are the
     worker's to report, with their traceback's last line."""
-    from dsport.core.errors import ConfigError
+    from ..core.errors import ConfigError
 
     try:
         spec = importlib.util.find_spec(module)
@@ -388,7 +388,7 @@ def unchecked(runs: dict[str, BackendRun], rows: Sequence[dict[str, Any]], expli
     always are; a named backend whose op table names ops no spec knows, or
     whose every case was skip or unsupported, is too. So is a run that
     executed nothing."""
-    from dsport.core.spec import specs
+    from ..core.spec import specs
 
     explicit = set(explicit)
     known = list(specs())

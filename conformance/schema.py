@@ -65,7 +65,7 @@ def errors(doc: Any, node: dict[str, Any] | None = None, path: str = "$") -> lis
 
 def validate(doc: Any) -> None:
     """Raise ConfigError listing the first problems when ``doc`` is not a valid report."""
-    from dsport.core.errors import ConfigError
+    from ..core.errors import ConfigError
 
     errs = errors(doc)
     if errs:

@@ -26,10 +26,10 @@ import traceback
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
-from dsport.core.backend import CONTRACT
+from ..core.backend import CONTRACT
 
 if TYPE_CHECKING:
-    from dsport.core.backend import BackendModule
+    from ..core.backend import BackendModule
 
 log = logging.getLogger(__name__)
 ENV_MARK = "DSPORT_CONFORMANCE_ENV_APPLIED"
@@ -39,10 +39,10 @@ def load(job: dict[str, Any]) -> BackendModule:
     """The job's backend read through the contract: ``backend_module`` (a dotted
     path) if given, else the registry name ``backend``. Op and model conformance share it."""
     if job.get("backend_module"):
-        from dsport.core.backend import import_backend
+        from ..core.backend import import_backend
 
         return import_backend(job["backend_module"])
-    from dsport.core.registry import load_backend
+    from ..core.registry import load_backend
 
     return load_backend(job["backend"])
 
@@ -131,10 +131,10 @@ def run_case(mod: BackendModule, ref_ops: dict[str, Callable[..., Any]], op: str
              contract: bool = False) -> dict[str, Any]:
     """Run and judge one case in this process; returns a result row (no reproduce/machine fields).
     With ``contract`` the backend's ``contract_ops`` run instead of ``OPS`` and a pass is ``contract``."""
-    from dsport.conformance.guard import InputGuard, uninitialized_memory_filled
-    from dsport.conformance.metrics import judge
-    from dsport.core.capabilities import query_of
-    from dsport.core.spec import specs
+    from .guard import InputGuard, uninitialized_memory_filled
+    from .metrics import judge
+    from ..core.capabilities import query_of
+    from ..core.spec import specs
 
     spec = specs()[op]
     case = next(c for c in spec.cases() if c.id == case_id)
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             _emit(proto, event="result", rows=rows)
         _emit(proto, event="done")
         return 0
-    from dsport.backends import reference
+    from ..backends import reference
 
     ref_ops = dict(reference.OPS)
     is_reference = mod.module is reference or name == "reference"

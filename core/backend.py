@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from dsport.core.capabilities import Capability
-from dsport.core.errors import DsportError
+from .capabilities import Capability
+from .errors import DsportError
 
 #: the verdict a passing case gets when it ran an adapter against contract models, not the vendor library
 CONTRACT = "contract"

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from dsport.core.spec import DTYPE_GROUPS, OpSpec, Param, Tensor
+from .spec import DTYPE_GROUPS, OpSpec, Param, Tensor
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,9 @@ from typing import Any
 
 import torch
 
-from dsport.core.errors import ConfigError
-from dsport.core.files import read_text
-from dsport.core.fp8 import FP8_FORMATS, SCALE_FORMATS
+from .errors import ConfigError
+from .files import read_text
+from .fp8 import FP8_FORMATS, SCALE_FORMATS
 
 ENV_CONFIG = "DSPORT_CONFIG"
 ENV_BACKEND = "DSPORT_BACKEND"
@@ -131,8 +131,8 @@ def device_present(device: torch.device) -> tuple[bool, str]:
 
 
 def _known_archs() -> tuple[str, ...]:
-    from dsport.core.build import SHARED_LIMIT
-    from dsport.core.fp8 import FP8_FORMATS
+    from .build import SHARED_LIMIT
+    from .fp8 import FP8_FORMATS
 
     return tuple(dict.fromkeys([*KNOWN_ARCHS, *SHARED_LIMIT, *(a for f in FP8_FORMATS.values() for a in f.archs)]))
 
@@ -151,7 +151,7 @@ def _str(key: str, v: Any) -> str:
 
 
 def backend_names() -> list[str]:
-    from dsport.core.registry import discover
+    from .registry import discover
 
     return list(discover())
 
@@ -166,7 +166,7 @@ def one_of(key: str, v: Any, valid: Sequence[str]) -> str:
 
 def from_mapping(data: Mapping[str, Any], base: Config | None = None, origin: str = "mapping") -> Config:
     """Validate ``data`` (the YAML schema) and lay it over ``base``."""
-    from dsport.core.spec import specs
+    from .spec import specs
 
     if not isinstance(data, Mapping):
         raise ConfigError(f"{origin}: expected a mapping of settings, got {type(data).__name__}")

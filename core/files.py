@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dsport.core.errors import ConfigError
+from .errors import ConfigError
 
 
 def read_text(path: Path, expected: str, label: str | None = None, error: type[ConfigError] = ConfigError) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dsport.core.errors import ValidationError
+from .errors import ValidationError
 
 AMAX_FLOOR = 1e-4
 """Group amax is clamped to at least this, so an all-zero group gets a finite scale."""

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dsport.core.fp8 import Fp8Format, ScaleFormat
-from dsport.core.spec import REQUIRED, OpSpec, Param, Tensor, specs
+from .fp8 import Fp8Format, ScaleFormat
+from .spec import REQUIRED, OpSpec, Param, Tensor, specs
 
 if TYPE_CHECKING:
-    from dsport.core.registry import OpTable
+    from .registry import OpTable
 
 log = logging.getLogger(__name__)
 

@@ -47,8 +47,8 @@ from pathlib import Path
 
 import torch
 
-from dsport.core.constants import ModelConfig
-from dsport.core.errors import ValidationError
+from .constants import ModelConfig
+from .errors import ValidationError
 
 OP = "dsport plan"
 LATENT_CACHE_BYTES = 656   # per token and layer: 512 fp8 latent + 4 fp32 scales + 64 bf16 rope dims (mla_cache_pack)
@@ -107,8 +107,8 @@ def _param_kinds(cfg: ModelConfig) -> tuple[tuple[str, tuple[int, ...], torch.dt
     """(name with ``{i}`` for the layer, shape, dtype, layers) of every model
     parameter, from a meta-device model with one dense and one MoE layer: the
     other layers repeat their names and shapes."""
-    from dsport.core.model.transformer import Model
-    from dsport.core.registry import resolve
+    from .model.transformer import Model
+    from .registry import resolve
 
     kinds = [i for i in (0, cfg.n_dense_layers) if i < cfg.n_layers]
     small = replace(cfg, n_layers=max(kinds) + 1)
@@ -291,7 +291,7 @@ def plan(cfg: ModelConfig, tp: int = 1, ep: int = 1, context: int = 8192, batch:
 
 def hardware_memory(name: str) -> tuple[str, float]:
     """(table name, bytes) of an accelerator in hardware.yaml; an unknown name is a named error with the closest match."""
-    from dsport.core.profile.hardware import table
+    from .profile.hardware import table
 
     devices = table()
     folded = {k.lower().replace("-", "").replace(" ", ""): k for k in devices}
@@ -371,8 +371,8 @@ def compare_with_checkpoint(path: str | Path, tokens: int = 8, backend: str = "t
     the release's storage dtypes), the safetensors files, and what the loaded
     model holds, after loading and after one forward of ``tokens`` tokens
     (derived copies and caches appear then)."""
-    from dsport.core.model.config import load_config
-    from dsport.core.model.transformer import Model
+    from .model.config import load_config
+    from .model.transformer import Model
 
     cfg = load_config(path)
     out: dict[str, dict[str, int]] = {"plan": {}, "files": {}}

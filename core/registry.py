@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsport.core.backend import BackendContractError, BackendModule, import_backend
-from dsport.core.config import Config, unknown_name, from_mapping, load_config
-from dsport.core.errors import BackendUnavailable, ConfigError, ResolveError
-from dsport.core.spec import specs
+from .backend import BackendContractError, BackendModule, import_backend
+from .config import Config, unknown_name, from_mapping, load_config
+from .errors import BackendUnavailable, ConfigError, ResolveError
+from .spec import specs
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ def resolve(selection: str | os.PathLike[str] | Mapping[str, Any] | Config | Non
         log.info("resolve: %s", line)
     result = OpTable(bound, {op: o.served_by for op, o in p.ops.items() if o.served_by}, trace, p)
     if torch_library:
-        from dsport.core.library import register
+        from .library import register
 
         ns = register(result)
         result = OpTable({op: getattr(ns, op) for op in bound}, result.served_by, trace, p)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from dsport.core.errors import ValidationError
+from .errors import ValidationError
 
 REQUIRED = inspect.Parameter.empty
 
@@ -348,7 +348,7 @@ def register(spec: OpSpec) -> OpSpec:
 
 def specs() -> dict[str, OpSpec]:
     """Every op spec, keyed by op name, in declaration order."""
-    import dsport.core.ops  # noqa: F401  (importing registers the specs)
+    from . import ops  # noqa: F401  (importing registers the specs)
 
     return dict(_REGISTRY)
 

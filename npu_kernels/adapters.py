@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from dsport.core.fp8 import FP8_FORMATS
-from dsport.npu_kernels import layouts
-from dsport.npu_kernels.contract_models import SPARSE_COUNTS
+from ..core.fp8 import FP8_FORMATS
+from . import layouts
+from .contract_models import SPARSE_COUNTS
 
 D_NOPE, D_ROPE = layouts.LATENT, layouts.ROPE
 INDEXER_BLOCK = 128  # key block for the per-row paged indexer call: a multiple of 16 <= 1024, as the README requires

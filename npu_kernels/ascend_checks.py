@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from dsport.npu_kernels import adapters, contract_models as M, layouts
-from dsport.npu_kernels import schema as S
+from . import adapters, contract_models as M, layouts
+from . import schema as S
 
 ADAPTER_CASES = (("sparse_mla_prefill", "small"), ("sparse_mla_decode", "fp8-page64"), ("sparse_mla_decode", "float-576"),
                  ("rms_norm", "tiny"), ("rms_norm", "residual"), ("rope", "mla-q-pe"), ("rope", "indexer-q"),
@@ -38,7 +38,7 @@ ADAPTER_CASES = (("sparse_mla_prefill", "small"), ("sparse_mla_decode", "fp8-pag
 @functools.lru_cache(maxsize=1)
 def recorded_calls() -> tuple[tuple[str, tuple, dict], ...]:
     """Every vendor call of every adapter path, run once over recording contract models."""
-    from dsport.core.spec import specs
+    from ..core.spec import specs
 
     rec = S.Recorder(M.MODELS)
     ops = adapters.make_ops(rec)
@@ -74,8 +74,8 @@ def check_schemas(schemas: dict[str, S.Schema]) -> dict[str, Any]:
 
 
 def check_fused_indexer(lib: Any, device: str) -> dict[str, Any]:
-    from dsport.backends import reference
-    from dsport.conformance.metrics import topk as judge
+    from ..backends import reference
+    from ..conformance.metrics import topk as judge
 
     rows = []
     for fmt, window, topk in (("e4m3fn", "full", 16), ("e4m3fnuz", "causal", 32), (None, "causal", 8),

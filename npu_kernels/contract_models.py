@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import torch
 
-from dsport.npu_kernels.layouts import RIGHT_DOWN_CAUSAL, NO_MASK, SENTINEL
+from .layouts import RIGHT_DOWN_CAUSAL, NO_MASK, SENTINEL
 
 INT64_MAX = 9223372036854775807
 HALF = (torch.bfloat16, torch.float16)

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import torch
 
-from dsport.core.errors import ValidationError
-from dsport.core.fp8 import SCALE_FORMATS, fp8_format, quantize_groups
+from ..core.errors import ValidationError
+from ..core.fp8 import SCALE_FORMATS, fp8_format, quantize_groups
 
 LATENT, ROPE, TILE = 512, 64, 128
 WIDTH = LATENT + 4 * (LATENT // TILE) + 2 * ROPE  # 656

@@ -11,7 +11,7 @@ DeepSeek's kernel reaches the same value through log2/ceil.
 
 from typing import Any
 
-from dsport.tilelang_kernels.target import FP8_MAX, Profile, pow2_ceil
+from .target import FP8_MAX, Profile, pow2_ceil
 
 OPS = ("act_quant",)
 AMAX_FLOOR = 1e-4

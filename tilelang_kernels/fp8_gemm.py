@@ -17,7 +17,7 @@ values are exact in fp32, so only the summation order differs.
 # no `from __future__ import annotations`: TileLang reads the tensor annotations as live objects
 from typing import Any
 
-from dsport.tilelang_kernels.target import Profile
+from .target import Profile
 
 OPS = ("fp8_gemm",)
 BM, BN, BK = 64, 128, 128

@@ -15,7 +15,7 @@ exact in fp32 either way.
 # no `from __future__ import annotations`: TileLang reads the tensor annotations as live objects
 from typing import Any
 
-from dsport.tilelang_kernels.target import Profile
+from .target import Profile
 
 OPS = ("indexer_logits",)
 BN = 64  # keys per program

@@ -10,7 +10,7 @@ the new residual.
 # no `from __future__ import annotations`: TileLang reads the tensor annotations as live objects
 from typing import Any
 
-from dsport.tilelang_kernels.target import Profile
+from .target import Profile
 
 OPS = ("rms_norm",)
 THREADS = 256

@@ -17,7 +17,7 @@ out = 0, lse = max_logits = -inf, never NaN.
 # no `from __future__ import annotations`: TileLang reads the tensor annotations as live objects
 from typing import Any
 
-from dsport.tilelang_kernels.target import Profile
+from .target import Profile
 
 OPS = ("sparse_mla_prefill",)
 BI = 64  # indices per step: topk must be a multiple of it

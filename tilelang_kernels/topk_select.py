@@ -19,7 +19,7 @@ NaN logits are outside the contract of this kernel (see CAPABILITIES).
 # no `from __future__ import annotations`: TileLang reads the tensor annotations as live objects
 from typing import Any
 
-from dsport.tilelang_kernels.target import Profile, as_u32
+from .target import Profile, as_u32
 
 OPS = ("topk_select",)
 CH = 256   # row elements per sweep step (one per thread on a GPU)

@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from dsport.backends.cuda import deepgemm, flashmla
-from dsport.backends.cuda import kernels as _kernels
-from dsport.core.build import KernelBuild
-from dsport.core.capabilities import Capability
+from . import deepgemm, flashmla
+from . import kernels as _kernels
+from ...core.build import KernelBuild
+from ...core.capabilities import Capability
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def vendor_ops() -> dict[str, Callable[..., Any]]:
 
 
 def _own() -> dict[str, Callable[..., Any]]:
-    from dsport.backends.cuda import launch  # imports nothing device-side until a kernel is called
+    from . import launch  # imports nothing device-side until a kernel is called
 
     return dict(launch.OPS)
 
@@ -101,7 +101,7 @@ CAPABILITIES: dict[str, Capability] = {op: cap for op, cap in {**_OWN_CAPS, **_A
 
 
 def _not_served() -> dict[str, str]:
-    from dsport.core.spec import specs
+    from ...core.spec import specs
 
     vendor_of = {}
     vendor_of.update({op: ("DeepGEMM", _DEEP_GEMM_ERR) for op in ("indexer_logits_paged",
@@ -122,8 +122,8 @@ NOT_SERVED: dict[str, str] = _not_served()
 
 
 def available() -> tuple[bool, str]:
-    from dsport.backends.cuda import driver
-    from dsport.backends.cuda.aot import find_tool
+    from . import driver
+    from .aot import find_tool
 
     try:
         driver.libcuda()
@@ -154,6 +154,6 @@ def contract_ops() -> dict[str, Callable[..., Any]]:
 
 
 def build(target: str, out_dir: str | os.PathLike) -> list[KernelBuild]:
-    from dsport.backends.cuda.aot import build as _build
+    from .aot import build as _build
 
     return _build(target, out_dir)

@@ -20,9 +20,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from dsport.backends.cuda.kernels import HEADERS, INCLUDE_DIR, KERNEL_FILES, KernelFile
-from dsport.core.build import KernelBuild, ToolchainMissing
-from dsport.core.errors import ConfigError
+from .kernels import HEADERS, INCLUDE_DIR, KERNEL_FILES, KernelFile
+from ...core.build import KernelBuild, ToolchainMissing
+from ...core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

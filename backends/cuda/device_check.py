@@ -34,12 +34,12 @@ def _cpu(x: Any) -> Any:
 
 
 def run(ops_filter: set[str] | None = None) -> tuple[list[dict[str, Any]], str]:
-    import dsport.backends.cuda as cuda
-    from dsport.backends import reference
-    from dsport.conformance.metrics import judge
-    from dsport.core.backend import from_module
-    from dsport.core.capabilities import query_of
-    from dsport.core.spec import specs
+    from .. import cuda
+    from .. import reference
+    from ...conformance.metrics import judge
+    from ...core.backend import from_module
+    from ...core.capabilities import query_of
+    from ...core.spec import specs
 
     ok, reason = cuda.available()
     if not ok:

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dsport.backends.cuda.kernels import HEADERS, HOST_SOURCE
-from dsport.core.build import ToolchainMissing
+from .kernels import HEADERS, HOST_SOURCE
+from ...core.build import ToolchainMissing
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from dsport.backends.cuda.aot import cache_root, compile_file
-from dsport.backends.cuda.driver import Kernel
-from dsport.backends.cuda.kernels import KERNEL_FILES
+from .aot import cache_root, compile_file
+from .driver import Kernel
+from .kernels import KERNEL_FILES
 
 _I64, _I32, _F32 = ctypes.c_longlong, ctypes.c_int, ctypes.c_float
 

@@ -26,10 +26,10 @@ import importlib.util
 
 import torch
 
-from dsport.backends.hip import aiter as _aiter
-from dsport.backends.hip.aot import TARGETS, build
-from dsport.core.capabilities import Capability
-from dsport.core.fp8 import format_for_arch
+from . import aiter as _aiter
+from .aot import TARGETS, build
+from ...core.capabilities import Capability
+from ...core.fp8 import format_for_arch
 
 NAME = "hip"
 ARCH = _aiter.arch()
@@ -95,7 +95,7 @@ def available() -> tuple[bool, str]:
 
 
 def _ops() -> dict:
-    from dsport.backends.hip.launch import kernel_ops
+    from .launch import kernel_ops
 
     return {**kernel_ops(ARCH), **_aiter.aiter_ops(ARCH)}
 

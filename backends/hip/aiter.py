@@ -29,10 +29,10 @@ from typing import Any
 
 import torch
 
-from dsport.backends.reference.indexer import index_cache_unpack
-from dsport.backends.reference.mla_cache import split_cache
-from dsport.core.errors import ConfigError
-from dsport.core.fp8 import E4M3FN, E4M3FNUZ, Fp8Format, format_for_arch, fp8_format
+from ..reference.indexer import index_cache_unpack
+from ..reference.mla_cache import split_cache
+from ...core.errors import ConfigError
+from ...core.fp8 import E4M3FN, E4M3FNUZ, Fp8Format, format_for_arch, fp8_format
 
 ARCHS = ("gfx950", "gfx942")
 NEG_INF = float("-inf")

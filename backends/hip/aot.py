@@ -24,10 +24,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsport.backends.hip.host import KERNELS, cache_root
-from dsport.core.build import SHARED_LIMIT, KernelBuild, ToolchainMissing
-from dsport.core.errors import ConfigError
-from dsport.core.fp8 import format_for_arch
+from .host import KERNELS, cache_root
+from ...core.build import SHARED_LIMIT, KernelBuild, ToolchainMissing
+from ...core.errors import ConfigError
+from ...core.fp8 import format_for_arch
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _zig() -> str:
 
 
 def _resource_dir(zig: str) -> Path:
-    from dsport.backends.tilelang.hip import clang_version, resource_dir
+    from ..tilelang.hip import clang_version, resource_dir
 
     return resource_dir(clang_version(zig).split(".")[0])
 
@@ -105,7 +105,7 @@ def _key(src: str, fl: list[str], clang: str) -> str:
 def compile_file(src: str, target: str) -> tuple[Path, str, bool]:
     """Code object and assembly of ``hip_kernels/src`` for ``target``; the flag says it came from the cache."""
     zig = _zig()
-    from dsport.backends.tilelang.hip import clang_version
+    from ..tilelang.hip import clang_version
 
     clang = clang_version(zig)
     fl = flags(target)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from dsport.core.build import ToolchainMissing
-from dsport.core.fp8 import Fp8Format, ScaleFormat, fp8_format, scale_format
+from ...core.build import ToolchainMissing
+from ...core.fp8 import Fp8Format, ScaleFormat, fp8_format, scale_format
 
 KERNELS = Path(__file__).resolve().parents[2] / "hip_kernels"
 SOURCES = ("host_check.cpp", "hip_common.h", "fp8.h", "mla_cache.h", "softmax.h", "topk_key.h")

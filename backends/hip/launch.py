@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from dsport.backends.hip import aot as hb
-from dsport.core.errors import ValidationError
-from dsport.core.fp8 import format_for_arch, fp8_format, scale_format
+from . import aot as hb
+from ...core.errors import ValidationError
+from ...core.fp8 import format_for_arch, fp8_format, scale_format
 
 
 @functools.lru_cache(maxsize=None)

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from dsport.core.capabilities import Capability
-from dsport.core.errors import BackendUnavailable
-from dsport.npu_kernels import adapters
+from ...core.capabilities import Capability
+from ...core.errors import BackendUnavailable
+from ...npu_kernels import adapters
 
 NAME = "npu"
 DESCRIPTION = ("Ascend NPU via torch_npu: npu_sparse_flash_attention (MLA-absorb, TND / PA_BSND), npu_rms_norm / "
@@ -148,6 +148,6 @@ OPS = {op: _on_npu(fn) for op, fn in adapters.make_ops(_TorchNpu()).items()}
 
 
 def contract_ops() -> dict:
-    from dsport.npu_kernels import contract_models
+    from ...npu_kernels import contract_models
 
     return adapters.make_ops(contract_models)

@@ -12,7 +12,7 @@ by ``onnx.checker`` and turned into a cached ``InferenceSession``
 """
 from __future__ import annotations
 
-from dsport.core.capabilities import Capability
+from ...core.capabilities import Capability
 
 NAME = "onnx"
 DESCRIPTION = "ONNX graphs of standard operators (opset 21) run by ONNX Runtime; CPU execution provider by default"
@@ -24,7 +24,7 @@ try:
     import onnx as _onnx
     import onnxruntime as _ort
 
-    from dsport.backends.onnx import dsa, moe, norm, quant, rotary, runtime
+    from . import dsa, moe, norm, quant, rotary, runtime
     _IMPORT_ERROR: str | None = None
 except ImportError as e:  # reported by available(), never raised at import
     _onnx = _ort = None

@@ -18,11 +18,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dsport.backends.onnx.quant import POW2_LO, POW2_TABLE
+from .quant import POW2_LO, POW2_TABLE
 import math
 
-from dsport.backends.onnx.runtime import BF16, FLOAT, INT64, Graph
-from dsport.core.fp8 import Fp8Format
+from .runtime import BF16, FLOAT, INT64, Graph
+from ...core.fp8 import Fp8Format
 
 
 def fp8_table(fmt: Fp8Format) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dsport.backends.onnx.runtime import DOUBLE, FLOAT, INT32, INT64, Graph, cached, compile_graph, elem_of, signature, to_float
+from .runtime import DOUBLE, FLOAT, INT32, INT64, Graph, cached, compile_graph, elem_of, signature, to_float
 
 NEG_INF = np.float32(-np.inf)
 
@@ -246,7 +246,7 @@ KEY_DIM = 128
 
 def index_cache_split(g: Graph, cache: str, nb: int, bs: int, fmt) -> tuple[str, str]:
     """(k float32 [NB, BS, 128], k_scale float32 [NB, BS]) decoded from the cache bytes."""
-    from dsport.backends.onnx.bytes import f32_from_bytes, fp8_from_bytes
+    from .bytes import f32_from_bytes, fp8_from_bytes
 
     flat = g.Reshape(cache, g.i64(nb, bs * (KEY_DIM + 4)), allowzero=1)
     data = g.Slice(flat, g.i64(0), g.i64(bs * KEY_DIM), g.i64(1))
@@ -256,7 +256,7 @@ def index_cache_split(g: Graph, cache: str, nb: int, bs: int, fmt) -> tuple[str,
 
 
 def index_cache_unpack(cache: torch.Tensor, fmt="e4m3fn") -> tuple[torch.Tensor, torch.Tensor]:
-    from dsport.core.fp8 import fp8_format
+    from ...core.fp8 import fp8_format
 
     f = fp8_format(fmt, "index_cache_unpack")
     nb, bs, _ = cache.shape
@@ -272,7 +272,7 @@ def index_cache_unpack(cache: torch.Tensor, fmt="e4m3fn") -> tuple[torch.Tensor,
 
 def indexer_logits_paged(q: torch.Tensor, k_cache: torch.Tensor, weights: torch.Tensor, block_table: torch.Tensor,
                          seqlens: torch.Tensor) -> torch.Tensor:
-    from dsport.core.fp8 import fp8_format
+    from ...core.fp8 import fp8_format
 
     b, h, d = q.shape
     nb, bs, _ = k_cache.shape
@@ -316,7 +316,7 @@ SCALES_AT, ROPE_AT, MLA_WIDTH = LATENT, LATENT + 4 * (LATENT // TILE), LATENT + 
 
 def mla_rows_from_bytes(g: Graph, rows: str, lead: tuple[int, ...], fmt) -> str:
     """uint8 [*lead, 656] -> float32 [*lead, 576], exactly (table Gather for FP8, integer arithmetic for fp32/bf16)."""
-    from dsport.backends.onnx.bytes import f32_from_bytes, fp8_from_bytes
+    from .bytes import f32_from_bytes, fp8_from_bytes
 
     ax = len(lead)
     lat = fp8_from_bytes(g, g.Slice(rows, g.i64(0), g.i64(SCALES_AT), g.i64(ax)), fmt)
@@ -332,7 +332,7 @@ def mla_rows_from_bytes(g: Graph, rows: str, lead: tuple[int, ...], fmt) -> str:
 
 
 def mla_cache_unpack(cache: torch.Tensor, fmt="e4m3fn") -> torch.Tensor:
-    from dsport.core.fp8 import fp8_format
+    from ...core.fp8 import fp8_format
 
     f = fp8_format(fmt, "mla_cache_unpack")
     lead = tuple(cache.shape[:-1])
@@ -347,7 +347,7 @@ def mla_cache_unpack(cache: torch.Tensor, fmt="e4m3fn") -> torch.Tensor:
 
 def sparse_mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, indices: torch.Tensor, sm_scale: float,
                       d_v: int = 512, fmt="e4m3fn") -> tuple[torch.Tensor, torch.Tensor]:
-    from dsport.core.fp8 import fp8_format
+    from ...core.fp8 import fp8_format
 
     b, sq, h, d = q.shape
     nb, bs, _, w = kv_cache.shape
@@ -378,9 +378,9 @@ def sparse_mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, indices: torch.Te
 
 def _quantized_codes(g: Graph, groups: str, f) -> tuple[str, str]:
     """(uint8 FP8 codes of groups / s, ue8m0 scales s) for float32 groups [..., 128] (one scale per group)."""
-    from dsport.backends.onnx.bytes import fp8_codes
-    from dsport.backends.onnx.quant import group_scale
-    from dsport.core.fp8 import UE8M0
+    from .bytes import fp8_codes
+    from .quant import group_scale
+    from ...core.fp8 import UE8M0
 
     s = group_scale(g, groups, f, UE8M0)
     y = g.Cast(g.Div(groups, g.Unsqueeze(s, g.i64(-1))), to=elem_of(f.dtype), saturate=1)
@@ -388,8 +388,8 @@ def _quantized_codes(g: Graph, groups: str, f) -> tuple[str, str]:
 
 
 def index_cache_pack(k: torch.Tensor, fmt="e4m3fn") -> torch.Tensor:
-    from dsport.backends.onnx.bytes import f32_bytes
-    from dsport.core.fp8 import fp8_format
+    from .bytes import f32_bytes
+    from ...core.fp8 import fp8_format
 
     f = fp8_format(fmt, "index_cache_pack")
     nb, bs, d = k.shape
@@ -405,8 +405,8 @@ def index_cache_pack(k: torch.Tensor, fmt="e4m3fn") -> torch.Tensor:
 
 
 def mla_cache_pack(kv: torch.Tensor, fmt="e4m3fn") -> torch.Tensor:
-    from dsport.backends.onnx.bytes import bf16_bytes, f32_bytes
-    from dsport.core.fp8 import fp8_format
+    from .bytes import bf16_bytes, f32_bytes
+    from ...core.fp8 import fp8_format
 
     f = fp8_format(fmt, "mla_cache_pack")
     n = kv.shape[0]

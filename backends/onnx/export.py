@@ -38,8 +38,8 @@ import onnx
 import torch
 from onnx import helper
 
-from dsport.backends.onnx import runtime
-from dsport.core.errors import DsportError
+from . import runtime
+from ...core.errors import DsportError
 
 log = logging.getLogger(__name__)
 DOMAIN = "dsport"
@@ -69,7 +69,7 @@ class RecordingOps:
     calling the ONNX function its session was built from."""
 
     def __init__(self) -> None:
-        from dsport.backends import onnx as backend
+        from .. import onnx as backend
 
         self._ops = backend.OPS
         self.functions: dict[str, onnx.GraphProto] = {}
@@ -79,13 +79,13 @@ class RecordingOps:
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name.startswith("_"):
             raise AttributeError(name)
-        from dsport.core.spec import specs
+        from ...core.spec import specs
 
         fn, spec = self._ops.get(name), specs()[name]
 
         def call(*args: Any, **kwargs: Any) -> Any:
             if not torch.jit.is_tracing():  # set-up outside the traced forward (the yarn table): a constant
-                from dsport.backends import torch as torch_backend
+                from .. import torch as torch_backend
 
                 return (fn or torch_backend.OPS[name])(*args, **kwargs)
             if fn is None:
@@ -206,8 +206,8 @@ def prompt(vocab: int, seq: int, seed: int = 0) -> torch.Tensor:
 
 def export_prefill(checkpoint: str | Path, out: str | Path, seq: int = 16, external_data: bool = False) -> ExportResult:
     """Write the prefill graph of ``checkpoint`` for a [1, seq] prompt to ``out``; check it with onnx.checker."""
-    from dsport.core.model import Model
-    from dsport.core.model.config import load_config
+    from ...core.model import Model
+    from ...core.model.config import load_config
 
     cfg = load_config(checkpoint)
     if not cfg.sparse:
@@ -255,15 +255,15 @@ def run_exported(path: str | Path, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def torch_logits(checkpoint: str | Path, tokens: torch.Tensor) -> torch.Tensor:
-    from dsport.core.model import Model
+    from ...core.model import Model
 
     return Model.from_pretrained(checkpoint, backend="torch", dtype=torch.float32, **MODEL_OPTIONS)(tokens)
 
 
 def eager_onnx_logits(checkpoint: str | Path, tokens: torch.Tensor) -> torch.Tensor:
     """The same model run eagerly on the onnx backend's op table (the graphs the export's functions hold)."""
-    from dsport.core.model import Model
-    from dsport.core.registry import resolve
+    from ...core.model import Model
+    from ...core.registry import resolve
 
     ops = resolve({"backend": "onnx", "fallback": "fallback", "dtype": "float32"})
     return Model.from_pretrained(checkpoint, ops=ops, dtype=torch.float32, **MODEL_OPTIONS)(tokens)

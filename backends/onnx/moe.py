@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dsport.backends.onnx.runtime import FLOAT, INT32, INT64, Graph, cached, compile_graph, elem_of, signature, to_float
+from .runtime import FLOAT, INT32, INT64, Graph, cached, compile_graph, elem_of, signature, to_float
 
 NEG_INF = np.float32(-np.inf)
 ALIGN = 128

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dsport.backends.onnx.runtime import FLOAT, Graph, cached, compile_graph, elem_of, signature, to_float
+from .runtime import FLOAT, Graph, cached, compile_graph, elem_of, signature, to_float
 
 
 def rms_norm_graph(g: Graph, x: str, w: str, eps: float, residual: str | None, elem: int, w_elem: int) -> tuple[str, str]:

@@ -21,8 +21,8 @@ from functools import reduce
 import numpy as np
 import torch
 
-from dsport.backends.onnx.runtime import BF16, FLOAT, INT64, Graph, cached, compile_graph, elem_of, signature, to_float
-from dsport.core.fp8 import AMAX_FLOOR, Fp8Format, ScaleFormat, fp8_format, scale_format
+from .runtime import BF16, FLOAT, INT64, Graph, cached, compile_graph, elem_of, signature, to_float
+from ...core.fp8 import AMAX_FLOOR, Fp8Format, ScaleFormat, fp8_format, scale_format
 
 POW2_LO, POW2_HI = -149, 127
 POW2_TABLE = np.array([math.ldexp(1.0, k) for k in range(POW2_LO, POW2_HI + 1)], dtype=np.float32)

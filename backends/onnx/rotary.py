@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dsport.backends.onnx.runtime import DOUBLE, FLOAT, Graph, cached, compile_graph, elem_of, signature, to_float
+from .runtime import DOUBLE, FLOAT, Graph, cached, compile_graph, elem_of, signature, to_float
 
 
 def rope_graph(g: Graph, x: str, positions: str, freqs: str, shape: tuple[int, int, int], interleaved: bool,

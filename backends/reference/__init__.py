@@ -9,7 +9,7 @@ checked tightly against them.
 """
 from __future__ import annotations
 
-from dsport.backends.reference import attention, indexer, mla_cache, moe, norm, quant, rotary, topk
+from . import attention, indexer, mla_cache, moe, norm, quant, rotary, topk
 
 NAME = "reference"
 DESCRIPTION = "float64 PyTorch, written for clarity; the oracle of conformance"

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from dsport.backends.reference.mla_cache import unpack64
-from dsport.core.fp8 import Fp8Format
+from .mla_cache import unpack64
+from ...core.fp8 import Fp8Format
 
 NEG_INF = float("-inf")
 

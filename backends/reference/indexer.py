@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from dsport.backends.reference.quant import act_quant
-from dsport.core.constants import DEEPSEEK_V32
-from dsport.core.errors import ValidationError
-from dsport.core.fp8 import Fp8Format, fp8_format
+from .quant import act_quant
+from ...core.constants import DEEPSEEK_V32
+from ...core.errors import ValidationError
+from ...core.fp8 import Fp8Format, fp8_format
 
 KEY_DIM = 128
 """Bytes of FP8 key per token in the paged cache; 4 more hold its fp32 scale."""

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from dsport.backends.reference import quant
-from dsport.core.fp8 import Fp8Format, fp8_format
+from . import quant
+from ...core.fp8 import Fp8Format, fp8_format
 
 LATENT = 512
 ROPE = 64

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from dsport.core.errors import ValidationError
+from ...core.errors import ValidationError
 
 
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dsport.core.fp8 import Fp8Format, ScaleFormat, fp8_format, quantize_groups, scale_format
+from ...core.fp8 import Fp8Format, ScaleFormat, fp8_format, quantize_groups, scale_format
 
 
 def act_quant(x: torch.Tensor, block: int = 128, fmt: str | Fp8Format = "e4m3fn",

@@ -11,9 +11,9 @@ from __future__ import annotations
 import importlib.util
 import shutil
 
-from dsport.backends.tilelang.aot import TARGETS, build
-from dsport.backends.tilelang.capabilities import CAPABILITIES
-from dsport.backends.tilelang.ops import OPS
+from .aot import TARGETS, build
+from .capabilities import CAPABILITIES
+from .ops import OPS
 
 NAME = "tilelang"
 DESCRIPTION = "TileLang tile programs (dsport/tilelang_kernels) run on CPU via the c target; built for sm_90a, gfx942 and gfx950"

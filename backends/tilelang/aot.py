@@ -28,12 +28,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dsport.backends.tilelang import hip
-from dsport.core.build import KernelBuild, ToolchainMissing
-from dsport.core.fp8 import format_for_arch
-from dsport.tilelang_kernels import KERNELS
-from dsport.tilelang_kernels.target import BUILD_TARGETS as TARGETS
-from dsport.tilelang_kernels.target import PROFILES
+from . import hip
+from ...core.build import KernelBuild, ToolchainMissing
+from ...core.fp8 import format_for_arch
+from ...tilelang_kernels import KERNELS
+from ...tilelang_kernels.target import BUILD_TARGETS as TARGETS
+from ...tilelang_kernels.target import PROFILES
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def _tail(text: str, n: int = 300) -> str:
 def build(target: str, out_dir: str | os.PathLike, kernels: tuple[str, ...] = KERNELS) -> list[KernelBuild]:
     """Lower every kernel (or those named) for ``target`` and compile it where a compiler is here."""
     if target not in TARGETS:
-        from dsport.core.errors import ConfigError
+        from ...core.errors import ConfigError
 
         raise ConfigError(f"target: the tilelang backend builds for {list(TARGETS)}, not '{target}'")
     out = Path(out_dir)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from dsport.core.capabilities import Capability
-from dsport.tilelang_kernels.target import BUILD_TARGETS
+from ...core.capabilities import Capability
+from ...tilelang_kernels.target import BUILD_TARGETS
 
 FP8 = ("e4m3fn", "e4m3fnuz")
 CPU = ("cpu",)  # executed through TileLang's c target; GPU targets are built, not run

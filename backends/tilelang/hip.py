@@ -42,7 +42,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsport.core.build import ToolchainMissing
+from ...core.build import ToolchainMissing
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,12 @@ import math
 
 import torch
 
-from dsport.backends.tilelang.capabilities import CAPABILITIES
-from dsport.backends.tilelang.runner import TL_NAME, empty, run
-from dsport.core.capabilities import query_of
-from dsport.core.errors import ValidationError
-from dsport.core.fp8 import FP8_DTYPES, Fp8Format, ScaleFormat, fp8_format, scale_format
-from dsport.core.spec import get_spec
+from .capabilities import CAPABILITIES
+from .runner import TL_NAME, empty, run
+from ...core.capabilities import query_of
+from ...core.errors import ValidationError
+from ...core.fp8 import FP8_DTYPES, Fp8Format, ScaleFormat, fp8_format, scale_format
+from ...core.spec import get_spec
 
 
 def _require(op: str, **bound: object) -> None:

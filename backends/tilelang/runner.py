@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from dsport.tilelang_kernels.target import PROFILES
+from ...tilelang_kernels.target import PROFILES
 
 log = logging.getLogger(__name__)
 

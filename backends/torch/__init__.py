@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from dsport.backends.torch import attention, indexer, mla_cache, moe, norm, policy, quant, rotary, topk
-from dsport.core.capabilities import Capability
+from . import attention, indexer, mla_cache, moe, norm, policy, quant, rotary, topk
+from ...core.capabilities import Capability
 
 NAME = "torch"
 DESCRIPTION = "portable PyTorch tensor ops on any torch device; sparse DSA, blocked indexer, sorted-token MoE"

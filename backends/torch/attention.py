@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from dsport.backends.torch import policy
-from dsport.backends.torch.mla_cache import WIDTH, unpack_rows
-from dsport.core.fp8 import Fp8Format
+from . import policy
+from .mla_cache import WIDTH, unpack_rows
+from ...core.fp8 import Fp8Format
 
 NEG_INF = float("-inf")
 

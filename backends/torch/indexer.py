@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from dsport.backends.torch import policy
-from dsport.backends.torch.topk import topk_window
-from dsport.core.fp8 import UE8M0, Fp8Format, fp8_format
+from . import policy
+from .topk import topk_window
+from ...core.fp8 import UE8M0, Fp8Format, fp8_format
 
 NEG_INF = float("-inf")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dsport.core.fp8 import UE8M0, Fp8Format, fp8_format
+from ...core.fp8 import UE8M0, Fp8Format, fp8_format
 
 LATENT, ROPE, TILE = 512, 64, 128
 SCALES_AT, ROPE_AT, WIDTH = LATENT, LATENT + 4 * (LATENT // TILE), LATENT + 4 * (LATENT // TILE) + 2 * ROPE

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dsport.backends.torch import policy
+from . import policy
 
 PAD_WASTE = 1.25
 """Use the padded batched path while M_max * experts_with_tokens <= PAD_WASTE * rows."""

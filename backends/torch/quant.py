@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from dsport.backends.torch import policy
-from dsport.core.fp8 import Fp8Format, ScaleFormat, fp8_format, quantize_groups, scale_format
+from . import policy
+from ...core.fp8 import Fp8Format, ScaleFormat, fp8_format, quantize_groups, scale_format
 
 
 def act_quant(x: torch.Tensor, block: int = 128, fmt: str | Fp8Format = "e4m3fn",

@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dsport.backends.triton.aot import TARGETS
-from dsport.core.build import KernelBuild
-from dsport.core.fp8 import format_for_arch
+from .aot import TARGETS
+from ...core.build import KernelBuild
+from ...core.fp8 import format_for_arch
 
 NAME = "triton"
 DESCRIPTION = "Triton kernels: one source for NVIDIA sm_90a and AMD gfx950/gfx942; CPU via the Triton interpreter"
@@ -29,8 +29,8 @@ ENV: dict[str, str] = {"TRITON_INTERPRET": "1"}
 try:
     import triton as _triton
 
-    from dsport.backends.triton import ops as _ops
-    from dsport.backends.triton.numerics import INTERPRETED as _INTERPRETED
+    from . import ops as _ops
+    from .numerics import INTERPRETED as _INTERPRETED
     _IMPORT_ERROR: str | None = None
 except ImportError as e:  # reported by available(), never raised at import
     _triton = None
@@ -61,9 +61,9 @@ def available() -> tuple[bool, str]:
 def build(target: str, out_dir: str | os.PathLike) -> list[KernelBuild]:
     """Compile every kernel for ``target`` at DeepSeek shapes; artifacts under ``out_dir/target``."""
     if _IMPORT_ERROR is not None:
-        from dsport.core.errors import BackendUnavailable
+        from ...core.errors import BackendUnavailable
 
         raise BackendUnavailable(f"backend 'triton' cannot build: triton is not importable: {_IMPORT_ERROR}")
-    from dsport.backends.triton.aot import build as _build
+    from .aot import build as _build
 
     return _build(target, Path(out_dir))

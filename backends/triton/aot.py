@@ -32,9 +32,9 @@ from typing import Any
 
 import torch
 
-from dsport.core.build import KernelBuild
-from dsport.core.errors import ConfigError
-from dsport.core.fp8 import format_for_arch
+from ...core.build import KernelBuild
+from ...core.errors import ConfigError
+from ...core.fp8 import format_for_arch
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +179,11 @@ def build(target: str, out_dir: str | os.PathLike, specs: list[AotSpec] | None =
     gpu_target(target)  # validate the name first
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from dsport.backends.triton.numerics import INTERPRETED
+    from .numerics import INTERPRETED
 
     if INTERPRETED:
         return _build_in_subprocess(target, out)
-    from dsport.backends.triton.shapes import deepseek_specs
+    from .shapes import deepseek_specs
 
     return [build_one(s, target, out) for s in (specs if specs is not None else deepseek_specs())]
 

@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from dsport.backends.triton.numerics import INTERPRETED, cast_out, mma
-from dsport.core.fp8 import fp8_format
+from .numerics import INTERPRETED, cast_out, mma
+from ...core.fp8 import fp8_format
 
 CACHE_BYTES = 656  # per token: 512 fp8 latent, 4 fp32 tile scales (at 512), 64 bf16 rope values (at 528)
 # 64 heads x BK gathered rows, 8 warps, no software pipelining: shared memory

@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dsport.backends.triton.numerics import INTERPRETED, mma
+from .numerics import INTERPRETED, mma
 
 
 @triton.jit

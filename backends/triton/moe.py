@@ -15,8 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from dsport.backends.triton.numerics import INTERPRETED, cast_out, mma
-from dsport.core.errors import ValidationError
+from .numerics import INTERPRETED, cast_out, mma
+from ...core.errors import ValidationError
 
 SEGMENT = 128  # contiguous-layout alignment of every expert segment
 

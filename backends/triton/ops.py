@@ -6,11 +6,11 @@ from typing import Any
 
 import torch
 
-from dsport.backends.triton import attention, indexer, moe, norm, quant, rotary
-from dsport.backends.triton.aot import TARGETS
-from dsport.core.capabilities import Capability
-from dsport.core.fp8 import FP8_FORMATS, SCALE_FORMATS
-from dsport.core.spec import specs
+from . import attention, indexer, moe, norm, quant, rotary
+from .aot import TARGETS
+from ...core.capabilities import Capability
+from ...core.fp8 import FP8_FORMATS, SCALE_FORMATS
+from ...core.spec import specs
 
 ARCHS = TARGETS
 FLOATS = (torch.float16, torch.bfloat16, torch.float32)  # no fp64: GPU dot/exp paths are fp32 at most

@@ -10,8 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from dsport.backends.triton.numerics import cast_out, round_fp8
-from dsport.core.fp8 import Fp8Format, ScaleFormat, fp8_format, scale_format
+from .numerics import cast_out, round_fp8
+from ...core.fp8 import Fp8Format, ScaleFormat, fp8_format, scale_format
 
 
 @triton.jit

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dsport.backends.triton.numerics import cast_out
+from .numerics import cast_out
 
 
 @triton.jit

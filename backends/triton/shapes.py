@@ -2,10 +2,10 @@
 (core.constants), with the tiles the runtime wrappers use."""
 from __future__ import annotations
 
-from dsport.backends.triton import attention, indexer, moe, norm, quant, rotary
-from dsport.backends.triton.aot import AotSpec
-from dsport.core.constants import DEEPSEEK_V32 as C
-from dsport.core.fp8 import format_for_arch
+from . import attention, indexer, moe, norm, quant, rotary
+from .aot import AotSpec
+from ...core.constants import DEEPSEEK_V32 as C
+from ...core.fp8 import format_for_arch
 
 TOKENS = 128  # a prefill chunk; only divisibility of runtime ints matters to codegen
 

@@ -14,8 +14,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from dsport.backends.torch import attention, mla_cache, policy
-from dsport.core.bench.sparse_vs_dense import causal_topk_indices, timed
+from ...backends.torch import attention, mla_cache, policy
+from .sparse_vs_dense import causal_topk_indices, timed
 
 DESCRIPTION = __doc__.splitlines()[0]
 TARGET = 1.3

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-import dsport
-from dsport.core import library
-from dsport.core.registry import OpTable
+from .. import library
+from ..registry import OpTable, resolve
+from ..spec import get_spec
 
 DESCRIPTION = "per-call overhead (ns) of OpTable dispatch vs a direct call of the same implementation"
 
@@ -66,10 +66,10 @@ def _measure(impl: Callable[..., Any], raw: Any, checked: Any, lib: Any, a: tupl
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     sel = {"backend": args.backend, "fallback": "fallback", "fallback_chain": []}
-    raw = dsport.resolve(sel, validate=False)
-    checked = dsport.resolve(sel, validate=True)
+    raw = resolve(sel, validate=False)
+    checked = resolve(sel, validate=True)
     a = (torch.ones(1, 128).to(torch.float8_e4m3fn), torch.ones(1, 1))
-    spec = dsport.get_spec(OP)
+    spec = get_spec(OP)
     # A do-nothing implementation bound the way resolve() binds: its timings
     # are the table's own cost with nothing to hide behind.
     null_raw = OpTable({OP: _null_dequant}, {OP: "null"}, [])

@@ -21,11 +21,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-import dsport.backends.torch as torch_backend
-from dsport.core.bench.sparse_vs_dense import sync
-from dsport.core.model.config import ModelConfig
-from dsport.core.model.layers import MLA, Batch, Block
-from dsport.core.registry import resolve
+from ...backends import torch as torch_backend
+from .sparse_vs_dense import sync
+from ..model.config import ModelConfig
+from ..model.layers import MLA, Batch, Block
+from ..registry import resolve
 
 DESCRIPTION = __doc__.splitlines()[0]
 TARGET = 1.02

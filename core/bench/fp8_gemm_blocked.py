@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from dsport.core.profile import shapes
+from ..profile import shapes
 
 DESCRIPTION = __doc__.splitlines()[0]
 TARGET = 5.0
@@ -44,7 +44,7 @@ def dense_baseline(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch
 
 
 def blocked(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor) -> torch.Tensor:
-    from dsport.backends.torch.quant import fp8_gemm
+    from ...backends.torch.quant import fp8_gemm
 
     return fp8_gemm(a, sa, b, sb)
 
@@ -94,8 +94,8 @@ def _accuracy(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from dsport.backends.reference.quant import fp8_gemm as reference
-    from dsport.conformance.tolerances import tolerance
+    from ...backends.reference.quant import fp8_gemm as reference
+    from ...conformance.tolerances import tolerance
 
     if args.threads:
         torch.set_num_threads(args.threads)

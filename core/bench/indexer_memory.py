@@ -41,7 +41,7 @@ def _rss() -> int:
 
 
 def _measure(t: int, h: int, k: int, block: int | None, device: str, threads: int) -> dict[str, Any]:
-    from dsport.backends.torch.indexer import indexer_topk
+    from ...backends.torch.indexer import indexer_topk
 
     torch.set_num_threads(threads)
     dev = torch.device(device)

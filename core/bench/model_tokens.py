@@ -18,9 +18,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from dsport.core.model import Model, tiny_config
-from dsport.core.model.weights import make_checkpoint
-from dsport.core.registry import load_backend, resolve
+from ..model import Model, tiny_config
+from ..model.weights import make_checkpoint
+from ..registry import load_backend, resolve
 
 DESCRIPTION = __doc__.splitlines()[0]
 

@@ -15,8 +15,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from dsport.backends.torch import moe, policy
-from dsport.core.bench.sparse_vs_dense import timed
+from ...backends.torch import moe, policy
+from .sparse_vs_dense import timed
 
 DESCRIPTION = __doc__.splitlines()[0]
 TARGET = 0.60

@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from dsport.core.spec import Case, specs
+from ..spec import Case, specs
 
 DESCRIPTION = __doc__.splitlines()[0]
 
@@ -50,8 +50,8 @@ def _once(fn: Callable[..., Any], args: dict[str, Any]) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from dsport.backends import onnx as onnx_backend
-    from dsport.backends import torch as torch_backend
+    from ...backends import onnx as onnx_backend
+    from ...backends import torch as torch_backend
 
     torch.set_num_threads(args.threads)  # ORT sessions take the same count (runtime.session_options)
     ok, why = onnx_backend.available()

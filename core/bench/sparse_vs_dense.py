@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from dsport.backends.torch import attention, policy
+from ...backends.torch import attention, policy
 
 DESCRIPTION = __doc__.splitlines()[0]
 TARGET = 5.0

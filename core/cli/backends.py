@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dsport.core.backend import BackendModule
-from dsport.core.config import add_config_arguments, config_from_args
-from dsport.core.errors import ConfigError
-from dsport.core.registry import discover, load, plan
+from ..backend import BackendModule
+from ..config import add_config_arguments, config_from_args
+from ..errors import ConfigError
+from ..registry import discover, load, plan
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=240)
     try:
         if args.contract:
-            from dsport.core.backend import contract_markdown
+            from ..backend import contract_markdown
 
             print(contract_markdown())
             return 0

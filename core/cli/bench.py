@@ -7,7 +7,7 @@ import json
 import pkgutil
 import sys
 
-import dsport.core.bench as bench_pkg
+from .. import bench as bench_pkg
 
 
 def benchmarks() -> dict[str, str]:

@@ -12,9 +12,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from dsport.core.build import KernelBuild
-from dsport.core.errors import ConfigError, DsportError
-from dsport.core.registry import load_backend
+from ..build import KernelBuild
+from ..errors import ConfigError, DsportError
+from ..registry import load_backend
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

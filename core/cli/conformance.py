@@ -83,7 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _write_outputs(doc: dict[str, Any], json_path: str | None, junit_path: str | None, md_path: str | None) -> None:
-    from dsport.conformance import report
+    from ...conformance import report
 
     if json_path:
         report.write_json(doc, json_path)
@@ -96,8 +96,8 @@ def _write_outputs(doc: dict[str, Any], json_path: str | None, junit_path: str |
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from dsport.conformance import report
-    from dsport.conformance.merge import conflicts, load, merge
+    from ...conformance import report
+    from ...conformance.merge import conflicts, load, merge
 
     from rich.console import Console
 
@@ -113,7 +113,7 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _default_backends() -> list[str]:
-    from dsport.core.registry import BUILTIN_BACKENDS
+    from ..registry import BUILTIN_BACKENDS
 
     return [b for b in BUILTIN_BACKENDS if b != "reference"]
 
@@ -121,7 +121,7 @@ def _default_backends() -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from dsport.core.errors import DsportError
+    from ..errors import DsportError
 
     err = Console(stderr=True)
     try:
@@ -145,14 +145,14 @@ def _verdict(doc: dict[str, Any], problems: list[str], err: Any) -> int:
 def _run(args: argparse.Namespace, err: Any) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from dsport.conformance import report
-    from dsport.conformance.runner import ConformancePlan, check_module, load_build_reports, run, select_items, unchecked
-    from dsport.core.errors import ConfigError
+    from ...conformance import report
+    from ...conformance.runner import ConformancePlan, check_module, load_build_reports, run, select_items, unchecked
+    from ..errors import ConfigError
 
     targets = _csv(args.targets)
     named = _csv(args.backends) or []
     if named:
-        from dsport.core.config import one_of, backend_names
+        from ..config import one_of, backend_names
 
         for b in named:
             one_of("--backends", b, backend_names())
@@ -163,7 +163,7 @@ def _run(args: argparse.Namespace, err: Any) -> int:
                 timeout=args.timeout, build_targets=(targets or ["all"]) if (args.build or targets) else None,
                 build_dir=args.build_dir, jobs=args.jobs)
     if args.model:
-        from dsport.conformance.model import model_rows, model_unchecked
+        from ...conformance.model import model_rows, model_unchecked
 
         command = shlex.join(["dsport", "conformance", *sys.argv[2:]]) if sys.argv[1:2] == ["conformance"] else "dsport conformance --model"
         if args.prompt is not None and args.prompt < 1:

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dsport.backends import onnx as backend
+    from ...backends import onnx as backend
 
     ok, why = backend.available()
     if not ok:
@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import time
 
-    from dsport.backends.onnx import export
-    from dsport.core.model.config import load_config
+    from ...backends.onnx import export
+    from ..model.config import load_config
 
     try:
         res = export.export_prefill(args.checkpoint, args.out, args.seq, args.external_data)

@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dsport.backends.tilelang.hip import DEFAULT_TREE, HEADERS_WHEEL, install
+    from ...backends.tilelang.hip import DEFAULT_TREE, HEADERS_WHEEL, install
 
     tree = install(args.dest or DEFAULT_TREE)
     print(f"HIP {tree.version_str} headers from {HEADERS_WHEEL} at {tree.root}")

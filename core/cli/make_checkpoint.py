@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from dsport.core.model.config import load_config, tiny_config
-from dsport.core.model.weights import make_checkpoint
+from ..model.config import load_config, tiny_config
+from ..model.weights import make_checkpoint
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

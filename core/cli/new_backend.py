@@ -15,8 +15,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from dsport.core.errors import ConfigError
-from dsport.core.spec import OpSpec, specs
+from ..errors import ConfigError
+from ..spec import OpSpec, specs
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -166,7 +166,7 @@ def render(name: str) -> dict[str, str]:
 def write(name: str, path: str | Path) -> Path:
     if not NAME_RE.match(name) or keyword.iskeyword(name):
         raise ConfigError(f"new-backend: name: expected a lowercase identifier (letters, digits, _), got {name!r}")
-    from dsport.core.registry import discover
+    from ..registry import discover
 
     if name in discover():
         raise ConfigError(f"new-backend: name: {name!r} is already a backend; valid new names exclude {sorted(discover())}")

@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from dsport.core.spec import REQUIRED, OpSpec, Param, Tensor, specs
+from ..spec import REQUIRED, OpSpec, Param, Tensor, specs
 
 
 def _arg(a: Tensor | Param) -> str:

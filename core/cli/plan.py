@@ -8,8 +8,8 @@ import argparse
 import json
 import sys
 
-from dsport.core.errors import DsportError
-from dsport.core.plan import GIB, MemoryPlan, hardware_memory, plan
+from ..errors import DsportError
+from ..plan import GIB, MemoryPlan, hardware_memory, plan
 
 RELEASE = ("671B", "release")
 
@@ -61,8 +61,8 @@ def _render(p: MemoryPlan, hw: tuple[str, float] | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dsport.core.constants import DEEPSEEK_V32
-    from dsport.core.model.config import load_config
+    from ..constants import DEEPSEEK_V32
+    from ..model.config import load_config
 
     try:
         cfg = DEEPSEEK_V32 if args.config in RELEASE else load_config(args.config)
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print("\n".join(_render(p, hw)))
     if args.check:
-        from dsport.core.plan import compare_with_checkpoint
+        from ..plan import compare_with_checkpoint
 
         cols = compare_with_checkpoint(args.config)
         kinds = list(dict.fromkeys(k for col in cols.values() for k in col))

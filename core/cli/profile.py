@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dsport.core.backend import BackendModule
+    from ..backend import BackendModule
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,10 @@ def _device(arg: str | None) -> str:
 
 
 def _backends(args: argparse.Namespace) -> tuple[dict[str, BackendModule], list[str]]:
-    from dsport.core import registry
-    from dsport.core.backend import import_backend
-    from dsport.core.errors import BackendUnavailable
-    from dsport.core.registry import load_backend
+    from .. import registry
+    from ..backend import import_backend
+    from ..errors import BackendUnavailable
+    from ..registry import load_backend
 
     notes: list[str] = []
     mods: dict[str, BackendModule] = {}
@@ -88,7 +88,7 @@ def _backends(args: argparse.Namespace) -> tuple[dict[str, BackendModule], list[
     for spec in args.backend_module:
         name, _, module = spec.partition("=")
         if not module:
-            from dsport.core.errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"--backend-module: expected NAME=MODULE, got {spec!r}")
         mods[name] = import_backend(module, name)
@@ -98,14 +98,14 @@ def _backends(args: argparse.Namespace) -> tuple[dict[str, BackendModule], list[
 def _ops(args: argparse.Namespace) -> list[str] | None:
     if not args.ops:
         return None
-    from dsport.core.profile.shapes import MAKERS, NOT_PROFILED
-    from dsport.core.spec import get_spec
+    from ..profile.shapes import MAKERS, NOT_PROFILED
+    from ..spec import get_spec
 
     ops = [o.strip() for chunk in args.ops for o in chunk.split(",") if o.strip()]
     for o in ops:
         get_spec(o)  # unknown names raise a ValidationError with a close match
         if o not in MAKERS:
-            from dsport.core.errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"--ops: {o} is not profiled ({NOT_PROFILED.get(o, 'no profile shape')})")
     return ops
@@ -114,10 +114,10 @@ def _ops(args: argparse.Namespace) -> list[str] | None:
 def profile(args: argparse.Namespace, console: Any) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from dsport.core.profile import hardware, report
-    from dsport.core.profile.run import ProfilePlan, run
-    from dsport.core.profile.shapes import CPU, DEVICE, PHASES, check_scale, profile_cases
-    from dsport.core.registry import load_backend
+    from ..profile import hardware, report
+    from ..profile.run import ProfilePlan, run
+    from ..profile.shapes import CPU, DEVICE, PHASES, check_scale, profile_cases
+    from ..registry import load_backend
 
     device = _device(args.device)
     scale = {"cpu": CPU, "device": DEVICE}[args.scale or ("cpu" if device == "cpu" else "device")]
@@ -148,8 +148,8 @@ def profile(args: argparse.Namespace, console: Any) -> dict[str, Any]:
 
 
 def _cost(args: argparse.Namespace, doc: dict[str, Any] | None, console: Any) -> dict[str, Any]:
-    from dsport.core.profile import cost as costmod
-    from dsport.core.profile.hardware import Roofline, for_device, from_table
+    from ..profile import cost as costmod
+    from ..profile.hardware import Roofline, for_device, from_table
 
     contexts = [int(c) for c in args.contexts.split(",")]
     if args.cost_hardware:
@@ -170,8 +170,8 @@ def _cost(args: argparse.Namespace, doc: dict[str, Any] | None, console: Any) ->
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from dsport.core.profile import cost as costmod
-    from dsport.core.profile import plots, report
+    from ..profile import cost as costmod
+    from ..profile import plots, report
 
     console = Console(width=max(160, Console().width))
     if args.cost_only:

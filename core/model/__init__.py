@@ -1,5 +1,5 @@
 """The backend-agnostic DeepSeek-V3.2 model graph."""
-from dsport.core.model.config import ModelConfig, from_hf, load_config, tiny_config, to_hf
-from dsport.core.model.transformer import Model
+from .config import ModelConfig, from_hf, load_config, tiny_config, to_hf
+from .transformer import Model
 
 __all__ = ["Model", "ModelConfig", "from_hf", "load_config", "tiny_config", "to_hf"]

@@ -13,10 +13,10 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from dsport.core.constants import ModelConfig
-from dsport.core.errors import ConfigError
-from dsport.core.files import read_text
-from dsport.core.fp8 import SCALE_FORMATS
+from ..constants import ModelConfig
+from ..errors import ConfigError
+from ..files import read_text
+from ..fp8 import SCALE_FORMATS
 
 
 _HF_NAMES = {  # Hugging Face key -> ModelConfig field

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsport.core.errors import ConfigError
-from dsport.core.model.config import ModelConfig
-from dsport.core.registry import OpTable
-from dsport.core.spec import cdiv
+from ..errors import ConfigError
+from .config import ModelConfig
+from ..registry import OpTable
+from ..spec import cdiv
 
 FP8_BLOCK = 128
 WEIGHT_FMT = "e4m3fn"  # DeepSeek's released checkpoints store e4m3fn weights

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsport.core.errors import ConfigError, ValidationError
-from dsport.core.model.config import INDEXER_PRECISIONS, ModelConfig, load_config
-from dsport.core.model.layers import MLA, Batch, Block, RMSNorm, frozen_param
-from dsport.core.registry import OpTable, resolve
+from ..errors import ConfigError, ValidationError
+from .config import INDEXER_PRECISIONS, ModelConfig, load_config
+from .layers import MLA, Batch, Block, RMSNorm, frozen_param
+from ..registry import OpTable, resolve
 
 
 class Decoder(nn.Module):
@@ -57,7 +57,7 @@ class Model(nn.Module):
         ``flat`` (one FP8 key cache and a scale per token)."""
         from dataclasses import replace
 
-        from dsport.core.model.weights import load_weights
+        from .weights import load_weights
 
         choices = {"indexer": (indexer, INDEXER_PRECISIONS), "kv_cache": (kv_cache, ("float", "fp8")), "moe": (moe, ("experts", "grouped")),
                    "index_cache": (index_cache, ("paged", "flat"))}

@@ -18,9 +18,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from dsport.core.errors import DsportError
-from dsport.core.fp8 import E4M3FN
-from dsport.core.model.config import ModelConfig, to_hf
+from ..errors import DsportError
+from ..fp8 import E4M3FN
+from .config import ModelConfig, to_hf
 
 log = logging.getLogger(__name__)
 INDEX = "model.safetensors.index.json"
@@ -247,8 +247,8 @@ def make_checkpoint(out: str | Path, cfg: ModelConfig, seed: int = 0, shards: in
     """Write a random checkpoint of ``cfg`` in the Hugging Face format: FP8
     block-quantized projections when ``cfg.fp8_weights``, bf16 otherwise.
     Initialization keeps activations O(1) through the layers."""
-    from dsport.core.model.transformer import Model
-    from dsport.core.registry import resolve
+    from .transformer import Model
+    from ..registry import resolve
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

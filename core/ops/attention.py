@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from dsport.core.constants import DEEPSEEK_V32 as V32
-from dsport.core.fp8 import FP8_FORMATS, Fp8Format
-from dsport.core.ops.cache import fp8_cache_bytes
-from dsport.core.ops.hostile import poison, strided_views
-from dsport.core.spec import DEEPSEEK, DEEPSEEK_FULL, EDGE, POISON, TINY, Case, Check, OpSpec, Output, Param, Tensor, cdiv, randn, register
+from ..constants import DEEPSEEK_V32 as V32
+from ..fp8 import FP8_FORMATS, Fp8Format
+from .cache import fp8_cache_bytes
+from .hostile import poison, strided_views
+from ..spec import DEEPSEEK, DEEPSEEK_FULL, EDGE, POISON, TINY, Case, Check, OpSpec, Output, Param, Tensor, cdiv, randn, register
 
 SM_SCALE = Param("sm_scale", (float,), minimum=0.0, doc="softmax scale (192^-0.5 * mscale^2 in V3.2)")
 D_V = Param("d_v", (int,), 512, minimum=1, doc="value dims: the first d_v dims of each KV row")
@@ -351,7 +351,7 @@ def _decode_rows(a) -> torch.Tensor:
     c = a["kv_cache"]
     if c.dtype != torch.uint8:
         return c.reshape(-1, c.shape[-1]).float()
-    from dsport.backends.reference.mla_cache import unpack64
+    from ...backends.reference.mla_cache import unpack64
     return unpack64(c.reshape(-1, c.shape[-1]), a.get("fmt", "e4m3fn"), "sparse_mla_decode").float()
 
 

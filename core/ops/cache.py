@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from dsport.core.constants import DEEPSEEK_V32 as V32
-from dsport.core.fp8 import FP8_FORMATS, Fp8Format
-from dsport.core.ops.hostile import strided_views
-from dsport.core.spec import DEEPSEEK, EDGE, TINY, Case, OpSpec, Output, Param, Tensor, randn, register
+from ..constants import DEEPSEEK_V32 as V32
+from ..fp8 import FP8_FORMATS, Fp8Format
+from .hostile import strided_views
+from ..spec import DEEPSEEK, EDGE, TINY, Case, OpSpec, Output, Param, Tensor, randn, register
 
 FMT = Param("fmt", (str, Fp8Format), "e4m3fn", tuple(FP8_FORMATS))
 SRC = "FlashMLA sparse decode FP8 cache layout (V3.2); FlashMLA tests/quant.py"

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from dsport.core.constants import DEEPSEEK_V32 as V32
-from dsport.core.fp8 import FP8_FORMATS, Fp8Format
-from dsport.core.ops.hostile import poison, strided_views
-from dsport.core.spec import DEEPSEEK, DEEPSEEK_FULL, DTYPE_GROUPS, EDGE, POISON, TINY, Case, Check, OpSpec, Output, Param, Tensor, randn, register
+from ..constants import DEEPSEEK_V32 as V32
+from ..fp8 import FP8_FORMATS, Fp8Format
+from .hostile import poison, strided_views
+from ..spec import DEEPSEEK, DEEPSEEK_FULL, DTYPE_GROUPS, EDGE, POISON, TINY, Case, Check, OpSpec, Output, Param, Tensor, randn, register
 
 SRC = "DeepGEMM fp8_mqa_logits / fp8_paged_mqa_logits; DeepSeek-V3.2-Exp inference/kernel.py fp8_index"
 KEY_DIM = V32.index_head_dim

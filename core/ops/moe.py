@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from dsport.core.constants import DEEPSEEK_V32
-from dsport.core.ops.hostile import poison, strided_views
-from dsport.core.spec import DEEPSEEK, DEEPSEEK_FULL, EDGE, POISON, TINY, Case, Check, OpSpec, Output, Param, Tensor, randn, register
+from ..constants import DEEPSEEK_V32
+from .hostile import poison, strided_views
+from ..spec import DEEPSEEK, DEEPSEEK_FULL, EDGE, POISON, TINY, Case, Check, OpSpec, Output, Param, Tensor, randn, register
 
 SRC = "DeepSeek-V3.2-Exp inference/model.py (Gate, MoE, Expert); DeepGEMM m_grouped_fp8_gemm_nt_contiguous/masked"
 DS = DEEPSEEK_V32

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from dsport.core.fp8 import FP8_FORMATS, SCALE_FORMATS, Fp8Format, ScaleFormat, fp8_format
-from dsport.core.ops.hostile import strided_views
-from dsport.core.spec import DEEPSEEK_FULL, EDGE, QUICK, TINY, Case, Check, OpSpec, Output, Param, Tensor, randn, register
+from ..fp8 import FP8_FORMATS, SCALE_FORMATS, Fp8Format, ScaleFormat, fp8_format
+from .hostile import strided_views
+from ..spec import DEEPSEEK_FULL, EDGE, QUICK, TINY, Case, Check, OpSpec, Output, Param, Tensor, randn, register
 
 SRC = "DeepSeek-V3.2-Exp inference/kernel.py (act_quant, fp8_gemm, weight_dequant); DeepGEMM fp8 scaling"
 FMT = Param("fmt", (str, Fp8Format), "e4m3fn", tuple(FP8_FORMATS), doc="FP8 element format")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from dsport.core.constants import DEEPSEEK_V32 as V32
-from dsport.core.ops.hostile import strided_views
-from dsport.core.spec import DEEPSEEK, EDGE, TINY, Case, Check, OpSpec, Output, Param, Tensor, leading_rows, randn, register
+from ..constants import DEEPSEEK_V32 as V32
+from .hostile import strided_views
+from ..spec import DEEPSEEK, EDGE, TINY, Case, Check, OpSpec, Output, Param, Tensor, leading_rows, randn, register
 
 SRC = "DeepSeek-V3.2-Exp inference/model.py (precompute_freqs_cis, apply_rotary_emb, rotate_activation) after the 2025-11-17 indexer-rope fix"
 

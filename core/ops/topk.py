@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from dsport.core.constants import DEEPSEEK_V32 as V32
-from dsport.core.ops.hostile import poison, strided_views
-from dsport.core.ops.indexer import BOUNDS_RULE, LONG, windows
-from dsport.core.spec import DEEPSEEK, EDGE, POISON, TINY, Case, Check, OpSpec, Output, Param, Tensor, randn, register
+from ..constants import DEEPSEEK_V32 as V32
+from .hostile import poison, strided_views
+from .indexer import BOUNDS_RULE, LONG, windows
+from ..spec import DEEPSEEK, EDGE, POISON, TINY, Case, Check, OpSpec, Output, Param, Tensor, randn, register
 
 
 def _topk_case(t: int, s: int, k: int, window: str | None = None, prefix: int = 0, levels: int | None = None):

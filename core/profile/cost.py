@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from dsport.core.constants import DEEPSEEK_V32 as V
-from dsport.core.profile.hardware import Roofline
-from dsport.core.profile.roofline import math_class, roofline_time
-from dsport.core.spec import cdiv, specs
+from ..constants import DEEPSEEK_V32 as V
+from .hardware import Roofline
+from .roofline import math_class, roofline_time
+from ..spec import cdiv, specs
 
 PAGE = 64
 CONTEXTS = (8192, 16384, 32768, 65536, 131072)

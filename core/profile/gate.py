@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from dsport.conformance.metrics import judge
-from dsport.core.spec import OpSpec
+from ...conformance.metrics import judge
+from ..spec import OpSpec
 
 SOURCE = "dsport.conformance.metrics.judge (conformance metric families + tolerance table)"
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import yaml
 
-from dsport.core.errors import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 TABLE_PATH = Path(__file__).with_name("hardware.yaml")

@@ -13,8 +13,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from dsport.conformance.report import device_info, strict_json
-from dsport.conformance.schema import errors as _schema_errors
+from ...conformance.report import device_info, strict_json
+from ...conformance.schema import errors as _schema_errors
 
 SCHEMA_NAME = "dsport-profile"
 SCHEMA_VERSION = 1
@@ -51,7 +51,7 @@ def machine_env(roof: Mapping[str, Any], scale: Mapping[str, Any], check_scale: 
 
     import torch
 
-    from dsport import __version__
+    from ... import __version__
 
     dev = device_info()
     host = socket.gethostname()

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from dsport.core.profile.hardware import Roofline
-from dsport.core.spec import DTYPE_GROUPS, OpSpec, Tensor
+from .hardware import Roofline
+from ..spec import DTYPE_GROUPS, OpSpec, Tensor
 
 
 def math_class(spec: OpSpec, bound: Mapping[str, Any]) -> str:

@@ -14,14 +14,14 @@ from typing import Any
 
 import torch
 
-from dsport.core.backend import BackendModule
-from dsport.core.capabilities import query_of
-from dsport.core.profile import gate
-from dsport.core.profile.hardware import Roofline
-from dsport.core.profile.roofline import math_class, place
-from dsport.core.profile.shapes import ProfileCase, describe_shapes
-from dsport.core.profile.timing import time_call
-from dsport.core.spec import specs
+from ..backend import BackendModule
+from ..capabilities import query_of
+from . import gate
+from .hardware import Roofline
+from .roofline import math_class, place
+from .shapes import ProfileCase, describe_shapes
+from .timing import time_call
+from ..spec import specs
 
 log = logging.getLogger(__name__)
 

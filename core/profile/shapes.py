@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from dsport.core.constants import DEEPSEEK_V32 as V
-from dsport.core.fp8 import FP8_FORMATS
-from dsport.core.spec import Case, cdiv
+from ..constants import DEEPSEEK_V32 as V
+from ..fp8 import FP8_FORMATS
+from ..spec import Case, cdiv
 
 Gen = torch.Generator
 Maker = Callable[[Gen], dict[str, Any]]
@@ -324,7 +324,7 @@ class ProfileCase:
 
 def profile_cases(scale: Scale, ops: list[str] | None = None, phases: tuple[str, ...] = PHASES) -> list[ProfileCase]:
     """Every (op, phase) profile case at ``scale``, in op-spec order."""
-    from dsport.core.spec import specs
+    from ..spec import specs
 
     chk = check_scale(scale)
     out = []

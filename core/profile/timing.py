@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from dsport.core.profile.hardware import last_level_cache_bytes
+from .hardware import last_level_cache_bytes
 
 MAX_COPIES = 8            # rotation beyond this costs more memory than a flush costs time
 MAX_ROTATION_BYTES = 1 << 30
