@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .tolerances import Tolerance, log_scale_tolerance, row_for, tolerance
+from .tolerances import Tolerance, log_scale_tolerance, logit_size, row_for, tolerance
 from ..core.capabilities import query_of
 from ..core.spec import OpSpec, Output, cdiv
 
@@ -285,9 +285,11 @@ def judge(spec: OpSpec, bound: Mapping[str, Any], dims: Mapping[str, Any], outs:
     n = reduction_lengths(row.reduction or (spec.reduction,), dims)
     angle = max_angle(bound) if row.angle_ulps else 0.0
     cond = row_condition(bound) if row.cond_ulps else 0.0
+    lse_ref = next((r for o, r in zip(declared, refs) if o.name == "lse"), None)
+    logits = logit_size(lse_ref, n[-1]) if row.exp_ulps and isinstance(lse_ref, torch.Tensor) else 0.0
 
     def tol_for(o: Output) -> Tolerance:
-        return tolerance(spec.name, q.get("dtype"), o.dtype_for(bound), q.get("fp8_format"), n, angle, cond)
+        return tolerance(spec.name, q.get("dtype"), o.dtype_for(bound), q.get("fp8_format"), n, angle, cond, logits)
 
     if spec.metric == "routing":
         return routing(outs, refs, bound, tol_for(declared[0]))

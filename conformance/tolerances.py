@@ -16,6 +16,14 @@ a unit roundoff u (half an ulp at 1.0) of the dtype that causes it:
   sums over DQK for the logits, then over the keys for P.V): their sqrt add.
 * ``angle_ulps * u(fp32) * max|t * f|``: RoPE angles t * f formed in fp32
   are off by about one ulp of the angle itself, which grows with position.
+* ``exp_ulps * u(fp32) * logits``: softmax rounds the argument of its exp
+  twice (the logit times the scale, then its difference from the running
+  max; in base 2 for exp2 kernels), and an absolute error d there is a
+  relative error d of that probability, so this error grows with the
+  logits' size, not the output's.
+  ``logits`` bounds the probability-weighted mean |s| of any row from the
+  reference lse: the row max m lies in [lse - ln n, lse] and the weighted
+  mean of m - s is at most the entropy, ln n, so |lse| + 2 ln n.
 * ``cond_ulps * u(fp32) * condition``: an fp32 subtraction of nearly equal
   numbers (layer_norm's x - mean) loses what the condition number says,
   max over rows of |mean| / std; any fp32 two-pass kernel has this error,
@@ -71,6 +79,7 @@ class Row:
     red_ulps: float = 1.0
     reduction: tuple[str, ...] | None = None   # dims summed over; None: the spec's ``reduction``
     angle_ulps: float = 0.0
+    exp_ulps: float = 0.0
     cond_ulps: float = 0.0
     why: str = ""
 
@@ -87,12 +96,12 @@ TABLE: tuple[Row, ...] = (
         why="bf16 inputs: kernels may round one intermediate (e.g. a GEMM operand) back to bf16"),
     Row(dtype="float16", inter_ulps=2.0,
         why="fp16 inputs: kernels may round one intermediate back to fp16"),
-    *(Row(op=op, inter_ulps=8.0, reduction=("DQK", keys),
+    *(Row(op=op, inter_ulps=8.0, reduction=("DQK", keys), exp_ulps=2.0,
           why="softmax: exp, the running-max rescale per tile and the final normalization each round in the compute "
-              "dtype; logits sum over DQK, outputs over the keys")
+              "dtype; logits sum over DQK, outputs over the keys; exp's argument rounds relative to the logits' size")
       for op, keys in (("sparse_mla_prefill", "k"), ("sparse_mla_decode", "k"), ("mla_prefill_dense", "S"),
                        ("mla_decode_dense", "MB * BS"))),
-    *(Row(op=op, dtype="bfloat16", inter_ulps=4.0, reduction=("DQK", keys),
+    *(Row(op=op, dtype="bfloat16", inter_ulps=4.0, reduction=("DQK", keys), exp_ulps=2.0,
           why="P rounded to bf16 before P.V (FlashMLA, FlashAttention); the FP8 cache dequantizes exactly (ue8m0 scales)")
       for op, keys in (("sparse_mla_prefill", "k"), ("sparse_mla_decode", "k"), ("mla_prefill_dense", "S"),
                        ("mla_decode_dense", "MB * BS"))),
@@ -132,7 +141,7 @@ def row_for(op: str, dtype: str, fp8: str) -> Row:
 
 
 def tolerance(op: str, in_dtype: torch.dtype | None, out_dtype: torch.dtype, fp8: str | None,
-              n: int | Sequence[int], max_angle: float = 0.0, condition: float = 0.0) -> Tolerance:
+              n: int | Sequence[int], max_angle: float = 0.0, condition: float = 0.0, logits: float = 0.0) -> Tolerance:
     """The bound for one output of one case.
 
     ``in_dtype`` is the case's float input dtype (None when every input is
@@ -140,7 +149,8 @@ def tolerance(op: str, in_dtype: torch.dtype | None, out_dtype: torch.dtype, fp8
     ``n`` the length(s) of the reduction dim(s) (1 when there is none; see
     :func:`row_for` and ``Row.reduction`` for which dims), ``max_angle`` the
     largest RoPE angle of the case, ``condition`` the case's condition number
-    (rows with ``cond_ulps``)."""
+    (rows with ``cond_ulps``), ``logits`` the bound on the softmax-weighted
+    mean |logit| (rows with ``exp_ulps``; see :func:`logit_size`)."""
     dtype_name = str(in_dtype).removeprefix("torch.") if in_dtype is not None else "-"
     row = row_for(op, dtype_name, fp8 or "-")
     u_out = UNIT_ROUNDOFF.get(out_dtype, 2.0 ** -24)
@@ -149,9 +159,19 @@ def tolerance(op: str, in_dtype: torch.dtype | None, out_dtype: torch.dtype, fp8
     lengths = [max(int(x), 1) for x in ([n] if isinstance(n, int) else n)] or [1]
     peak = (row.out_ulps * u_out + row.inter_ulps * u_in + row.red_ulps * u_acc * sum(math.sqrt(x) for x in lengths)
             + row.angle_ulps * UNIT_ROUNDOFF[torch.float32] * abs(max_angle)
+            + row.exp_ulps * UNIT_ROUNDOFF[torch.float32] * abs(logits)
             + row.cond_ulps * UNIT_ROUNDOFF[torch.float32] * abs(condition))
     floor = COS_FLOOR.get(out_dtype, COS_FLOOR[torch.float32])
     return Tolerance(peak_rel=peak, cos_min=1.0 - max(floor, peak * peak), n=sum(lengths), row=row)
+
+
+def logit_size(lse: torch.Tensor, keys: int) -> float:
+    """Bound on the probability-weighted mean |s| of the logits over every row, from the reference
+    ``lse`` of those rows and the number of keys: |lse| + 2 ln(keys) (see the module docstring)."""
+    finite = lse[torch.isfinite(lse)]
+    if not finite.numel():
+        return 0.0
+    return float(finite.double().abs().max()) + 2.0 * math.log(max(int(keys), 1))
 
 
 # -- log-scale statistics of attention (lse, max_logits) ------------------------------------------

@@ -124,3 +124,49 @@ def test_rope_bound_grows_with_the_angle_and_attention_sums_both_reductions():
     assert row.reduction == ("DQK", "k")
     t = tolerance("sparse_mla_prefill", torch.float32, torch.float32, None, [576, 2048])
     assert t.peak_rel == pytest.approx(2 * u + 8 * u + u * (24 + math.sqrt(2048)))
+
+
+def test_weighted_logit_size_never_exceeds_the_bound_from_lse():
+    # the softmax-weighted mean |s| of a row is at most |lse| + 2 ln n, whatever the logits' scale and shift
+    g = torch.Generator().manual_seed(0)
+    for scale in (0.1, 1.0, 10.0, 100.0):
+        for shift in (-50.0, 0.0, 50.0):
+            s = torch.randn(64, 300, generator=g, dtype=torch.float64) * scale + shift
+            weighted = (s.softmax(-1) * s.abs()).sum(-1)
+            lse = s.logsumexp(-1)
+            assert bool((weighted <= lse.abs() + 2 * math.log(300) + 1e-9).all())
+            assert T.logit_size(lse, 300) >= float(weighted.max())
+    assert T.logit_size(torch.tensor([-math.inf, 3.0, -2.0]), 1) == 3.0  # rows with no valid key do not count
+    assert T.logit_size(torch.tensor([-math.inf]), 8) == 0.0
+
+
+def test_exp_argument_rounding_widens_only_softmax_rows_by_the_logit_size():
+    u = 2.0 ** -24
+    big = tolerance("mla_decode_dense", torch.float32, torch.float32, None, [192, 128], logits=16.0)
+    none = tolerance("mla_decode_dense", torch.float32, torch.float32, None, [192, 128])
+    assert big.peak_rel - none.peak_rel == pytest.approx(2.0 * u * 16.0)  # two roundings of exp's argument
+    assert tolerance("rms_norm", torch.float32, torch.float32, None, 64, logits=16.0).peak_rel == \
+        tolerance("rms_norm", torch.float32, torch.float32, None, 64).peak_rel
+
+
+def _exp2_attention(q, k, v, scale, round_argument=None):
+    # an fp32 kernel's arithmetic: the scale folded with log2(e) into the logits, then exp2(s - max)
+    t = (q @ k.T) * (scale * 1.4426950408889634)
+    arg = t - t.max(-1, keepdim=True).values
+    if round_argument is not None:
+        arg = arg.to(round_argument).float()
+    p = torch.exp2(arg)
+    return (p @ v) / p.sum(-1, keepdim=True)
+
+
+def test_an_fp32_exp2_softmax_with_large_logits_passes_and_a_bf16_exponent_does_not():
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(16, 192, generator=g) * 3, torch.randn(512, 192, generator=g) * 3  # logits of size ~9
+    v = torch.randn(512, 128, generator=g)
+    scale = 192 ** -0.5
+    s64 = (q.double() @ k.double().T) * scale
+    ref = s64.softmax(-1) @ v.double()
+    tol = tolerance("sparse_mla_prefill", torch.float32, torch.float32, None, [192, 512],
+                    logits=T.logit_size(s64.logsumexp(-1), 512))
+    assert M.close(_exp2_attention(q, k, v, scale), ref, tol).ok
+    assert not M.close(_exp2_attention(q, k, v, scale, torch.bfloat16), ref, tol).ok
