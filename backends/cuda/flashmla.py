@@ -41,8 +41,21 @@ from typing import Any
 
 import torch
 
+from ...core.capabilities import Capability, Limit, declare
+
 HEADS = (64, 128)
 ROW = 656
+DQK, DV = 576, 512
+_BF16 = (torch.bfloat16,)
+_HEAD_LIMIT = Limit("H", max=HEADS[-1], why="FlashMLA runs 64 or 128 query heads; fewer are padded, more would need a split")
+_DIMS = (Limit("DQK", values=(DQK,), why="FlashMLA's sparse kernels: d_qk 576"),
+         Limit("d_v", values=(DV,), why="FlashMLA's sparse kernels: d_v 512"))
+#: the adapters' limits, the same over the library and over its contract model
+PREFILL_CAPABILITY = Capability(dtypes=_BF16, arg_dtypes=(("q", _BF16), ("kv", _BF16)), limits=(_HEAD_LIMIT, *_DIMS),
+                                note="FlashMLA flash_mla_sparse_fwd: bf16, d_qk 576, d_v 512, H <= 128 (padded to 64/128)")
+DECODE_CAPABILITY = Capability(dtypes=_BF16, fp8_formats=("e4m3fn",), arg_dtypes=(("q", _BF16), ("kv_cache", (torch.uint8,))),
+                               limits=(_HEAD_LIMIT, *_DIMS),
+                               note="FlashMLA flash_mla_with_kvcache: bf16 q, the 656-byte e4m3fn cache only, H <= 128")
 
 
 @dataclass(frozen=True)
@@ -88,14 +101,19 @@ def _bf16(op: str, name: str, t: torch.Tensor) -> None:
         raise NotImplementedError(f"{op}: FlashMLA takes bf16 {name}, got {t.dtype} (declared in CAPABILITIES)")
 
 
+def _dims(op: str, dqk: int, d_v: int) -> None:
+    if dqk != DQK or d_v != DV:
+        raise NotImplementedError(f"{op}: FlashMLA's sparse kernels take d_qk {DQK}, d_v {DV}, got {dqk}, {d_v}")
+
+
 def prefill_adapter(vendor: Callable[..., Any], conv: Conventions) -> Callable[..., Any]:
     """dsport's sparse_mla_prefill on top of ``flash_mla_sparse_fwd``."""
 
+    @declare(PREFILL_CAPABILITY)
     def sparse_mla_prefill(q, kv, indices, sm_scale, d_v=512):
         _bf16("sparse_mla_prefill", "q", q)
         _bf16("sparse_mla_prefill", "kv", kv)
-        if d_v != 512:
-            raise NotImplementedError(f"sparse_mla_prefill: FlashMLA has d_v = 512 only, got {d_v}")
+        _dims("sparse_mla_prefill", q.shape[-1], d_v)
         t, h, _ = q.shape
         if t == 0:  # nothing to attend: FlashMLA is not asked about empty batches
             return q.new_zeros((0, h, d_v)), q.new_zeros((0, h), dtype=torch.float32), q.new_zeros((0, h), dtype=torch.float32)
@@ -119,6 +137,7 @@ def decode_adapter(vendor: Callable[..., Any], conv: Conventions,
     FP8 cache). ``metadata(q, indices) -> (tile_scheduler_metadata, num_splits,
     cache_seqlens)`` is the release's scheduler call (see :func:`vendor_ops`)."""
 
+    @declare(DECODE_CAPABILITY)
     def sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v=512, fmt="e4m3fn"):
         _bf16("sparse_mla_decode", "q", q)
         if kv_cache.dtype != torch.uint8 or kv_cache.shape[-1] != ROW:
