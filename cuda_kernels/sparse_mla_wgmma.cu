@@ -28,10 +28,10 @@
 // Each thread holds 128 fp32 accumulators of O (a 64 x 256 fragment) plus 16
 // of S: that is why O is split over two warpgroups and not held by one.
 //
-// Shared memory (include/dsport/mla_tiles.cuh): 157 KB, dynamic; one key tile
-// only, so loading and computing do not overlap yet — TMA / cp.async of the raw
-// FP8 bytes into a second buffer and a producer warp are the steps to measure
-// first on an H200. Layout: no-swizzle core matrices (8 rows x 16 B), readable
+// Shared memory (include/dsport/mla_tiles.cuh): 154 KiB, dynamic; one key tile
+// only, so loading and computing do not overlap yet. A second tile would fit
+// (226 of 227 KiB); that, TMA / cp.async of the raw FP8 bytes and a producer
+// warp are the steps to measure first on an H200. Layout: no-swizzle core matrices (8 rows x 16 B), readable
 // and directly described by wgmma descriptors; its bank conflicts on the
 // dequantizing stores are the price, the 128-byte swizzle the fix.
 //
