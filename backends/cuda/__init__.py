@@ -45,7 +45,7 @@ def _import(name: str) -> tuple[Any | None, str]:
         return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
-_FLASH_MLA, _FLASH_MLA_ERR = _import("flash_mla")
+_FLASH_MLA, _FLASH_MLA_DIST, _FLASH_MLA_ERR = flashmla.find()  # standalone, sgl-kernel's or vLLM's copy
 _DEEP_GEMM, _DEEP_GEMM_ERR = _import("deep_gemm")
 
 
@@ -70,7 +70,7 @@ def _vendor() -> dict[str, Callable[..., Any]]:
     if _DEEP_GEMM is not None:
         ops.update(deepgemm.vendor_ops(_DEEP_GEMM))
     if _FLASH_MLA is not None:
-        ops.update(flashmla.vendor_ops(_FLASH_MLA))
+        ops.update(flashmla.vendor_ops(_FLASH_MLA, _FLASH_MLA_DIST))
     return ops
 
 
@@ -134,7 +134,7 @@ def available() -> tuple[bool, str]:
         return False, f"torch {torch.__version__} has no CUDA: the tensors cannot live on the GPU (install a CUDA build of torch)"
     if find_tool("nvcc") is None:
         return False, "nvcc not found: the kernels are compiled (and cached) on first use"
-    libs = [f"FlashMLA {flashmla.detect(_FLASH_MLA).release}" if _FLASH_MLA else "no FlashMLA",
+    libs = [f"FlashMLA {flashmla.detect(_FLASH_MLA).release} from {_FLASH_MLA_DIST.source}" if _FLASH_MLA else "no FlashMLA",
             "DeepGEMM" if _DEEP_GEMM else "no DeepGEMM"]
     return True, f"sm_90 device ({torch.cuda.get_device_name()}); own kernels for {sorted(_kernels.own_ops())}; {', '.join(libs)}"
 

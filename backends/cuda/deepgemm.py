@@ -152,13 +152,31 @@ def masked_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
     return moe_grouped_gemm_masked
 
 
+#: (new name, legacy name) of the FP8 GEMM: DeepGEMM's 2025 API refactor renamed
+#: gemm_fp8_fp8_bf16_nt to fp8_gemm_nt with the same (fp8, scales) pair arguments; vLLM resolves the
+#: two the same way (vllm-project/vllm vllm/utils/deep_gemm.py, _resolve_symbol). vLLM and sglang
+#: import the standalone package under its own name, deep_gemm (vLLM's build installs it from a
+#: pinned commit, cmake/external_projects/deepgemm.cmake): there is no renamed copy to look for.
+FP8_GEMM_NAMES = ("fp8_gemm_nt", "gemm_fp8_fp8_bf16_nt")
+
+
 def vendor_ops(lib: Any) -> dict[str, Callable[..., Any]]:
-    """The adapters over an importable ``deep_gemm`` module."""
-    return {"fp8_gemm": fp8_gemm_adapter(lib.fp8_gemm_nt),
-            "indexer_logits": mqa_logits_adapter(lib.fp8_mqa_logits),
-            "indexer_logits_paged": paged_mqa_logits_adapter(lib.fp8_paged_mqa_logits, lib.get_paged_mqa_logits_metadata),
-            "moe_grouped_gemm_contiguous": contiguous_adapter(lib.m_grouped_bf16_gemm_nt_contiguous),
-            "moe_grouped_gemm_masked": masked_adapter(lib.m_grouped_bf16_gemm_nt_masked)}
+    """The adapters over an importable ``deep_gemm`` module, for the entry points it has (the
+    indexer logits and the bf16 grouped GEMMs exist only in the refactored API)."""
+    ops: dict[str, Callable[..., Any]] = {}
+    gemm = next((getattr(lib, n) for n in FP8_GEMM_NAMES if hasattr(lib, n)), None)
+    if gemm is not None:
+        ops["fp8_gemm"] = fp8_gemm_adapter(gemm)
+    if hasattr(lib, "fp8_mqa_logits"):
+        ops["indexer_logits"] = mqa_logits_adapter(lib.fp8_mqa_logits)
+    if hasattr(lib, "fp8_paged_mqa_logits"):
+        ops["indexer_logits_paged"] = paged_mqa_logits_adapter(lib.fp8_paged_mqa_logits,
+                                                               getattr(lib, "get_paged_mqa_logits_metadata", None))
+    if hasattr(lib, "m_grouped_bf16_gemm_nt_contiguous"):
+        ops["moe_grouped_gemm_contiguous"] = contiguous_adapter(lib.m_grouped_bf16_gemm_nt_contiguous)
+    if hasattr(lib, "m_grouped_bf16_gemm_nt_masked"):
+        ops["moe_grouped_gemm_masked"] = masked_adapter(lib.m_grouped_bf16_gemm_nt_masked)
+    return ops
 
 
 # -- contract models ---------------------------------------------------------------
