@@ -5,8 +5,12 @@ through ctypes, so they can be held bit-exact against the reference here.
 What this checks: FP8 encode/decode, group scales (ue8m0 rounding, the amax
 floor, non-finite propagation), the 656-byte cache row, the top-k radix key
 and tie rule (a sequential run of the kernel's passes), the online-softmax
-merge. What it cannot check: thread mapping, shared memory, warp shuffles,
-wgmma fragments — those exist only in the ``.cu`` files and run only on a GPU.
+merge (both the CUDA-core kernel's and the wgmma kernel's step), and the wgmma
+sparse kernel's tile arithmetic (shared-memory offsets, the descriptors it
+passes, the accumulator fragment map, its shared-memory budget). What it
+cannot check: thread mapping beyond that map, warp shuffles, barriers and
+fences, and whether the hardware reads a descriptor as the PTX ISA describes
+— those run only on a GPU.
 """
 from __future__ import annotations
 
