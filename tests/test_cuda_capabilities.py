@@ -30,8 +30,9 @@ def recorder(monkeypatch):
     def kernel(name):
         def run(grid, block, args, stream):
             assert len(grid) == 3 and min(grid) >= 0, f"{name}: grid {grid}"
+            assert grid[0] < 2 ** 31 and grid[1] <= 65535 and grid[2] <= 65535, f"{name}: grid {grid} past CUDA's limits"
             assert max(block) <= 1024, f"{name}: block {block}"
-            launched.append(name)
+            launched.append((name, grid, args))
         return run
 
     monkeypatch.setattr(launch, "kernel", kernel)
@@ -171,6 +172,9 @@ PROBES = {
     "indexer_logits-bf16": (OWN, "indexer_logits", _logits(), _logits(dtype=torch.bfloat16)),
     "sparse_mla_decode-fp32-q": (OWN, "sparse_mla_decode", _decode(), _decode(q_dtype=torch.float32)),
     "sparse_mla_decode-fp32-cache": (OWN, "sparse_mla_decode", _decode(cache=torch.bfloat16), _decode(cache=torch.float32)),
+    "sparse_mla_decode-SQ65536": (OWN, "sparse_mla_decode", _decode(cache=torch.bfloat16),
+                                  {**_decode(cache=torch.bfloat16), "q": torch.zeros(1, 65536, 1, 576, dtype=torch.bfloat16),
+                                   "indices": torch.zeros(1, 65536, 1, dtype=torch.int32)}),
     "sparse_mla_decode-dv256": (OWN, "sparse_mla_decode", _decode(cache=torch.bfloat16), _decode(cache=torch.bfloat16, d_v=256)),
     "sparse_mla_prefill-dqk192": (OWN, "sparse_mla_prefill", _prefill(), _prefill(dqk=192, d_v=128)),
     "sparse_mla_prefill-fp32-kv": (OWN, "sparse_mla_prefill", _prefill(), _prefill(kv_dtype=torch.float32)),
@@ -227,3 +231,20 @@ def test_the_probes_reach_every_not_implemented_in_the_code(recorder):
             hit_lines.add(hit[0])
     unreached = [(f, lo) for f, lo, hi in _raise_sites() if not any(hf == f and lo <= hl <= hi for hf, hl in hit_lines)]
     assert not unreached, f"raise NotImplementedError sites no probe reaches (add one): {unreached}"
+
+
+def test_calls_past_the_grid_limit_are_launched_in_slices(recorder):
+    # 70000 prefill tokens run along grid z, 70000 indexer queries along grid y: both limited to 65535
+    t = 70000
+    out, lse, mx = launch.sparse_mla_prefill(torch.zeros(t, 1, 576, dtype=torch.bfloat16), torch.zeros(4, 1, 576, dtype=torch.bfloat16),
+                                             torch.zeros(t, 1, 2, dtype=torch.int32), 0.1)
+    (n1, g1, a1), (n2, g2, a2) = recorder
+    assert n1 == n2 == "sparse_mla_bf16" and g1 == (1, 1, 65535) and g2 == (1, 1, t - 65535)
+    assert a1[6] == out.data_ptr() and a2[6] - a1[6] == 65535 * 512 * 2  # out: the second slice starts at token 65535
+    assert a2[7] - a1[7] == 65535 * 4 and a2[8] - a1[8] == 65535 * 4 and a2[5] - a1[5] == 65535 * 2 * 4  # lse, max, indices
+    recorder.clear()
+    g = _g()
+    launch.indexer_logits(randn(g, t, 1, 128).to(torch.float8_e4m3fn), randn(g, 3, 128).to(torch.float8_e4m3fn),
+                          torch.ones(t, 1), torch.zeros(t, dtype=torch.int32), torch.full((t,), 3, dtype=torch.int32), torch.ones(3))
+    assert [grid for _, grid, _ in recorder] == [(1, 65535, 1), (1, t - 65535, 1)]
+    assert recorder[1][2][6] - recorder[0][2][6] == 65535 * 3 * 4  # logits rows of the second slice

@@ -19,6 +19,8 @@ from .kernels import KERNEL_FILES, SPARSE_WGMMA_HEADS
 
 _I64, _I32, _F32 = ctypes.c_longlong, ctypes.c_int, ctypes.c_float
 _CUDA = ("cuda",)
+#: CUDA's limit on gridDim.y and gridDim.z: calls with more query rows than that are launched in slices
+GRID_YZ_MAX = 65535
 _BF16 = (torch.bfloat16,)
 # the absorbed MLA row every sparse kernel is built for: 512 latent + 64 rope dims, the first 512 the value
 _MLA = (Limit("DQK", values=(576,), why="the kernel is built for 512 latent + 64 rope dims"),
@@ -97,19 +99,25 @@ def indexer_logits(q, k, weights, ks, ke, k_scale=None):
     if q.dtype != torch.float8_e4m3fn or k_scale is None or d != 128:
         raise NotImplementedError(f"indexer_logits: the cuda kernel takes e4m3fn q and k with D = 128, got {q.dtype}, D={d}")
     out = torch.empty((t, s), dtype=torch.float32, device=q.device)
-    launch("indexer_logits_e4m3", ((s + 127) // 128, t, 1), (128, 1, 1),
-           [_p(q.contiguous()), _p(k.contiguous()), _p(k_scale.float().contiguous()),
-            _p(weights.float().contiguous()), _p(ks.int().contiguous()), _p(ke.int().contiguous()), _p(out),
-            _I32(h), _I32(s)])
+    qc, kc, sc = q.contiguous(), k.contiguous(), k_scale.float().contiguous()
+    wc, ksc, kec = weights.float().contiguous(), ks.int().contiguous(), ke.int().contiguous()
+    for t0 in range(0, t, GRID_YZ_MAX):  # queries along grid y: slices of at most 65535 rows
+        n = min(GRID_YZ_MAX, t - t0)
+        launch("indexer_logits_e4m3", ((s + 127) // 128, n, 1), (128, 1, 1),
+               [_p(qc) + t0 * h * d, _p(kc), _p(sc), _p(wc) + t0 * h * 4, _p(ksc) + t0 * 4, _p(kec) + t0 * 4,
+                _p(out) + t0 * s * 4, _I32(h), _I32(s)])
     return out
 
 
-@declare(Capability(dtypes=_BF16, devices=_CUDA, limits=_MLA,
+@declare(Capability(dtypes=_BF16, devices=_CUDA,
                     arg_dtypes=(("q", _BF16), ("kv_cache", (torch.uint8, torch.bfloat16))),
+                    limits=(*_MLA, Limit("SQ", max=GRID_YZ_MAX, why="a sequence's queries run along grid y")),
                     note="bf16 q, d_qk 576, d_v 512; 656-byte FP8 rows (e4m3fn or e4m3fnuz) or bf16 rows; "
                          "wgmma where H % 64 == 0, CUDA cores otherwise"))
 def sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v=512, fmt="e4m3fn"):
     b, s_q, h, dqk = q.shape
+    if s_q > GRID_YZ_MAX:
+        raise NotImplementedError(f"sparse_mla_decode: the cuda kernel runs a sequence's queries along grid y (<= {GRID_YZ_MAX}), got SQ={s_q}")
     if dqk != 576 or d_v != 512:
         raise NotImplementedError(f"sparse_mla_decode: the cuda kernel is built for d_qk 576, d_v 512, got {dqk}, {d_v}")
     _need("sparse_mla_decode", "q", q, torch.bfloat16)
@@ -164,10 +172,16 @@ def _sparse(rows, q, cache, row_bytes, indices, sm_scale, want_max):
     mx = torch.empty((b, s_q, h), dtype=torch.float32, device=q.device) if want_max else None
     n_rows = cache.shape[0] * cache.shape[1]
     name, (ctas, threads) = sparse_kernel(rows, h)
-    launch(name, (ctas, s_q, b), (threads, 1, 1),
-           [_p(q), _p(cache), _I64(cache.stride(0) * cache.element_size()), _I32(row_bytes),
-            _I32(max(cache.shape[1], 1)), _p(indices.int().contiguous()), _p(out), _p(lse), _p(mx), _I64(n_rows),
-            _I32(h), _I32(s_q), _I32(indices.shape[-1]), _F32(sm_scale)])
+    idx = indices.int().contiguous()
+    topk = indices.shape[-1]
+    for b0 in range(0, b, GRID_YZ_MAX):  # batch rows (prefill: tokens) along grid z: slices of at most 65535
+        n = min(GRID_YZ_MAX, b - b0)
+        rows_before = b0 * s_q  # (batch, query) rows ahead of this slice in q, indices, out, max_logits; lse is [B, H, SQ]
+        launch(name, (ctas, s_q, n), (threads, 1, 1),
+               [_p(q) + rows_before * h * 576 * 2, _p(cache), _I64(cache.stride(0) * cache.element_size()), _I32(row_bytes),
+                _I32(max(cache.shape[1], 1)), _p(idx) + rows_before * topk * 4, _p(out) + rows_before * h * 512 * 2,
+                _p(lse) + b0 * h * s_q * 4, _p(mx) + rows_before * h * 4 if mx is not None else 0, _I64(n_rows),
+                _I32(h), _I32(s_q), _I32(topk), _F32(sm_scale)])
     return out, lse, mx
 
 
