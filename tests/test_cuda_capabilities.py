@@ -248,3 +248,14 @@ def test_calls_past_the_grid_limit_are_launched_in_slices(recorder):
                           torch.ones(t, 1), torch.zeros(t, dtype=torch.int32), torch.full((t,), 3, dtype=torch.int32), torch.ones(3))
     assert [grid for _, grid, _ in recorder] == [(1, 65535, 1), (1, t - 65535, 1)]
     assert recorder[1][2][6] - recorder[0][2][6] == 65535 * 3 * 4  # logits rows of the second slice
+
+
+def test_limits_and_argument_dtypes_explain_themselves():
+    from dsport.core.capabilities import Capability, Limit
+    cap = Capability(limits=(Limit("D", max=8192, multiple=8, why="16-byte vectors"), Limit("block", values=(128,))),
+                     arg_dtypes=(("w", (torch.bfloat16,)),))
+    q = {"dims": {"D": 8200 + 4, "block": 64}, "arg_dtypes": {"w": torch.float32}}
+    assert cap.reasons(q) == ["D = 8204 > 8192 (16-byte vectors)", "D = 8204 is not a multiple of 8 (16-byte vectors)",
+                              "block = 64 not in [128]", "w dtype float32 not in ['bfloat16']"]
+    assert cap.reasons({"dims": {"D": 4096, "block": 128}, "arg_dtypes": {"w": torch.bfloat16}}) == []
+    assert cap.reasons({}) == []  # facts the query does not state are not held against the implementation
