@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from .capabilities import Capability
+from .capabilities import Capability, capability_of
 from .errors import DsportError
 
 #: the verdict a passing case gets when it ran an adapter against contract models, not the vendor library
@@ -64,8 +64,10 @@ HOOKS: tuple[Hook, ...] = (
          doc="How the backend computes: accumulation dtypes, FP8 formats, rounding. Shown by `dsport backends`."),
     Hook("CAPABILITIES", "dict[str, Capability]", "{} (no limits)",
          doc="Per-op limits (`dsport.core.capabilities.Capability`: dtypes, FP8 and scale formats, head counts, top-k, "
-             "page sizes, devices, archs). The resolver and conformance call a case outside them `unsupported` "
-             "instead of running it; declare every limit a kernel has, never let it fail at run time instead."),
+             "page sizes, devices, archs, bounds on any dim or integer parameter (`Limit`), per-argument dtypes). The resolver and conformance call a case outside them `unsupported` "
+             "instead of running it; declare every limit a kernel has, never let it fail at run time instead. An "
+             "implementation may carry its own (`dsport.core.capabilities.declare`), which takes precedence: the "
+             "limits travel with it when the table entry differs by machine (own kernel, vendor adapter, contract model)."),
     Hook("NOT_SERVED", "dict[str, str]", "{}",
          doc="Ops of the spec the backend deliberately leaves to the fallback chain, with the reason. "
              "Nothing falls back silently inside a backend: a resolver must ask for `fallback`."),
@@ -126,9 +128,12 @@ class BackendModule:
         """Why this backend cannot serve ``op`` for ``query`` (see
         :func:`dsport.core.capabilities.query_of`); empty when it can. The one
         capability judgement: the resolver, conformance and the profiler all ask it."""
-        if op not in (self.ops if ops is None else ops):
+        table = self.ops if ops is None else ops
+        if op not in table:
             return (f"does not implement {op}",)
-        cap = self.capabilities.get(op)
+        cap = capability_of(table[op])  # the implementation's own limits, where it declares them
+        if cap is None:
+            cap = self.capabilities.get(op)
         return tuple(cap.reasons(query)) if cap is not None else ()
 
     @property

@@ -3,13 +3,39 @@ answers with human-readable reasons, never a bare boolean: an empty list
 means "supported"."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from .spec import DTYPE_GROUPS, OpSpec, Param, Tensor
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A bound a kernel puts on one dim or integer parameter of the call: a
+    name the spec binds (``"D"``, ``"H"``, ``"E"``, ``"d_v"``, ``"block"``).
+    ``None`` means "no bound of that kind"."""
+
+    dim: str
+    values: tuple[int, ...] | None = None   # exactly one of these
+    max: int | None = None
+    multiple: int | None = None
+    why: str = ""                           # the kernel fact behind it, for the refusal message
+
+    def reasons(self, v: int) -> list[str]:
+        why = f" ({self.why})" if self.why else ""
+        out = []
+        if self.values is not None and v not in self.values:
+            out.append(f"{self.dim} = {v} not in {list(self.values)}{why}")
+        if self.max is not None and v > self.max:
+            out.append(f"{self.dim} = {v} > {self.max}{why}")
+        if self.multiple and v % self.multiple:
+            out.append(f"{self.dim} = {v} is not a multiple of {self.multiple}{why}")
+        return out
 
 
 @dataclass(frozen=True)
@@ -26,6 +52,8 @@ class Capability:
     page_sizes: tuple[int, ...] | None = None       # KV-cache block sizes BS
     devices: tuple[str, ...] | None = None          # torch device types
     archs: tuple[str, ...] | None = None            # GPU archs the code is built for
+    limits: tuple[Limit, ...] = ()                  # bounds on dims and integer parameters
+    arg_dtypes: tuple[tuple[str, tuple[torch.dtype, ...]], ...] = ()  # (argument, dtypes accepted) beyond `dtypes`
     note: str = ""
 
     def reasons(self, query: Mapping[str, Any]) -> list[str]:
@@ -51,7 +79,34 @@ class Capability:
             out.append(f"topk {k} > {self.topk_max}")
         if k is not None and self.topk_values is not None and k not in self.topk_values:
             out.append(f"topk {k} not in {list(self.topk_values)}")
+        dims = query.get("dims") or {}
+        for lim in self.limits:
+            if dims.get(lim.dim) is not None:
+                out.extend(lim.reasons(dims[lim.dim]))
+        given = query.get("arg_dtypes") or {}
+        for arg, allowed in self.arg_dtypes:
+            if given.get(arg) is not None and given[arg] not in allowed:
+                out.append(f"{arg} dtype {_name(given[arg])} not in {[_name(a) for a in allowed]}")
         return out
+
+
+def declare(cap: Capability) -> Callable[[F], F]:
+    """Attach ``cap`` to one implementation of an op. For a backend whose table
+    entry for an op differs by machine (an own kernel, a vendor library's
+    adapter, the adapter over a contract model), the limits travel with the
+    implementation that has them; :func:`capability_of` reads them back."""
+
+    def attach(fn: F) -> F:
+        fn.capability = cap  # type: ignore[attr-defined]
+        return fn
+
+    return attach
+
+
+def capability_of(fn: Any) -> Capability | None:
+    """The capability :func:`declare` attached to ``fn``; ``None`` when it has none."""
+    cap = getattr(fn, "capability", None)
+    return cap if isinstance(cap, Capability) else None
 
 
 def _name(v: Any) -> str:
@@ -60,8 +115,13 @@ def _name(v: Any) -> str:
 
 def query_of(spec: OpSpec, bound: Mapping[str, Any], dims: Mapping[str, Any]) -> dict[str, Any]:
     """The capability-relevant facts of one call: dtype, fp8/scale format,
-    heads, topk, page size and device, read off the validated arguments."""
+    heads, topk, page size and device, read off the validated arguments; under
+    ``dims`` every integer dim and parameter the spec bound, under
+    ``arg_dtypes`` each tensor argument's dtype."""
     q: dict[str, Any] = {}
+    q["dims"] = {k: v for k, v in dims.items() if isinstance(v, int) and not isinstance(v, bool)}
+    q["arg_dtypes"] = {a.name: bound[a.name].dtype for a in spec.args
+                       if isinstance(a, Tensor) and isinstance(bound.get(a.name), torch.Tensor)}
     for a in spec.args:
         v = bound.get(a.name)
         if isinstance(a, Tensor) and isinstance(v, torch.Tensor):

@@ -6,8 +6,9 @@
 # root:  bash cuda_kernels/h200-check.sh   Result files go to $OUT, default ./device-out;
 # logs go to /tmp and their tails to stdout.
 # The cuda backend's part: build every cuda_kernels/*.cu for sm_90a there (registers, spills,
-# smem, QGMMA), run its own kernels on the GPU judged against the reference
-# (dsport.backends.cuda.device_check), and the CPU conformance of cuda, triton and torch.
+# smem, HGMMA/QGMMA), run its own kernels on the GPU judged against the reference
+# (dsport.backends.cuda.device_check: sparse MLA on both the wgmma kernel and the CUDA-core
+# one wherever h_q is a multiple of 64), and the CPU conformance of cuda, triton and torch.
 # Budget: install 2 min, build 1.5, cuda device check 1.5, conformance 2, profile 2 (~9 with
 # margins; each step has its own timeout so one slow step cannot eat the others).
 set -u
@@ -26,6 +27,8 @@ echo "build exit $?"; cat "$OUT/h200_cuda_build.md"; tail -3 /tmp/dsport-cuda-bu
 log "cuda backend: own kernels on the GPU, judged on the CPU"
 timeout 90 python3 -m dsport.backends.cuda.device_check --json "$OUT/h200_cuda_device.json" --markdown "$OUT/h200_cuda_device.md" >/tmp/dsport-cuda-device.log 2>&1
 echo "device check exit $?"; tail -4 /tmp/dsport-cuda-device.log; grep -E "\| (fail|crash) \|" "$OUT/h200_cuda_device.md" | head -20
+# verdicts per implementation: the wgmma sparse MLA kernel (h_q % 64 == 0) and the CUDA-core one on the same cases
+python3 -c "import json,collections,sys; r=json.load(open(sys.argv[1]))['rows']; c=collections.Counter((x['op'],x['impl'],x['verdict']) for x in r); [print(*k, n) for k, n in sorted(c.items())]" "$OUT/h200_cuda_device.json" 2>&1 | tee "$OUT/h200_cuda_device_summary.txt"
 if dsport conformance --help 2>/dev/null | grep -q -- "--device"; then
   log "conformance on the GPU"
   timeout 120 dsport conformance --device cuda --no-progress --json "$OUT/h200_conformance.json" --markdown "$OUT/h200_conformance.md" >/tmp/dsport-conformance.log 2>&1

@@ -8,6 +8,7 @@
 #include <vector>
 #include "include/dsport/fp8.cuh"
 #include "include/dsport/mla_cache.cuh"
+#include "include/dsport/mla_tiles.cuh"
 #include "include/dsport/radix.cuh"
 #include "include/dsport/softmax.cuh"
 
@@ -111,6 +112,62 @@ void ds_sparse_attn_row(const float* scores, const uint8_t* valid, const float* 
   for (int d = 0; d < dv; ++d) out[d] = acc[d] * inv;
   *lse = softmax_lse(st);
   *max_logit = mraw;
+}
+
+// The same row with the wgmma kernel's arithmetic (sparse_mla_wgmma.cu): per tile the new running
+// max first (softmax_step), P = exp2(s - m_new) summed in fp32 for l but rounded to bf16 for the
+// product (P is a bf16 tensor-core operand), the old accumulator rescaled by ca. v holds the bf16
+// key-tile values the kernel reads.
+void ds_sparse_attn_row_wgmma(const float* scores, const uint8_t* valid, const float* v, int64_t n, int dv, int tile,
+                              float* out, float* lse, float* max_logit) {
+  SoftmaxState st = softmax_empty();
+  std::vector<float> acc(dv, 0.0f);
+  for (int64_t t0 = 0; t0 < n; t0 += tile) {
+    float tm = -INFINITY;
+    for (int64_t i = t0; i < n && i < t0 + tile; ++i)
+      if (valid[i]) tm = nan_max(tm, scores[i] * LOG2E);
+    float ca;
+    const float m = softmax_step(st, tm, &ca);
+    float l = 0.0f;
+    for (int d = 0; d < dv; ++d) acc[d] = ca == 0.0f ? 0.0f : acc[d] * ca;
+    for (int64_t i = t0; i < n && i < t0 + tile; ++i) {
+      if (!valid[i] || m == -INFINITY) continue;  // p = 0 against the zero row the kernel stages
+      const float p = exp2f(scores[i] * LOG2E - m);
+      l += p;
+      const float pb = bf16_to_f32(f32_to_bf16(p));
+      for (int d = 0; d < dv; ++d) acc[d] += pb * v[i * dv + d];
+    }
+    st.l = st.l * ca + l;
+    st.m = m;
+  }
+  const float inv = softmax_inv_l(st);
+  for (int d = 0; d < dv; ++d) out[d] = acc[d] * inv;
+  *lse = softmax_lse(st);
+  *max_logit = st.m * LN2;
+}
+
+// The wgmma kernel's tile arithmetic, for the host check to walk (include/dsport/mla_tiles.cuh).
+void ds_wg_tile_offsets(const int32_t* rows, const int32_t* kbytes, int64_t n, int row_bytes, int32_t* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = tile_offset(rows[i], kbytes[i], row_bytes);
+}
+
+// operand: 0 Q (A of QK^T), 1 keys (B of QK^T), 2 P (A of P.V), 3 values (B of P.V); out = start, lbo, sbo
+void ds_wg_desc(int operand, int wg, int ks, int32_t* out) {
+  const WgDesc d = operand == 0 ? qk_a_desc(ks) : operand == 1 ? qk_b_desc(wg, ks) : operand == 2 ? pv_a_desc(ks) : pv_b_desc(wg, ks);
+  out[0] = d.start; out[1] = d.lbo; out[2] = d.sbo;
+}
+
+uint64_t ds_wg_desc_bits(uint32_t addr, uint32_t lbo, uint32_t sbo) { return desc_bits(addr, lbo, sbo); }
+
+void ds_wg_acc_map(int regs, int32_t* rows, int32_t* cols) {
+  for (int t = 0; t < 128; ++t)
+    for (int i = 0; i < regs; ++i) { rows[t * regs + i] = acc_row(t, i); cols[t * regs + i] = acc_col(t, i); }
+}
+
+// smem regions in order (q, key tile, P, row maxima, row sums, where, valid) and the total
+void ds_wg_smem(int32_t* out) {
+  const int v[8] = {WG_Q_OFF, WG_K_OFF, WG_P_OFF, WG_MAX_OFF, WG_SUM_OFF, WG_WHERE_OFF, WG_VALID_OFF, WG_SMEM_BYTES};
+  for (int i = 0; i < 8; ++i) out[i] = v[i];
 }
 
 }  // extern "C"

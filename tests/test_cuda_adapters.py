@@ -14,9 +14,12 @@ from dsport.backends.cuda import deepgemm as G
 from dsport.backends.cuda import flashmla as F
 from dsport.conformance.worker import run_case
 from dsport.core.backend import from_module
+from dsport.core.capabilities import capability_of
 from dsport.core.spec import specs
 
-CAPS = __import__("dsport.backends.cuda", fromlist=["CAPABILITIES"]).CAPABILITIES
+# the adapters' declared limits (CAPABILITIES holds the own kernel's for the ops it serves): a planted,
+# undecorated variant of an adapter is judged by the limits of the adapter it stands in for
+CAPS = {op: capability_of(fn) for op, fn in __import__("dsport.backends.cuda", fromlist=["contract_ops"]).contract_ops().items()}
 
 
 _ALIVE = []  # the worker caches contract tables by id(module): a collected module's id could come back
@@ -189,3 +192,83 @@ def test_planted_unzeroed_padding_rows_fail():
         return d
     got = _verdicts({"moe_grouped_gemm_contiguous": keep_padding}, "moe_grouped_gemm_contiguous", ["tiny", "all-padding"])
     assert all(v.startswith("fail") for v in got.values()), got
+
+
+# -- FlashMLA and DeepGEMM as the serving engines package them ---------------------------------------------------
+def _module(name, **attrs):
+    m = types.ModuleType(name)
+    for k, v in attrs.items():
+        setattr(m, k, v)
+    _ALIVE.append(m)
+    return m
+
+
+def _engine_copy(name, conv, prefill_name="flash_mla_sparse_fwd", **extra):
+    """A FlashMLA copy with the 2025-09 signatures of sgl-kernel and vLLM: get_mla_metadata(cache_seqlens,
+    num_q_tokens_per_head_k, num_heads_k, num_heads_q, is_fp8_kvcache, topk) and descale_q/descale_k
+    inserted before is_fp8_kvcache/indices in flash_mla_with_kvcache (sources in backends/cuda/flashmla.py)."""
+    decode = F.with_kvcache_model(conv)
+
+    def get_mla_metadata(cache_seqlens, num_q_tokens_per_head_k, num_heads_k, num_heads_q=None, is_fp8_kvcache=False, topk=None):
+        assert num_heads_k == 1 and is_fp8_kvcache and topk is not None and num_q_tokens_per_head_k % num_heads_q == 0
+        return torch.zeros(8, dtype=torch.int32), torch.zeros(cache_seqlens.numel() + 1, dtype=torch.int32)
+
+    def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata, num_splits,
+                               softmax_scale=None, causal=False, descale_q=None, descale_k=None, is_fp8_kvcache=False,
+                               indices=None):
+        assert descale_q is None and descale_k is None, "an argument meant for is_fp8_kvcache/indices landed in descale_*"
+        return decode(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata, num_splits,
+                      softmax_scale=softmax_scale, causal=causal, is_fp8_kvcache=is_fp8_kvcache, indices=indices)
+
+    return _module(name, get_mla_metadata=get_mla_metadata, flash_mla_with_kvcache=flash_mla_with_kvcache,
+                   **{prefill_name: F.sparse_fwd_model(conv)}, **extra)
+
+
+def _importer(mods):
+    def import_module(name):
+        if name not in mods:
+            raise ModuleNotFoundError(f"No module named '{name}'")
+        return mods[name]
+    return import_module
+
+
+def test_flashmla_is_found_in_the_first_copy_whose_kernels_load():
+    not_built = _module("vllm.v1.attention.ops.flashmla", FlashMLASchedMeta=type("FlashMLASchedMeta", (), {}),
+                        is_flashmla_sparse_supported=lambda: (False, "vllm._flashmla_C is not available"))
+    failed_ext = _engine_copy("sgl_kernel.flash_mla", F.SEPT_2025, _flashmla_import_error=ImportError("CUDA Driver >= 12.4"))
+    legacy = _engine_copy("vllm.attention.ops.flashmla", F.SEPT_2025, "flash_mla_sparse_prefill",
+                          is_flashmla_supported=lambda: (True, None))
+    mods = {m.__name__: m for m in (not_built, failed_ext, legacy)}
+    lib, dist, why = F.find(_importer(mods))
+    assert lib is legacy and dist.prefill == "flash_mla_sparse_prefill" and why == ""
+    del mods[legacy.__name__]
+    lib, dist, why = F.find(_importer(mods))
+    assert lib is None and dist is None
+    assert "No module named 'flash_mla'" in why and "flashmla_ops did not load" in why and "vllm._flashmla_C is not available" in why
+
+
+@pytest.mark.parametrize("dist_index, prefill_name", [(1, "flash_mla_sparse_fwd"), (3, "flash_mla_sparse_prefill")],
+                         ids=["sgl-kernel", "vllm-legacy"])
+def test_engine_copies_of_flashmla_meet_the_spec(dist_index, prefill_name):
+    dist = F.DISTRIBUTIONS[dist_index]
+    lib = _engine_copy(dist.module, F.SEPT_2025, prefill_name)
+    assert F.detect(lib) is F.SEPT_2025  # no FlashMLASchedMeta: the 2025-09 interface, base-2 prefill lse
+    ops = F.vendor_ops(lib, dist)
+    assert set(_verdicts(ops, "sparse_mla_prefill", PREFILL).values()) == {"contract"}
+    assert set(_verdicts(ops, "sparse_mla_decode", DECODE).values()) == {"contract"}
+
+
+def test_a_positional_call_past_the_seventh_argument_is_caught():
+    # planted: is_fp8_kvcache passed positionally lands in sgl-kernel's descale_q
+    lib = _engine_copy("sgl_kernel.flash_mla", F.SEPT_2025)
+    with pytest.raises(AssertionError, match="descale"):
+        lib.flash_mla_with_kvcache(None, None, None, None, 512, None, None, 0.1, False, True, None)
+
+
+def test_legacy_deep_gemm_serves_the_fp8_gemm_under_its_old_name():
+    def gemm_fp8_fp8_bf16_nt(lhs, rhs, out):  # the pre-refactor API: the same (fp8, scales) pairs
+        G.fp8_gemm_nt_model(lhs, rhs, out)
+    ops = G.vendor_ops(_module("deep_gemm", gemm_fp8_fp8_bf16_nt=gemm_fp8_fp8_bf16_nt))
+    assert set(ops) == {"fp8_gemm"}  # the indexer logits and bf16 grouped GEMMs exist only in the new API
+    cases = ["tiny", "ragged-n", "M0", "strided-views"]
+    assert set(_verdicts(ops, "fp8_gemm", cases).values()) == {"contract"}

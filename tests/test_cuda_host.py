@@ -6,6 +6,7 @@ mapping, shared memory and wgmma fragments are not checked here: they run
 only on a GPU."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,3 +145,110 @@ def test_online_softmax_merge_against_the_reference(cid, tile):
             assert abs(l - float(lse[t, h])) < 1e-5 and abs(m - float(mx[t, h])) < 1e-5
             peak = out[t, h].abs().max().item() or 1.0
             assert (o.double() - out[t, h]).abs().max().item() <= 1e-5 * peak
+
+
+# -- the wgmma sparse MLA kernel (sparse_mla_wgmma.cu): tile arithmetic and its softmax step ----------------
+def _k_major(mn, k, lbo, sbo):
+    """PTX ISA matrix descriptor, no swizzle, 16-bit elements: a core matrix is 8 M/N-rows of 16 bytes
+    along K; LBO steps between core matrices along K, SBO along M/N."""
+    return (mn // 8) * sbo + (k // 8) * lbo + (mn % 8) * 16 + (k % 8) * 2
+
+
+def _mn_major(mn, k, lbo, sbo):
+    """The same for an MN-major operand: a core matrix is 8 K-rows of 16 bytes along M/N."""
+    return (mn // 8) * sbo + (k // 8) * lbo + (k % 8) * 16 + (mn % 8) * 2
+
+
+def _grid(a, b):
+    return np.meshgrid(np.arange(a), np.arange(b), indexing="ij")
+
+
+QK_ROW, P_ROW = 576 * 2, 64 * 2
+
+
+@pytest.mark.parametrize("operand, wg_count, steps", [("q", 1, 36), ("keys", 2, 36), ("p", 1, 4), ("values", 2, 4)])
+def test_wgmma_descriptors_address_the_elements_the_math_needs(operand, wg_count, steps):
+    # for every wgmma of the kernel: the byte the descriptor makes the tensor core read for operand
+    # element (mn, k) must be the byte where the kernel stored the element the product needs there
+    for wg in range(wg_count):
+        for ks in range(steps):
+            start, lbo, sbo = hostlib.wg_desc(operand, wg, ks)
+            assert start % 16 == 0 and lbo % 16 == 0 and sbo % 16 == 0 and 0 < lbo >> 4 < 2 ** 14 and 0 < sbo >> 4 < 2 ** 14
+            if operand == "q":  # A of S = Q K^T: (head, dim 16 ks + k)
+                mn, k = _grid(64, 16)
+                rows, kbytes, row_bytes, model = mn, 2 * (16 * ks + k), QK_ROW, _k_major
+            elif operand == "keys":  # B of S: (key 32 wg + n, dim 16 ks + k)
+                mn, k = _grid(32, 16)
+                rows, kbytes, row_bytes, model = 32 * wg + mn, 2 * (16 * ks + k), QK_ROW, _k_major
+            elif operand == "p":  # A of O = P V: (head, key 16 ks + k)
+                mn, k = _grid(64, 16)
+                rows, kbytes, row_bytes, model = mn, 2 * (16 * ks + k), P_ROW, _k_major
+            else:  # B of O: (value dim 256 wg + n, key 16 ks + k), stored as key rows
+                mn, k = _grid(256, 16)
+                rows, kbytes, row_bytes, model = 16 * ks + k, 2 * (256 * wg + mn), QK_ROW, _mn_major
+            stored = hostlib.wg_tile_offsets(rows.ravel(), kbytes.ravel(), row_bytes)
+            read = start + model(mn.ravel(), k.ravel(), lbo, sbo)
+            assert np.array_equal(stored, read), f"{operand} wg {wg} step {ks}: {np.flatnonzero(stored != read)[:4]}"
+
+
+@pytest.mark.parametrize("rows, row_bytes", [(64, QK_ROW), (64, P_ROW)])
+def test_wgmma_tile_layout_gives_every_element_its_own_bytes(rows, row_bytes):
+    r, kb = _grid(rows, row_bytes // 2)
+    off = hostlib.wg_tile_offsets(r.ravel(), 2 * kb.ravel(), row_bytes)
+    assert len(np.unique(off)) == off.size and off.min() == 0 and off.max() == rows * row_bytes - 2 and (off % 2 == 0).all()
+
+
+def test_wgmma_descriptor_bits():
+    assert hostlib.wg_desc_bits(0x1230, 128, 9216) == (0x1230 >> 4) | (8 << 16) | (576 << 32)
+    assert hostlib.wg_desc_bits(0x3FFF0, 16, 16) == 0x3FFF | (1 << 16) | (1 << 32)  # 18-bit shared address, 14-bit fields
+
+
+@pytest.mark.parametrize("regs", [16, 128])  # S (m64n32) and O (m64n256)
+def test_wgmma_accumulator_fragment_covers_each_element_once(regs):
+    rows, cols = hostlib.wg_acc_map(regs)
+    n = 2 * regs
+    cells = rows.astype(np.int64) * n + cols
+    assert rows.min() == 0 and rows.max() == 63 and cols.min() == 0 and cols.max() == n - 1
+    assert len(np.unique(cells)) == 64 * n  # a bijection onto the 64 x N tile
+    # spot values of the PTX ISA's wgmma D fragment figure: thread, register -> (row, col)
+    assert (rows[0, 0], cols[0, 0]) == (0, 0) and (rows[0, 1], cols[0, 1]) == (0, 1) and (rows[0, 2], cols[0, 2]) == (8, 0)
+    assert (rows[1, 0], cols[1, 0]) == (0, 2) and (rows[4, 0], cols[4, 0]) == (1, 0) and (rows[32, 0], cols[32, 0]) == (16, 0)
+    assert (rows[0, 4], cols[0, 4]) == (0, 8)
+
+
+def test_wgmma_shared_memory_budget():
+    from dsport.backends.cuda.kernels import KERNEL_FILES, SPARSE_WGMMA_SMEM
+    regions, total = hostlib.wg_smem()
+    order = list(regions.values())
+    assert order == sorted(order) and regions["q"] == 0
+    assert regions["keys"] - regions["q"] == 64 * QK_ROW and regions["p"] - regions["keys"] == 64 * QK_ROW
+    assert all(regions[k] % 128 == 0 for k in ("q", "keys", "p")) and regions["where"] % 8 == 0
+    assert total == SPARSE_WGMMA_SMEM == next(f for f in KERNEL_FILES if f.source == "sparse_mla_wgmma.cu").dynamic_smem
+    h200 = 227 * 1024
+    assert total + 64 * QK_ROW <= h200  # fits, and so would a second key tile (double buffering, the next step)
+
+
+@pytest.mark.parametrize("cid", ["rows-all-invalid", "all-invalid", "duplicates", "S-lt-k", "heads-8", "small"])
+def test_wgmma_softmax_step_against_the_reference(cid):
+    # the tensor-core kernel's tile step: new max first, P rounded to bf16 for P.V (fp32 for the sum)
+    case = next(c for c in specs()["sparse_mla_prefill"].cases() if c.id == cid)
+    a = case.inputs()
+    out, lse, mx = R.OPS["sparse_mla_prefill"](**a)
+    q, kv, idx, sm = a["q"].double(), a["kv"][:, 0].double(), a["indices"][:, 0], a["sm_scale"]
+    d_v = a.get("d_v", 512)
+    for t in range(q.shape[0]):
+        valid = idx[t] >= 0
+        rows = kv[idx[t].clamp_min(0).long()]
+        v = rows[:, :d_v].clone()
+        v[~valid] = float("nan")  # never read: the kernel stages zeros there
+        vmax = v[valid].abs().max().item() if valid.any() else 0.0
+        for h in range(q.shape[1]):
+            scores = (rows @ q[t, h]) * sm
+            scores[~valid] = float("nan")
+            o, l, m = hostlib.sparse_attn_row(scores, valid, v, tile=64, wgmma=True)
+            if math.isinf(lse[t, h]):
+                assert l == -math.inf and m == -math.inf and torch.equal(o, torch.zeros_like(o))
+                continue
+            assert abs(l - float(lse[t, h])) < 1e-5 and abs(m - float(mx[t, h])) < 1e-5
+            # a bf16 P has relative error <= 2^-9 per term, so |o - ref| <= 2^-9 max|v| (+ fp32 rounding)
+            assert (o.double() - out[t, h]).abs().max().item() <= 2 ** -9 * vmax + 1e-5 * (vmax or 1.0)

@@ -26,7 +26,7 @@ import torch
 from . import deepgemm, flashmla
 from . import kernels as _kernels
 from ...core.build import KernelBuild
-from ...core.capabilities import Capability
+from ...core.capabilities import Capability, capability_of
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _import(name: str) -> tuple[Any | None, str]:
         return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
-_FLASH_MLA, _FLASH_MLA_ERR = _import("flash_mla")
+_FLASH_MLA, _FLASH_MLA_DIST, _FLASH_MLA_ERR = flashmla.find()  # standalone, sgl-kernel's or vLLM's copy
 _DEEP_GEMM, _DEEP_GEMM_ERR = _import("deep_gemm")
 
 
@@ -70,34 +70,26 @@ def _vendor() -> dict[str, Callable[..., Any]]:
     if _DEEP_GEMM is not None:
         ops.update(deepgemm.vendor_ops(_DEEP_GEMM))
     if _FLASH_MLA is not None:
-        ops.update(flashmla.vendor_ops(_FLASH_MLA))
+        ops.update(flashmla.vendor_ops(_FLASH_MLA, _FLASH_MLA_DIST))
     return ops
 
 
 # a vendor library, when importable, takes precedence over the own kernel (fp8_gemm)
 OPS: dict[str, Callable[..., Any]] = {**_own(), **_vendor()}
 
-_CUDA = ("cuda",)
-_ADAPTED: dict[str, Capability] = {
-    "sparse_mla_prefill": Capability(dtypes=(torch.bfloat16,), note="bf16, d_qk 576, d_v 512 (FlashMLA pads heads to 64/128)"),
-    "sparse_mla_decode": Capability(dtypes=(torch.bfloat16,),
-                                    note="bf16 q, d_qk 576, d_v 512; FlashMLA (when importable) reads the e4m3fn cache only, "
-                                         "the own kernel e4m3fn, e4m3fnuz or bf16 rows"),
-    "fp8_gemm": Capability(fp8_formats=("e4m3fn",), note="e4m3fn: Hopper's tensor cores have no e4m3fnuz"),
-    "indexer_logits": Capability(dtypes=(), fp8_formats=("e4m3fn",), note="e4m3fn q and k, D = 128 (own kernel and DeepGEMM's fp8_mqa_logits)"),
-    "indexer_logits_paged": Capability(fp8_formats=("e4m3fn",), page_sizes=(deepgemm.PAGE,),
-                                       note="DeepGEMM: 64-token blocks on SM90"),
-    "moe_grouped_gemm_contiguous": Capability(dtypes=(torch.bfloat16,), note="DeepGEMM bf16 grouped GEMM, segments aligned to 128"),
-    "moe_grouped_gemm_masked": Capability(dtypes=(torch.bfloat16,), note="DeepGEMM bf16 grouped GEMM"),
-}
-_OWN_CAPS: dict[str, Capability] = {
-    "act_quant": Capability(dtypes=(torch.bfloat16,), devices=_CUDA, note="block 128 (one warp per group)"),
-    "rms_norm": Capability(dtypes=(torch.bfloat16,), devices=_CUDA, note="D % 8 == 0, D <= 8192"),
-    "rope": Capability(dtypes=(torch.bfloat16,), devices=_CUDA),
-    "topk_select": Capability(dtypes=(torch.float32,), devices=_CUDA),
-    "moe_gate": Capability(dtypes=(torch.bfloat16,), devices=_CUDA, note="E <= 512, n_group <= 32, topk <= 32"),
-}
-CAPABILITIES: dict[str, Capability] = {op: cap for op, cap in {**_OWN_CAPS, **_ADAPTED}.items() if op in OPS or op in _ADAPTED}
+def _capabilities() -> dict[str, Capability]:
+    """Every limit, read off the implementation that has it (``declare`` in
+    launch.py, flashmla.py, deepgemm.py): for each op in OPS the one OPS
+    holds here (a vendor adapter where its library imports, else the own
+    kernel), and for the ops only an adapter serves, the adapter's. The
+    contract tables carry their adapters' limits themselves, so a contract row
+    is judged by the adapter's limits, not the own kernel's."""
+    table = {**contract_ops(), **OPS}
+    caps = {op: capability_of(fn) for op, fn in table.items()}
+    missing = sorted(op for op, cap in caps.items() if cap is None)
+    if missing:  # the contract: every limit declared, never a run-time surprise
+        raise TypeError(f"cuda backend: no Capability declared for {missing}")
+    return caps  # type: ignore[return-value]
 
 
 def _not_served() -> dict[str, str]:
@@ -142,7 +134,7 @@ def available() -> tuple[bool, str]:
         return False, f"torch {torch.__version__} has no CUDA: the tensors cannot live on the GPU (install a CUDA build of torch)"
     if find_tool("nvcc") is None:
         return False, "nvcc not found: the kernels are compiled (and cached) on first use"
-    libs = [f"FlashMLA {flashmla.detect(_FLASH_MLA).release}" if _FLASH_MLA else "no FlashMLA",
+    libs = [f"FlashMLA {flashmla.detect(_FLASH_MLA).release} from {_FLASH_MLA_DIST.source}" if _FLASH_MLA else "no FlashMLA",
             "DeepGEMM" if _DEEP_GEMM else "no DeepGEMM"]
     return True, f"sm_90 device ({torch.cuda.get_device_name()}); own kernels for {sorted(_kernels.own_ops())}; {', '.join(libs)}"
 
@@ -157,3 +149,6 @@ def build(target: str, out_dir: str | os.PathLike) -> list[KernelBuild]:
     from .aot import build as _build
 
     return _build(target, out_dir)
+
+
+CAPABILITIES: dict[str, Capability] = _capabilities()

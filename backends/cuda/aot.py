@@ -164,7 +164,9 @@ def build(target: str, out_dir: str | os.PathLike, files: tuple[KernelFile, ...]
             if use is None:
                 rec.detail = f"entry point {k} not in the ptxas report of {kf.source}"
             else:
-                rec.registers, rec.spills, rec.shared_bytes = use["registers"], use["spill_stores"], use["smem"]
+                rec.registers, rec.spills, rec.shared_bytes = use["registers"], use["spill_stores"], use["smem"] + kf.dynamic_smem
+                if kf.dynamic_smem:
+                    rec.extra["dynamic_smem"] = kf.dynamic_smem
                 rec.extra.update(spill_loads=use["spill_loads"], stack=use["stack"])
                 if use["stack"] and not use["spill_stores"]:
                     rec.detail = f"{use['stack']} B stack frame (local memory)"

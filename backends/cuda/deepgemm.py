@@ -34,10 +34,22 @@ from typing import Any
 
 import torch
 
+from ...core.capabilities import Capability, Limit, declare
+
 BLOCK = 128
 MK_ALIGNMENT = 128  # get_mk_alignment_for_contiguous_layout() on SM90
 PAGE = 64           # the paged MQA-logits kernel's block_kv on SM90
 NUM_SMS_H200 = 132
+_BF16 = (torch.bfloat16,)
+_E4M3FN = ("e4m3fn",)
+# the adapters' limits, the same over the library and over its contract models
+FP8_GEMM_CAPABILITY = Capability(fp8_formats=_E4M3FN, note="DeepGEMM fp8_gemm_nt: e4m3fn (Hopper has no e4m3fnuz), fp32 scales")
+MQA_LOGITS_CAPABILITY = Capability(dtypes=(), fp8_formats=_E4M3FN, limits=(Limit("D", values=(128,), why="the indexer's head dim"),),
+                                   note="DeepGEMM fp8_mqa_logits: e4m3fn q and k, D = 128")
+PAGED_LOGITS_CAPABILITY = Capability(fp8_formats=_E4M3FN, page_sizes=(PAGE,),
+                                     note="DeepGEMM fp8_paged_mqa_logits: e4m3fn, 64-token blocks on SM90")
+GROUPED_CAPABILITY = Capability(dtypes=_BF16, arg_dtypes=(("a", _BF16), ("b", _BF16)),
+                                note="DeepGEMM m_grouped_bf16_gemm_nt_*: bf16 a and b, segments aligned to 128")
 
 
 def tma_aligned(mn: int, element_size: int = 4) -> int:
@@ -61,8 +73,10 @@ def _fp8_e4m3fn(op: str, name: str, t: torch.Tensor) -> None:
 
 # -- adapters --------------------------------------------------------------------
 def fp8_gemm_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
+    @declare(FP8_GEMM_CAPABILITY)
     def fp8_gemm(a, sa, b, sb):
         _fp8_e4m3fn("fp8_gemm", "a", a)
+        _fp8_e4m3fn("fp8_gemm", "b", b)
         m, n = a.shape[0], b.shape[0]
         d = torch.empty((m, n), dtype=torch.bfloat16, device=a.device)
         if m == 0 or n == 0:
@@ -73,8 +87,11 @@ def fp8_gemm_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def mqa_logits_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
+    @declare(MQA_LOGITS_CAPABILITY)
     def indexer_logits(q, k, weights, ks, ke, k_scale=None):
         _fp8_e4m3fn("indexer_logits", "q", q)
+        if q.shape[-1] != 128:
+            raise NotImplementedError(f"indexer_logits: the DeepGEMM adapter is declared for D = 128, got {q.shape[-1]}")
         t, s = q.shape[0], k.shape[0]
         if t == 0 or s == 0:
             return torch.full((t, s), -math.inf, dtype=torch.float32, device=q.device)
@@ -84,6 +101,7 @@ def mqa_logits_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def paged_mqa_logits_adapter(vendor: Callable[..., Any], metadata: Callable[..., Any] | None) -> Callable[..., Any]:
+    @declare(PAGED_LOGITS_CAPABILITY)
     def indexer_logits_paged(q, k_cache, weights, block_table, seqlens):
         _fp8_e4m3fn("indexer_logits_paged", "q", q)
         b, h, d = q.shape
@@ -103,9 +121,10 @@ def paged_mqa_logits_adapter(vendor: Callable[..., Any], metadata: Callable[...,
 
 
 def contiguous_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
+    @declare(GROUPED_CAPABILITY)
     def moe_grouped_gemm_contiguous(a, b, m_indices):
-        if a.dtype != torch.bfloat16:
-            raise NotImplementedError(f"moe_grouped_gemm_contiguous: DeepGEMM's grouped GEMM is bf16 here, got {a.dtype}")
+        if a.dtype != torch.bfloat16 or b.dtype != torch.bfloat16:
+            raise NotImplementedError(f"moe_grouped_gemm_contiguous: DeepGEMM's grouped GEMM is bf16 here, got {a.dtype}, {b.dtype}")
         m, n = a.shape[0], b.shape[1]
         d = torch.empty((m, n), dtype=torch.bfloat16, device=a.device)
         if m == 0:
@@ -117,9 +136,10 @@ def contiguous_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def masked_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
+    @declare(GROUPED_CAPABILITY)
     def moe_grouped_gemm_masked(a, b, masked_m):
-        if a.dtype != torch.bfloat16:
-            raise NotImplementedError(f"moe_grouped_gemm_masked: DeepGEMM's grouped GEMM is bf16 here, got {a.dtype}")
+        if a.dtype != torch.bfloat16 or b.dtype != torch.bfloat16:
+            raise NotImplementedError(f"moe_grouped_gemm_masked: DeepGEMM's grouped GEMM is bf16 here, got {a.dtype}, {b.dtype}")
         g, mm, _ = a.shape
         n = b.shape[1]
         d = torch.empty((g, mm, n), dtype=torch.bfloat16, device=a.device)
@@ -132,13 +152,31 @@ def masked_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
     return moe_grouped_gemm_masked
 
 
+#: (new name, legacy name) of the FP8 GEMM: DeepGEMM's 2025 API refactor renamed
+#: gemm_fp8_fp8_bf16_nt to fp8_gemm_nt with the same (fp8, scales) pair arguments; vLLM resolves the
+#: two the same way (vllm-project/vllm vllm/utils/deep_gemm.py, _resolve_symbol). vLLM and sglang
+#: import the standalone package under its own name, deep_gemm (vLLM's build installs it from a
+#: pinned commit, cmake/external_projects/deepgemm.cmake): there is no renamed copy to look for.
+FP8_GEMM_NAMES = ("fp8_gemm_nt", "gemm_fp8_fp8_bf16_nt")
+
+
 def vendor_ops(lib: Any) -> dict[str, Callable[..., Any]]:
-    """The adapters over an importable ``deep_gemm`` module."""
-    return {"fp8_gemm": fp8_gemm_adapter(lib.fp8_gemm_nt),
-            "indexer_logits": mqa_logits_adapter(lib.fp8_mqa_logits),
-            "indexer_logits_paged": paged_mqa_logits_adapter(lib.fp8_paged_mqa_logits, lib.get_paged_mqa_logits_metadata),
-            "moe_grouped_gemm_contiguous": contiguous_adapter(lib.m_grouped_bf16_gemm_nt_contiguous),
-            "moe_grouped_gemm_masked": masked_adapter(lib.m_grouped_bf16_gemm_nt_masked)}
+    """The adapters over an importable ``deep_gemm`` module, for the entry points it has (the
+    indexer logits and the bf16 grouped GEMMs exist only in the refactored API)."""
+    ops: dict[str, Callable[..., Any]] = {}
+    gemm = next((getattr(lib, n) for n in FP8_GEMM_NAMES if hasattr(lib, n)), None)
+    if gemm is not None:
+        ops["fp8_gemm"] = fp8_gemm_adapter(gemm)
+    if hasattr(lib, "fp8_mqa_logits"):
+        ops["indexer_logits"] = mqa_logits_adapter(lib.fp8_mqa_logits)
+    if hasattr(lib, "fp8_paged_mqa_logits"):
+        ops["indexer_logits_paged"] = paged_mqa_logits_adapter(lib.fp8_paged_mqa_logits,
+                                                               getattr(lib, "get_paged_mqa_logits_metadata", None))
+    if hasattr(lib, "m_grouped_bf16_gemm_nt_contiguous"):
+        ops["moe_grouped_gemm_contiguous"] = contiguous_adapter(lib.m_grouped_bf16_gemm_nt_contiguous)
+    if hasattr(lib, "m_grouped_bf16_gemm_nt_masked"):
+        ops["moe_grouped_gemm_masked"] = masked_adapter(lib.m_grouped_bf16_gemm_nt_masked)
+    return ops
 
 
 # -- contract models ---------------------------------------------------------------

@@ -14,6 +14,7 @@ Here (no GPU) it exits 2 with the reason: nothing was checked.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -35,8 +36,7 @@ def _cpu(x: Any) -> Any:
 
 def run(ops_filter: set[str] | None = None) -> tuple[list[dict[str, Any]], str]:
     from .. import cuda
-    from .. import reference
-    from ...conformance.metrics import judge
+    from . import launch
     from ...core.backend import from_module
     from ...core.capabilities import query_of
     from ...core.spec import specs
@@ -64,24 +64,36 @@ def run(ops_filter: set[str] | None = None) -> tuple[list[dict[str, Any]], str]:
             if why:
                 rows.append({**row, "verdict": "unsupported", "reason": "; ".join(why)})
                 continue
-            try:
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                outs = fn(**{k: _to(v, "cuda") for k, v in args.items()})
-                torch.cuda.synchronize()
-                secs = time.perf_counter() - t0
-            except NotImplementedError as e:
-                rows.append({**row, "verdict": "unsupported", "reason": str(e)})
+            if impl == "own" and op.startswith("sparse_mla"):
+                name = launch.sparse_kernel("bf16", dims["H"])[0]
+                rows.append(_check(spec, bound, dims, args, fn, {**row, "impl": f"own ({name})"}, contextlib.nullcontext()))
+                if "wgmma" in name:  # the CUDA-core kernel on the same case: both are checked where both apply
+                    rows.append(_check(spec, bound, dims, args, fn, {**row, "impl": "own (CUDA cores)"}, launch.cuda_core_only()))
                 continue
-            except Exception as e:  # noqa: BLE001 - a crash is a row, never the end of the run
-                rows.append({**row, "verdict": "crash", "reason": f"{type(e).__name__}: {e}",
-                             "traceback": traceback.format_exc(limit=-3)})
-                continue
-            outs = _cpu(outs if isinstance(outs, tuple) else (outs,))
-            refs = reference.OPS[op](**args)
-            j = judge(spec, bound, dims, outs, refs if isinstance(refs, tuple) else (refs,), check_dtypes=True)
-            rows.append({**row, "verdict": "pass" if j.ok else "fail", "reason": j.reason, "seconds": secs})
+            rows.append(_check(spec, bound, dims, args, fn, row, contextlib.nullcontext()))
     return rows, device
+
+
+def _check(spec, bound, dims, args, fn, row, context) -> dict[str, Any]:
+    """Run one case on the device within ``context`` and judge it on the CPU: the row with its verdict."""
+    from .. import reference
+    from ...conformance.metrics import judge
+
+    try:
+        with context:
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            outs = fn(**{k: _to(v, "cuda") for k, v in args.items()})
+            torch.cuda.synchronize()
+            secs = time.perf_counter() - t0
+    except NotImplementedError as e:  # refusal() accepted the case: a limit CAPABILITIES does not declare
+        return {**row, "verdict": "crash", "reason": f"undeclared limit (refusal accepted the case): {e}"}
+    except Exception as e:  # noqa: BLE001 - a crash is a row, never the end of the run
+        return {**row, "verdict": "crash", "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=-3)}
+    outs = _cpu(outs if isinstance(outs, tuple) else (outs,))
+    refs = reference.OPS[spec.name](**args)
+    j = judge(spec, bound, dims, outs, refs if isinstance(refs, tuple) else (refs,), check_dtypes=True)
+    return {**row, "verdict": "pass" if j.ok else "fail", "reason": j.reason, "seconds": secs}
 
 
 def main(argv: list[str] | None = None) -> int:

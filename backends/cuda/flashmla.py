@@ -34,6 +34,7 @@ packs, so dsport's packer rule is the one in force.
 """
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,8 +42,21 @@ from typing import Any
 
 import torch
 
+from ...core.capabilities import Capability, Limit, declare
+
 HEADS = (64, 128)
 ROW = 656
+DQK, DV = 576, 512
+_BF16 = (torch.bfloat16,)
+_HEAD_LIMIT = Limit("H", max=HEADS[-1], why="FlashMLA runs 64 or 128 query heads; fewer are padded, more would need a split")
+_DIMS = (Limit("DQK", values=(DQK,), why="FlashMLA's sparse kernels: d_qk 576"),
+         Limit("d_v", values=(DV,), why="FlashMLA's sparse kernels: d_v 512"))
+#: the adapters' limits, the same over the library and over its contract model
+PREFILL_CAPABILITY = Capability(dtypes=_BF16, arg_dtypes=(("q", _BF16), ("kv", _BF16)), limits=(_HEAD_LIMIT, *_DIMS),
+                                note="FlashMLA flash_mla_sparse_fwd: bf16, d_qk 576, d_v 512, H <= 128 (padded to 64/128)")
+DECODE_CAPABILITY = Capability(dtypes=_BF16, fp8_formats=("e4m3fn",), arg_dtypes=(("q", _BF16), ("kv_cache", (torch.uint8,))),
+                               limits=(_HEAD_LIMIT, *_DIMS),
+                               note="FlashMLA flash_mla_with_kvcache: bf16 q, the 656-byte e4m3fn cache only, H <= 128")
 
 
 @dataclass(frozen=True)
@@ -88,14 +102,19 @@ def _bf16(op: str, name: str, t: torch.Tensor) -> None:
         raise NotImplementedError(f"{op}: FlashMLA takes bf16 {name}, got {t.dtype} (declared in CAPABILITIES)")
 
 
+def _dims(op: str, dqk: int, d_v: int) -> None:
+    if dqk != DQK or d_v != DV:
+        raise NotImplementedError(f"{op}: FlashMLA's sparse kernels take d_qk {DQK}, d_v {DV}, got {dqk}, {d_v}")
+
+
 def prefill_adapter(vendor: Callable[..., Any], conv: Conventions) -> Callable[..., Any]:
     """dsport's sparse_mla_prefill on top of ``flash_mla_sparse_fwd``."""
 
+    @declare(PREFILL_CAPABILITY)
     def sparse_mla_prefill(q, kv, indices, sm_scale, d_v=512):
         _bf16("sparse_mla_prefill", "q", q)
         _bf16("sparse_mla_prefill", "kv", kv)
-        if d_v != 512:
-            raise NotImplementedError(f"sparse_mla_prefill: FlashMLA has d_v = 512 only, got {d_v}")
+        _dims("sparse_mla_prefill", q.shape[-1], d_v)
         t, h, _ = q.shape
         if t == 0:  # nothing to attend: FlashMLA is not asked about empty batches
             return q.new_zeros((0, h, d_v)), q.new_zeros((0, h), dtype=torch.float32), q.new_zeros((0, h), dtype=torch.float32)
@@ -119,6 +138,7 @@ def decode_adapter(vendor: Callable[..., Any], conv: Conventions,
     FP8 cache). ``metadata(q, indices) -> (tile_scheduler_metadata, num_splits,
     cache_seqlens)`` is the release's scheduler call (see :func:`vendor_ops`)."""
 
+    @declare(DECODE_CAPABILITY)
     def sparse_mla_decode(q, kv_cache, indices, sm_scale, d_v=512, fmt="e4m3fn"):
         _bf16("sparse_mla_decode", "q", q)
         if kv_cache.dtype != torch.uint8 or kv_cache.shape[-1] != ROW:
@@ -145,8 +165,71 @@ def decode_adapter(vendor: Callable[..., Any], conv: Conventions,
     return sparse_mla_decode
 
 
-def vendor_ops(lib: Any) -> dict[str, Callable[..., Any]]:
-    """The adapters over an importable ``flash_mla`` module."""
+# -- where FlashMLA comes from -------------------------------------------------------
+@dataclass(frozen=True)
+class Distribution:
+    """One packaging of FlashMLA's Python interface: the module to import, the name of its sparse
+    prefill function, and how to tell whether its compiled kernels actually loaded (an import that
+    succeeds is not enough for the serving engines' copies)."""
+
+    module: str
+    prefill: str
+    loaded: Callable[[Any], tuple[bool, str]]
+    source: str
+
+
+def _always(lib: Any) -> tuple[bool, str]:
+    return True, ""
+
+
+def _sgl_loaded(lib: Any) -> tuple[bool, str]:
+    # the module catches a failed `from sgl_kernel import flashmla_ops` and keeps the exception
+    err = getattr(lib, "_flashmla_import_error", None)
+    return err is None, f"sgl_kernel.flashmla_ops did not load ({err})"
+
+
+def _vllm_loaded(probe: str) -> Callable[[Any], tuple[bool, str]]:
+    def loaded(lib: Any) -> tuple[bool, str]:
+        ok, why = getattr(lib, probe)()  # vLLM's own (supported, reason) probe
+        return bool(ok), str(why or "")
+    return loaded
+
+
+#: searched in this order. Facts per source: the standalone package (deepseek-ai/FlashMLA
+#: flash_mla/flash_mla_interface.py); sgl-kernel wheels (sgl-project/sglang
+#: sgl-kernel/python/sgl_kernel/flash_mla.py: the same interface over torch.ops.sgl_kernel, 2025-09
+#: signatures with descale_q/descale_k inserted before is_fp8_kvcache/indices, later versions the
+#: 2026-01 one with FlashMLASchedMeta; a failed extension load is kept, not raised); vLLM since its
+#: v1 attention ops (vllm-project/vllm vllm/v1/attention/ops/flashmla.py: re-exports the 2026-01
+#: interface vendored as vllm.third_party.flashmla, or stand-ins that raise when vllm._flashmla_C is
+#: missing, hence the probe); older vLLM (vllm/attention/ops/flashmla.py: the 2025-09 interface over
+#: torch.ops._flashmla_C, the sparse prefill named flash_mla_sparse_prefill, lse base 2).
+DISTRIBUTIONS = (
+    Distribution("flash_mla", "flash_mla_sparse_fwd", _always, "deepseek-ai/FlashMLA"),
+    Distribution("sgl_kernel.flash_mla", "flash_mla_sparse_fwd", _sgl_loaded, "sgl-kernel"),
+    Distribution("vllm.v1.attention.ops.flashmla", "flash_mla_sparse_fwd", _vllm_loaded("is_flashmla_sparse_supported"), "vLLM"),
+    Distribution("vllm.attention.ops.flashmla", "flash_mla_sparse_prefill", _vllm_loaded("is_flashmla_supported"), "vLLM (legacy)"),
+)
+
+
+def find(import_module: Callable[[str], Any] = importlib.import_module) -> tuple[Any | None, Distribution | None, str]:
+    """The first distribution whose kernels load here: (module, distribution, ""), or
+    (None, None, why each one does not)."""
+    why = []
+    for d in DISTRIBUTIONS:
+        try:
+            lib = import_module(d.module)
+            ok, reason = d.loaded(lib)
+        except Exception as e:  # noqa: BLE001 - a copy failing to import (CPU torch, no GPU) is a reason
+            ok, reason = False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if ok:
+            return lib, d, ""
+        why.append(f"{d.module}: {reason}")
+    return None, None, "; ".join(why)
+
+
+def vendor_ops(lib: Any, dist: Distribution = DISTRIBUTIONS[0]) -> dict[str, Callable[..., Any]]:
+    """The adapters over an importable FlashMLA interface ``lib`` packaged as ``dist``."""
     conv = detect(lib)
     if conv is JAN_2026:
         def metadata(q, idx):  # an empty FlashMLASchedMeta, filled on first use
@@ -157,7 +240,9 @@ def vendor_ops(lib: Any) -> dict[str, Callable[..., Any]]:
             seqlens = torch.full((b,), idx.shape[-1], dtype=torch.int32, device=q.device)
             sched, splits = lib.get_mla_metadata(seqlens, s_q * h_q, 1, h_q, True, idx.shape[-1])
             return sched, splits, seqlens
-    return {"sparse_mla_prefill": prefill_adapter(lib.flash_mla_sparse_fwd, conv),
+    # flash_mla_with_kvcache: the copies agree on the first seven positional arguments; everything
+    # after them (descale_q/descale_k in sgl-kernel and vLLM, attn_sink in 2026-01) goes by keyword
+    return {"sparse_mla_prefill": prefill_adapter(getattr(lib, dist.prefill), conv),
             "sparse_mla_decode": decode_adapter(lib.flash_mla_with_kvcache, conv, metadata)}
 
 

@@ -5,8 +5,12 @@ through ctypes, so they can be held bit-exact against the reference here.
 What this checks: FP8 encode/decode, group scales (ue8m0 rounding, the amax
 floor, non-finite propagation), the 656-byte cache row, the top-k radix key
 and tie rule (a sequential run of the kernel's passes), the online-softmax
-merge. What it cannot check: thread mapping, shared memory, warp shuffles,
-wgmma fragments — those exist only in the ``.cu`` files and run only on a GPU.
+merge (both the CUDA-core kernel's and the wgmma kernel's step), and the wgmma
+sparse kernel's tile arithmetic (shared-memory offsets, the descriptors it
+passes, the accumulator fragment map, its shared-memory budget). What it
+cannot check: thread mapping beyond that map, warp shuffles, barriers and
+fences, and whether the hardware reads a descriptor as the PTX ISA describes
+— those run only on a GPU.
 """
 from __future__ import annotations
 
@@ -71,6 +75,13 @@ def library() -> ctypes.CDLL:
     lib.ds_mla_unpack.argtypes = [p, p, i64, i32]
     lib.ds_topk_row.argtypes = [p, i64, i64, i32, p]
     lib.ds_sparse_attn_row.argtypes = [p, p, p, i64, i32, i32, p, p, p]
+    lib.ds_sparse_attn_row_wgmma.argtypes = [p, p, p, i64, i32, i32, p, p, p]
+    lib.ds_wg_tile_offsets.argtypes = [p, p, i64, i32, p]
+    lib.ds_wg_desc.argtypes = [i32, i32, i32, p]
+    lib.ds_wg_desc_bits.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32]
+    lib.ds_wg_desc_bits.restype = ctypes.c_uint64
+    lib.ds_wg_acc_map.argtypes = [i32, p, p]
+    lib.ds_wg_smem.argtypes = [p]
     return lib
 
 
@@ -142,8 +153,10 @@ def topk_select(logits: torch.Tensor, k: int, ks: torch.Tensor | None = None, ke
     return torch.from_numpy(out)
 
 
-def sparse_attn_row(scores: torch.Tensor, valid: torch.Tensor, v: torch.Tensor, tile: int = 64) -> tuple[torch.Tensor, float, float]:
-    """One query row merged tile by tile: (out [dv], lse (natural), max logit)."""
+def sparse_attn_row(scores: torch.Tensor, valid: torch.Tensor, v: torch.Tensor, tile: int = 64,
+                    wgmma: bool = False) -> tuple[torch.Tensor, float, float]:
+    """One query row merged tile by tile: (out [dv], lse (natural), max logit). ``wgmma``: the
+    tensor-core kernel's step (new max first, P rounded to bf16 for the product)."""
     s = _f32(scores)
     m = np.ascontiguousarray(valid.numpy().astype(np.uint8))
     vv = _f32(v)
@@ -151,5 +164,49 @@ def sparse_attn_row(scores: torch.Tensor, valid: torch.Tensor, v: torch.Tensor, 
     out = np.empty(dv, dtype=np.float32)
     lse = np.empty(1, dtype=np.float32)
     mx = np.empty(1, dtype=np.float32)
-    library().ds_sparse_attn_row(_ptr(s), _ptr(m), _ptr(vv), s.shape[0], dv, tile, _ptr(out), _ptr(lse), _ptr(mx))
+    fn = library().ds_sparse_attn_row_wgmma if wgmma else library().ds_sparse_attn_row
+    fn(_ptr(s), _ptr(m), _ptr(vv), s.shape[0], dv, tile, _ptr(out), _ptr(lse), _ptr(mx))
     return torch.from_numpy(out), float(lse[0]), float(mx[0])
+
+
+def _i32(x) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(x, dtype=np.int32))
+
+
+def wg_tile_offsets(rows, kbytes, row_bytes: int) -> np.ndarray:
+    """The wgmma kernel's shared-memory byte offsets of (row, k-byte) in a tile of ``row_bytes`` rows."""
+    r, k = _i32(rows), _i32(kbytes)
+    out = np.empty(r.shape, dtype=np.int32)
+    library().ds_wg_tile_offsets(_ptr(r), _ptr(k), r.size, row_bytes, _ptr(out))
+    return out
+
+
+WG_OPERANDS = {"q": 0, "keys": 1, "p": 2, "values": 3}
+
+
+def wg_desc(operand: str, wg: int, ks: int) -> tuple[int, int, int]:
+    """(start, LBO, SBO) the wgmma kernel passes for ``operand`` at k16 step ``ks``."""
+    out = np.empty(3, dtype=np.int32)
+    library().ds_wg_desc(WG_OPERANDS[operand], wg, ks, _ptr(out))
+    return int(out[0]), int(out[1]), int(out[2])
+
+
+def wg_desc_bits(addr: int, lbo: int, sbo: int) -> int:
+    return int(library().ds_wg_desc_bits(addr, lbo, sbo))
+
+
+def wg_acc_map(regs: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) of accumulator register i of warpgroup thread t, as [128, regs] arrays."""
+    rows, cols = np.empty((128, regs), dtype=np.int32), np.empty((128, regs), dtype=np.int32)
+    library().ds_wg_acc_map(regs, _ptr(rows), _ptr(cols))
+    return rows, cols
+
+
+WG_SMEM_REGIONS = ("q", "keys", "p", "row_max", "row_sum", "where", "valid")
+
+
+def wg_smem() -> tuple[dict[str, int], int]:
+    """The wgmma kernel's shared-memory regions (byte offsets) and its total dynamic shared memory."""
+    out = np.empty(8, dtype=np.int32)
+    library().ds_wg_smem(_ptr(out))
+    return dict(zip(WG_SMEM_REGIONS, out[:7].tolist())), int(out[7])

@@ -92,7 +92,8 @@ def run(plan: ProfilePlan, on_row: Callable[[dict[str, Any]], None] = lambda r: 
         else:
             ref_error = "no reference implementation: nothing to judge against"
         case_args = pc.case.inputs()
-        query = _query(spec, case_args)
+        # the cases are made on the CPU, but the backends are asked about the device the call runs on
+        query = {**_query(spec, case_args), "device": torch.device(plan.device).type}
         timed_args: dict[str, Any] | None = None
         for name, mod in plan.backends.items():
             acc = {"verdict": "skip", "reason": "", "metrics": {}, "checked_at": checked_at, "judge": gate.SOURCE}

@@ -33,6 +33,21 @@ DS_HD SoftmaxState softmax_merge(SoftmaxState a, SoftmaxState b, float* ca, floa
   return SoftmaxState{m, a.l * *ca + b.l * *cb};
 }
 
+// max that keeps a NaN (fmaxf drops it): a NaN score must make the row NaN, never "empty" (SPEC §10)
+DS_HD float nan_max(float a, float b) { return (b > a || b != b) && a == a ? b : a; }
+
+// One tile of the online softmax when P feeds a tensor core: P is computed
+// against the NEW running max, exp2(s - m_new), so the tile's factor (the cb
+// of softmax_merge) is already inside P and only the old accumulator and sum
+// are rescaled, by *ca. Returns m_new. Equals softmax_merge(run, {tile_max, l_tile})
+// with l_tile * cb summed from those P values.
+DS_HD float softmax_step(SoftmaxState run, float tile_max, float* ca) {
+  const float m = nan_max(run.m, tile_max);
+  if (m == -INFINITY) { *ca = 0.0f; return m; }  // nothing valid yet: -inf - -inf would be NaN
+  *ca = exp2f(run.m - m);
+  return m;
+}
+
 // Natural-log lse of a state; -inf for an empty row.
 DS_HD float softmax_lse(SoftmaxState s) {
   return s.l == 0.0f ? -INFINITY : (s.m + log2f(s.l)) * LN2;
