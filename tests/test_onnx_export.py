@@ -118,6 +118,21 @@ def test_fp8_decode_step_through_the_cli_keeps_fp8_caches(tmp_path, capsys):
     assert kinds["past.0.index_k_cache"] == kinds["present.0.index_k_cache"] == "FLOAT8E4M3FN"
 
 
+def test_dense_v3_prefill_and_decode_match_torch(tmp_path):
+    # no indexer: dense absorbed attention reads the paged latent cache back after writing it
+    ckpt = make_checkpoint(tmp_path / "ckpt", replace(tiny_config(), fp8_weights=False, n_layers=2, index_n_heads=0), seed=5, shards=1)
+    vocab = tiny_config().vocab_size
+    tokens, token = export.prompt(vocab, SEQ, export.TRACE_SEED + 1), export.prompt(vocab, 1, export.TRACE_SEED + 2)
+    res = export.export_prefill(ckpt, tmp_path / "prefill.onnx", seq=SEQ)
+    assert export.per_position_cosine(export.run_exported(res.path, tokens), export.torch_logits(ckpt, tokens)).min().item() > 0.9999
+    res = export.export_decode(ckpt, tmp_path / "step.onnx", seq=SEQ)
+    before, want, after = export.decode_after_prefill(ckpt, tokens, token)
+    got, present = export.run_exported_decode(res.path, token, before)
+    assert set(present) == {"0.kv_cache", "1.kv_cache"}
+    assert export.per_position_cosine(got, want).min().item() > 0.9999
+    assert min(export.cache_cosine(present[n], after[n]) for n in after) > 0.9999
+
+
 def test_export_refuses_a_decode_length(tmp_path, capsys):
     assert main(["export-onnx", str(tmp_path), str(tmp_path / "m.onnx"), "--seq", "1"]) == 2
     assert "--seq must be >= 2" in capsys.readouterr().err

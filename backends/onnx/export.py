@@ -1,4 +1,4 @@
-"""Export the DeepSeek-V3.2 prefill graph to one ONNX file, dsport ops as ONNX local functions.
+"""Export the DeepSeek-V3.2 (or V3) prefill graph, or one decode step, to one ONNX file, dsport ops as ONNX local functions.
 
 The model (``dsport.core.model``) is traced by torch's TorchScript ONNX
 exporter on a *recording* op table: every dsport op the model calls runs on
@@ -10,18 +10,19 @@ by a node of that name in the exported graph. The torch glue between ops
 standard operators. A vendor toolchain can therefore swap a ``dsport``
 function for its own fused kernel without touching the rest.
 
-Limit: the model writes the indexer's FP8 key cache through a view and
-reads it back through the base tensor, an aliasing the TorchScript tracer
-does not follow: the exported graph would carry the traced prompt's keys as
-a constant. With a prompt no longer than ``index_topk`` the selection is
-every causal position whatever the keys score, so the graph is exact there;
-longer prompts are refused (:class:`ExportLimit`) rather than exported wrong.
-Verification therefore always runs a different prompt than the traced one.
+The model writes each cache through one view and keeps that view as the
+cache (``core/model/layers.py``, ``write_rows``), so the tracer follows every
+write to its reads: the indexer's keys select past ``index_topk``, and a
+decode step (:func:`export_decode`) takes the latent and indexer caches as
+graph inputs ``past.*`` and returns their written versions as ``present.*``.
+Verification always runs a different prompt than the traced one, so a value
+frozen at trace time shows.
 
 FP8 weights stay FP8: parameters are exported as FLOAT8E4M3FN initializers,
 their ``weight_scale_inv`` as float32 initializers, and the act_quant,
 fp8_gemm and weight_dequant functions consume them. The graph is specialised
-to one batch and prompt length (the ops' graphs have static shapes).
+to one batch and prompt length, a decode step to one position and cache
+capacity (the ops' graphs have static shapes).
 """
 from __future__ import annotations
 
@@ -40,7 +41,6 @@ import torch
 from onnx import helper
 
 from . import runtime
-from ...core.errors import DsportError
 
 log = logging.getLogger(__name__)
 DOMAIN = "dsport"
@@ -192,10 +192,6 @@ class ExportResult:
     opset: int
 
 
-class ExportLimit(DsportError, ValueError):
-    """A model or prompt the exporter cannot write faithfully."""
-
-
 TRACE_SEED = 0
 """The prompt traced at export; verification uses other seeds, so a value baked in at trace time shows."""
 
@@ -266,12 +262,6 @@ def _fp8_scalar_names() -> Any:
             table.pop(k, None)
 
 
-def _check_model(cfg: Any) -> None:
-    if not cfg.sparse:
-        raise ExportLimit("export-onnx: dense (V3/V3.1) checkpoints are not exported yet (untested: their attention reads the "
-                          "paged latent cache through mla_decode_dense's block table)")
-
-
 def _write(module: torch.nn.Module, args: tuple[torch.Tensor, ...], out: Path, input_names: list[str],
            output_names: list[str], rec: RecordingOps, external_data: bool, t0: float) -> ExportResult:
     """Trace ``module`` on ``args``, add the recorded dsport functions, widen the FP8 glue, save and check."""
@@ -303,7 +293,6 @@ def export_prefill(checkpoint: str | Path, out: str | Path, seq: int = 16, exter
     from ...core.model.config import load_config
 
     cfg = load_config(checkpoint)
-    _check_model(cfg)
     t0 = time.perf_counter()
     rec = RecordingOps()
     # the flat FP8 indexer cache: the paged one is read back by block slices the tracer specialises to empty
@@ -328,7 +317,6 @@ def export_decode(checkpoint: str | Path, out: str | Path, seq: int = 16, extern
     from ...core.model.config import load_config
 
     cfg = load_config(checkpoint)
-    _check_model(cfg)
     t0 = time.perf_counter()
     rec = RecordingOps()
     model = Model.from_pretrained(checkpoint, ops=rec, dtype=torch.float32, **MODEL_OPTIONS)  # type: ignore[arg-type]
