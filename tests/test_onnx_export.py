@@ -136,3 +136,10 @@ def test_dense_v3_prefill_and_decode_match_torch(tmp_path):
 def test_export_refuses_a_decode_length(tmp_path, capsys):
     assert main(["export-onnx", str(tmp_path), str(tmp_path / "m.onnx"), "--seq", "1"]) == 2
     assert "--seq must be >= 2" in capsys.readouterr().err
+
+
+def test_export_reads_the_onnx_section_of_a_config_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("onnx: {threads: one}\n")
+    assert main(["export-onnx", str(tmp_path), str(tmp_path / "m.onnx"), "--config", str(bad)]) == 2
+    assert "onnx.threads: expected int, got str 'one'" in capsys.readouterr().err

@@ -225,7 +225,7 @@ def cache_slots(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, str]
 
 def caches_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's caches by graph name (copies: the model writes its own in place)."""
-    return {name: getattr(mod, attr).clone() for name, mod, attr in cache_slots(model)}
+    return {name: getattr(owner, attr).clone() for name, owner, attr in cache_slots(model)}
 
 
 class _Decode(torch.nn.Module):
@@ -237,11 +237,11 @@ class _Decode(torch.nn.Module):
 
     def forward(self, tokens: torch.Tensor, *caches: torch.Tensor) -> tuple[torch.Tensor, ...]:
         slots = cache_slots(self.model)
-        for (_, mod, attr), c in zip(slots, caches):
-            setattr(mod, attr, c)
+        for (_, owner, attr), c in zip(slots, caches):
+            setattr(owner, attr, c)
         logits = type(self.model).forward.__wrapped__(self.model, tokens, self.start)
         # the layers keep the view they wrote through as the cache (core/model/layers.py), so these are the written values
-        return (logits, *(getattr(mod, attr) for _, mod, attr in slots))
+        return (logits, *(getattr(owner, attr) for _, owner, attr in slots))
 
 
 @contextlib.contextmanager

@@ -23,13 +23,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode", action="store_true", help="one decode step at position --seq: the latent and indexer caches as "
                    "inputs past.*, their written versions as outputs present.*")
     p.add_argument("--external-data", action="store_true", help="weights in OUT.data beside the graph (models over 2 GB)")
+    p.add_argument("--config", metavar="FILE", help="a config file whose onnx: section (opset, providers, threads) applies")
     p.add_argument("--no-verify", action="store_true", help="only write and check the file; do not run it against torch")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...backends import onnx as backend
+    from ..config import load_config as load_settings
+    from ..registry import load
 
-    ok, why = backend.available()
+    from ..errors import ConfigError
+
+    try:
+        options = load_settings(args.config, env={}).backend_options.get("onnx") if args.config else None
+    except ConfigError as e:
+        print(f"dsport export-onnx: {e}", file=sys.stderr)
+        return 2
+    b = load("onnx", options=options)  # the section (defaults without one) < $DSPORT_ONNX_*
+    ok, why = b.ok, b.reason
     if not ok:
         print(f"dsport export-onnx: the onnx backend is not available: {why}", file=sys.stderr)
         return 2
