@@ -17,13 +17,13 @@ the two equal.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 from .capabilities import Capability, capability_of
-from .errors import DsportError
+from .errors import ConfigError, DsportError
 
 #: the verdict a passing case gets when it ran an adapter against contract models, not the vendor library
 CONTRACT = "contract"
@@ -82,6 +82,14 @@ HOOKS: tuple[Hook, ...] = (
     Hook("build", "(target: str, out_dir: PathLike) -> list[KernelBuild]", "None",
          doc="Compile every kernel for `target` and return one `dsport.core.build.KernelBuild` per kernel "
              "(registers, spills, shared memory, matrix instructions, findings). Reported `built`, never `pass`."),
+    Hook("OPTIONS", "dict[str, Option]", "{} (takes no options)",
+         doc="Settings a config file gives the backend in a section named after it (`onnx: {opset: 21}`): option "
+             "name -> `dsport.core.backend.Option` (type, default, meaning, valid choices, minimum, and the "
+             "environment variable that overrides the file). The config loader checks the section and names a wrong "
+             "key, type or value; resolving hands every option, defaults filled in, to `configure`."),
+    Hook("configure", "(options: dict[str, Any]) -> None", "None (required with OPTIONS)",
+         doc="Receives the validated options (defaults < the config section < each option's environment variable) "
+             "before `available()` is asked. Options are process-wide: the last resolved config's apply."),
     Hook("contract_ops", "() -> dict[str, Callable]", "None",
          doc="For adapters over vendor libraries (FlashMLA, DeepGEMM, aiter, torch_npu): the same op table with "
              "every vendor call served by its *contract model* — torch code reproducing the library's documented "
@@ -90,6 +98,95 @@ HOOKS: tuple[Hook, ...] = (
              "kernel is not."),
 )
 _HOOK = {h.name: h for h in HOOKS}
+
+
+OPTION_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str, "list[str]": list}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting a backend takes from the config section named after it."""
+
+    type: str                 # a key of OPTION_TYPES
+    default: Any
+    doc: str
+    choices: Callable[[], Sequence[str]] | None = None  # the valid strings (of each element, for list[str])
+    minimum: int | float | None = None
+    env: str | None = None    # the environment variable that overrides the config file
+
+    def check(self, where: str, value: Any) -> Any:
+        """``value`` if it is valid, else a ConfigError naming ``where`` (``onnx.opset``), what was expected and what was given."""
+        want = OPTION_TYPES[self.type]
+        # bool is an int in Python; a YAML `true` for a thread count is a mistake, not 1
+        if not isinstance(value, want) or (want is not bool and isinstance(value, bool)):
+            if not (want is float and isinstance(value, int) and not isinstance(value, bool)):
+                raise ConfigError(f"{where}: expected {self.type}, got {type(value).__name__} {value!r}")
+        if self.type == "list[str]":
+            bad = [v for v in value if not isinstance(v, str)]
+            if bad or not value:
+                raise ConfigError(f"{where}: expected a non-empty list of strings, got {value!r}")
+        if self.minimum is not None and value < self.minimum:
+            raise ConfigError(f"{where}: expected at least {self.minimum}, got {value!r}")
+        valid = list(self.choices()) if self.choices is not None else None
+        if valid:
+            from .config import unknown_name
+
+            for v in value if self.type == "list[str]" else [value]:
+                if v not in valid:
+                    raise unknown_name(where, v, valid)
+        return list(value) if self.type == "list[str]" else value
+
+    def parse_env(self, raw: str) -> Any:
+        """The value of the environment variable ``self.env`` (a comma list for list[str])."""
+        where = f"${self.env}"
+        if self.type == "list[str]":
+            return self.check(where, [p.strip() for p in raw.split(",") if p.strip()])
+        if self.type == "bool":
+            if raw not in ("0", "1", "true", "false"):
+                raise ConfigError(f"{where}: expected 0, 1, true or false, got {raw!r}")
+            return self.check(where, raw in ("1", "true"))
+        try:
+            value = OPTION_TYPES[self.type](raw)
+        except ValueError:
+            raise ConfigError(f"{where}: expected {self.type}, got {raw!r}") from None
+        return self.check(where, value)
+
+
+def check_section(backend: str, options: Mapping[str, Option], section: Any) -> dict[str, Any]:
+    """The config section for ``backend`` validated against its OPTIONS: only the options it states."""
+    from .config import unknown_name
+
+    if not options:
+        raise ConfigError(f"{backend}: backend '{backend}' takes no options, got a section {section!r}")
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{backend}: expected a mapping of options {sorted(options)}, got {type(section).__name__} {section!r}")
+    out: dict[str, Any] = {}
+    for k, v in section.items():
+        if k not in options:
+            raise unknown_name(f"{backend}: option", k, list(options))
+        out[k] = options[k].check(f"{backend}.{k}", v)
+    return out
+
+
+def option_values(options: Mapping[str, Option], stated: Mapping[str, Any] | None = None,
+                  env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Every option: its default < ``stated`` (a checked config section) < its environment variable."""
+    import os
+
+    env = os.environ if env is None else env
+    out = {name: (stated or {}).get(name, o.default) for name, o in options.items()}
+    for name, o in options.items():
+        if o.env and env.get(o.env):
+            out[name] = o.parse_env(env[o.env])
+    return out
+
+
+def options_markdown(options: Mapping[str, Option]) -> str:
+    """A backend's options as a Markdown table (the README's per-backend settings)."""
+    lines = ["| option | type | default | environment override | meaning |", "|---|---|---|---|---|"]
+    for name, o in options.items():
+        lines.append(f"| `{name}` | `{o.type}` | `{o.default!r}` | {f'`{o.env}`' if o.env else '-'} | {o.doc} |")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -108,6 +205,15 @@ class BackendModule:
     targets: tuple[str, ...] = ()
     build: Callable[..., list[Any]] | None = None
     contract_ops: Callable[[], Mapping[str, Callable[..., Any]]] | None = None
+    options: Mapping[str, Option] = field(default_factory=dict)
+    configure: Callable[[dict[str, Any]], None] | None = None
+
+    def apply_options(self, stated: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Hand every option (defaults < ``stated`` < environment) to ``configure``; returns them."""
+        values = option_values(self.options, stated, env)
+        if self.configure is not None and self.options:
+            self.configure(values)
+        return values
 
     def available(self) -> tuple[bool, str]:
         """``available()`` of the module; an exception becomes the reason, never escapes."""
@@ -180,6 +286,13 @@ def from_module(mod: ModuleType, name: str | None = None) -> BackendModule:
         raise BackendContractError(label, "CAPABILITIES", "a Capability per op", f"other objects for {wrong}")
     build = _get(mod, label, "build", None, None)
     contract_ops = _get(mod, label, "contract_ops", None, None)
+    options = dict(_get(mod, label, "OPTIONS", Mapping, {}) or {})
+    wrong = [k for k, v in options.items() if not isinstance(v, Option) or v.type not in OPTION_TYPES]
+    if wrong:
+        raise BackendContractError(label, "OPTIONS", f"an Option (type one of {list(OPTION_TYPES)}) per name", f"other objects for {wrong}")
+    configure = _get(mod, label, "configure", None, None)
+    if options and configure is None:
+        raise BackendContractError(label, "configure", "(options: dict[str, Any]) -> None (required with OPTIONS)", "nothing: not defined")
     return BackendModule(
         name=str(_get(mod, label, "NAME", str, name or label.rsplit(".", 1)[-1])),
         module=mod,
@@ -193,6 +306,8 @@ def from_module(mod: ModuleType, name: str | None = None) -> BackendModule:
         targets=tuple(_get(mod, label, "TARGETS", (tuple, list), ()) or ()),
         build=build,
         contract_ops=contract_ops,
+        options=options,
+        configure=configure,
     )
 
 

@@ -11,6 +11,7 @@ schema. Every unknown name is an error that lists the valid ones.
     fp8: {format: e4m3fn, scale: ue8m0}
     arch: sm_90a                    # optional: one of KNOWN_ARCHS, checked against capabilities
     allow_absent_device: true       # optional: accept a device this machine lacks (building, planning)
+    onnx: {opset: 21}               # a section named after a backend: the options it declares (OPTIONS)
 
 A document that is empty or not a mapping, a key given twice, a file that is
 not text, a ``device`` this machine does not have (unless
@@ -65,6 +66,7 @@ class Config:
     scale_format: str | None = None
     arch: str | None = None
     allow_absent_device: bool = False
+    backend_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # backend -> the options stated for it
     origin: str = "defaults"
 
     def chain(self, op: str) -> tuple[str, ...]:
@@ -111,6 +113,7 @@ class Config:
             out["fp8"] = fp8
         if self.allow_absent_device:
             out["allow_absent_device"] = True
+        out.update({b: dict(o) for b, o in self.backend_options.items()})
         return out
 
 
@@ -170,11 +173,11 @@ def from_mapping(data: Mapping[str, Any], base: Config | None = None, origin: st
 
     if not isinstance(data, Mapping):
         raise ConfigError(f"{origin}: expected a mapping of settings, got {type(data).__name__}")
-    for k in data:
-        if k not in TOP_KEYS:
-            raise unknown_name(f"{origin}: key", k, TOP_KEYS)
-    cfg = base or Config()
     names = backend_names()
+    for k in data:
+        if k not in TOP_KEYS and k not in names:
+            raise unknown_name(f"{origin}: key", k, [*TOP_KEYS, *names])
+    cfg = base or Config()
     kw: dict[str, Any] = {"origin": origin if cfg.origin == "defaults" else f"{cfg.origin} < {origin}"}
     if "backend" in data:
         kw["backend"] = one_of("backend", data["backend"], names)
@@ -228,6 +231,14 @@ def from_mapping(data: Mapping[str, Any], base: Config | None = None, origin: st
             kw["fp8_format"] = one_of("fp8.format", fp8["format"], list(FP8_FORMATS))
         if "scale" in fp8:
             kw["scale_format"] = one_of("fp8.scale", fp8["scale"], list(SCALE_FORMATS))
+    sections = [k for k in data if k in names]
+    if sections:
+        from .registry import backend_options
+
+        merged_opts = {b: dict(o) for b, o in cfg.backend_options.items()}
+        for b in sections:
+            merged_opts.setdefault(b, {}).update(backend_options(b, data[b], origin))
+        kw["backend_options"] = merged_opts
     return replace(cfg, **kw)
 
 

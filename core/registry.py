@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backend import BackendContractError, BackendModule, import_backend
+from .backend import BackendContractError, BackendModule, check_section, import_backend
 from .config import Config, unknown_name, from_mapping, load_config
 from .errors import BackendUnavailable, ConfigError, ResolveError
 from .spec import specs
@@ -88,10 +88,12 @@ class Backend:
         return self.module.ops if self.module is not None else {}
 
 
-def load(name: str, sources: Mapping[str, BackendSource] | None = None) -> Backend:
-    """Import backend ``name`` and ask whether it runs here. A broken backend
-    (import error, a hook breaking the contract, raising ``available()``) comes
-    back unavailable with the error as its reason; it never takes others down."""
+def load(name: str, sources: Mapping[str, BackendSource] | None = None, options: Mapping[str, Any] | None = None) -> Backend:
+    """Import backend ``name``, hand it its options (see :meth:`BackendModule.apply_options`)
+    and ask whether it runs here. A broken backend (import error, a hook
+    breaking the contract, raising ``available()``) comes back unavailable
+    with the error as its reason; it never takes others down, and neither
+    does an option environment variable it cannot parse (the reason names it)."""
     sources = discover() if sources is None else sources
     if name not in sources:
         raise unknown_name("backend", name, list(sources))
@@ -102,8 +104,26 @@ def load(name: str, sources: Mapping[str, BackendSource] | None = None) -> Backe
         return Backend(src, None, False, f"not a backend module: {e}")
     except Exception as e:  # noqa: BLE001 - any import failure is a reason, not a crash
         return Backend(src, None, False, f"import failed: {type(e).__name__}: {e}")
+    if mod.options:
+        try:
+            mod.apply_options(options)
+        except ConfigError as e:
+            return Backend(src, mod, False, f"options: {e}")
     ok, reason = mod.available()
     return Backend(src, mod, ok, reason)
+
+
+def backend_options(name: str, section: Any, origin: str = "config") -> dict[str, Any]:
+    """The config section named after backend ``name``, checked against the options it declares (``OPTIONS``)."""
+    sources = discover()
+    if name not in sources:
+        raise unknown_name("backend", name, list(sources))
+    try:  # imported, not loaded: checking a file must not apply options or probe availability
+        mod = import_backend(sources[name].module, name)
+    except Exception as e:  # noqa: BLE001 - the reason it cannot be checked is the error
+        raise ConfigError(f"{origin}: {name}: the options of backend '{name}' cannot be checked: it does not import "
+                          f"({type(e).__name__}: {e})") from None
+    return check_section(name, mod.options, section)
 
 
 def load_backend(name: str) -> BackendModule:
@@ -167,7 +187,7 @@ def plan(config: Config) -> Resolution:
     """Judge every candidate of every op; raise nothing (``resolve`` decides)."""
     sources = discover()
     names = {b for op in specs() for b in config.chain(op)}
-    backends = {n: load(n, sources) for n in sorted(names)}
+    backends = {n: load(n, sources, config.backend_options.get(n)) for n in sorted(names)}
     query = config.query()
     result = Resolution(config, backends)
     for op in specs():

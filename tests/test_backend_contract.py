@@ -10,7 +10,7 @@ import pytest
 from dsport.backends import reference
 from dsport.conformance.runner import ConformancePlan, run_backend, select_items
 from dsport.conformance.worker import run_case
-from dsport.core.backend import HOOKS, BackendContractError, contract_markdown, from_module, import_backend
+from dsport.core.backend import HOOKS, BackendContractError, Option, contract_markdown, from_module, import_backend
 from dsport.core.capabilities import Capability
 from dsport.core.registry import BackendSource, load
 
@@ -52,6 +52,8 @@ def test_defaults_fill_every_optional_hook():
     (dict(OPS={}, available=_ok, CAPABILITIES={"act_quant": {"dtypes": None}}), "CAPABILITIES", "other objects for ['act_quant']"),
     (dict(OPS={}, available=_ok, ENV=["TRITON_INTERPRET=1"]), "ENV", "got list"),
     (dict(OPS={}, available=_ok, build="make"), "build", "got str"),
+    (dict(OPS={}, available=_ok, OPTIONS={"opset": 21}, configure=print), "OPTIONS", "other objects for ['opset']"),
+    (dict(OPS={}, available=_ok, OPTIONS={"opset": Option("int", 21, "the opset")}), "configure", "nothing: not defined"),
 ])
 def test_a_module_breaking_the_contract_is_a_named_error(attrs, hook, words):
     with pytest.raises(BackendContractError) as e:

@@ -66,6 +66,12 @@ def test_other_schema_errors(data, fragment):
     assert fragment in err(data)
 
 
+def test_a_section_is_named_after_a_backend_that_declares_options():
+    assert "torch: backend 'torch' takes no options" in err({"backend": "torch", "torch": {"threads": 2}})
+    msg = err({"onxx": {"opset": 21}})
+    assert "key: unknown name 'onxx' (did you mean 'onnx'?)" in msg and "'arch'" in msg
+
+
 def test_a_valid_config_round_trips():
     cfg = from_mapping({"backend": "torch", "ops": {"sparse_mla_prefill": "triton"}, "fallback": "strict", "allow_absent_device": True,
                         "device": "cuda:1", "dtype": "bfloat16", "fp8": {"format": "e4m3fnuz", "scale": "fp32"}, "arch": "gfx942"})

@@ -122,6 +122,59 @@ def test_sessions_are_built_once_per_signature():
     assert runtime.session_count() == n + 1
 
 
+@pytest.mark.parametrize("section, fragment", [
+    ({"opset": "21"}, "onnx.opset: expected int, got str '21'"),
+    ({"opset": True}, "onnx.opset: expected int, got bool True"),
+    ({"opset": 18}, "onnx.opset: expected at least 21, got 18"),
+    ({"providers": ["CPUExecutionProvider", "CUDAExecutionProvder"]},
+     "onnx.providers: unknown name 'CUDAExecutionProvder' (did you mean 'CUDAExecutionProvider'?)"),
+    ({"providers": "CPUExecutionProvider"}, "onnx.providers: expected list[str], got str"),
+    ({"threds": 2}, "onnx: option: unknown name 'threds' (did you mean 'threads'?)"),
+    ([21], "onnx: expected a mapping of options ['opset', 'providers', 'threads'], got list"),
+])
+def test_the_onnx_section_is_checked_with_named_errors(section, fragment):
+    from dsport.core.config import from_mapping
+    from dsport.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        from_mapping({"backend": "onnx", "onnx": section})
+    assert fragment in str(e.value)
+
+
+def test_the_registry_hands_the_onnx_section_over_and_the_environment_wins(tmp_path, monkeypatch):
+    from dsport.core.config import load_config
+    from dsport.core.registry import plan
+
+    f = tmp_path / "onnx.yaml"
+    f.write_text("backend: onnx\nfallback: fallback\nonnx: {threads: 2, providers: [CPUExecutionProvider]}\n")
+    monkeypatch.delenv("DSPORT_ONNX_THREADS", raising=False)
+    before = runtime.SETTINGS
+    try:
+        cfg = load_config(f, env={})
+        assert dict(cfg.backend_options) == {"onnx": {"threads": 2, "providers": ["CPUExecutionProvider"]}}
+        assert plan(cfg).backends["onnx"].ok and runtime.SETTINGS.threads == 2
+        monkeypatch.setenv("DSPORT_ONNX_THREADS", "3")
+        plan(cfg)
+        assert runtime.SETTINGS.threads == 3  # the environment variable overrides the file
+        monkeypatch.setenv("DSPORT_ONNX_THREADS", "three")
+        b = plan(cfg).backends["onnx"]
+        assert not b.ok and "$DSPORT_ONNX_THREADS: expected int, got 'three'" in b.reason
+    finally:
+        runtime.configure(before.opset, before.providers, before.threads)
+
+
+def test_readme_onnx_options_table_is_the_declaration():
+    import pathlib
+    import re
+
+    from dsport.backends.onnx.options import OPTIONS
+    from dsport.core.backend import options_markdown
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"<!-- onnx options:.*?-->\n(.*?)\n<!-- /onnx options -->", text, re.S)
+    assert block and block.group(1).strip() == options_markdown(OPTIONS).strip()
+
+
 def test_configure_refuses_an_opset_without_fp8():
     with pytest.raises(ValueError, match="opset 18"):
         runtime.configure(opset=18)
@@ -150,7 +203,7 @@ def test_available_names_what_is_missing():
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 4, out.stderr[-2000:]
     assert lines[0].startswith("(False") and "NoSuchExecutionProvider" in lines[0]
-    assert lines[1].startswith("(False") and "DSPORT_ONNX_OPSET and DSPORT_ONNX_THREADS must be integers" in lines[1]
+    assert lines[1].startswith("(False") and "$DSPORT_ONNX_OPSET: expected int, got 'twenty-one'" in lines[1]
     assert lines[2].startswith("(True") and "opset 21" in lines[2]
     assert lines[3].startswith("(False") and "onnxruntime" in lines[3] and "dsport[onnx]" in lines[3] and lines[3].endswith("| 0")
 

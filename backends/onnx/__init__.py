@@ -6,13 +6,16 @@ execution providers, TensorRT), so these graphs are a route to hardware;
 ONNX Runtime's CPU kernels make them an independent executor whose numerics
 are checked here. One graph per (op, shapes, dtypes, attributes), checked
 by ``onnx.checker`` and turned into a cached ``InferenceSession``
-(:mod:`dsport.backends.onnx.runtime`). Opset and execution providers:
-``DSPORT_ONNX_OPSET`` (default 21) and ``DSPORT_ONNX_PROVIDERS`` (default
-``CPUExecutionProvider``), or ``runtime.configure``.
+(:mod:`dsport.backends.onnx.runtime`). Opset, execution providers and threads
+are the ``onnx:`` section of a config file (:mod:`dsport.backends.onnx.options`),
+each overridden by its ``DSPORT_ONNX_*`` environment variable.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from ...core.capabilities import Capability
+from .options import OPTIONS
 
 NAME = "onnx"
 DESCRIPTION = "ONNX graphs of standard operators (opset 21) run by ONNX Runtime; CPU execution provider by default"
@@ -84,6 +87,12 @@ _NOTES = {
 CAPABILITIES = {op: Capability(devices=_CPU, note=_NOTES.get(op, "")) for op in OPS}
 
 NOT_SERVED: dict[str, str] = {}
+
+
+def configure(options: dict[str, Any]) -> None:
+    """The validated ``onnx:`` options (see OPTIONS), handed over by the registry."""
+    if _IMPORT_ERROR is None:
+        runtime.configure(options["opset"], options["providers"], options["threads"])
 
 
 def available() -> tuple[bool, str]:

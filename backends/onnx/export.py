@@ -1,4 +1,4 @@
-"""Export the DeepSeek-V3.2 prefill graph to one ONNX file, dsport ops as ONNX local functions.
+"""Export the DeepSeek-V3.2 (or V3) prefill graph, or one decode step, to one ONNX file, dsport ops as ONNX local functions.
 
 The model (``dsport.core.model``) is traced by torch's TorchScript ONNX
 exporter on a *recording* op table: every dsport op the model calls runs on
@@ -10,21 +10,23 @@ by a node of that name in the exported graph. The torch glue between ops
 standard operators. A vendor toolchain can therefore swap a ``dsport``
 function for its own fused kernel without touching the rest.
 
-Limit: the model writes the indexer's FP8 key cache through a view and
-reads it back through the base tensor, an aliasing the TorchScript tracer
-does not follow: the exported graph would carry the traced prompt's keys as
-a constant. With a prompt no longer than ``index_topk`` the selection is
-every causal position whatever the keys score, so the graph is exact there;
-longer prompts are refused (:class:`ExportLimit`) rather than exported wrong.
-Verification therefore always runs a different prompt than the traced one.
+The model writes each cache through one view and keeps that view as the
+cache (``core/model/layers.py``, ``write_rows``), so the tracer follows every
+write to its reads: the indexer's keys select past ``index_topk``, and a
+decode step (:func:`export_decode`) takes the latent and indexer caches as
+graph inputs ``past.*`` and returns their written versions as ``present.*``.
+Verification always runs a different prompt than the traced one, so a value
+frozen at trace time shows.
 
 FP8 weights stay FP8: parameters are exported as FLOAT8E4M3FN initializers,
 their ``weight_scale_inv`` as float32 initializers, and the act_quant,
 fp8_gemm and weight_dequant functions consume them. The graph is specialised
-to one batch and prompt length (the ops' graphs have static shapes).
+to one batch and prompt length, a decode step to one position and cache
+capacity (the ops' graphs have static shapes).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -39,7 +41,6 @@ import torch
 from onnx import helper
 
 from . import runtime
-from ...core.errors import DsportError
 
 log = logging.getLogger(__name__)
 DOMAIN = "dsport"
@@ -130,6 +131,7 @@ def _widen_fp8_glue(graph: onnx.GraphProto, functions: dict[str, onnx.GraphProto
     float16 first, and each widened value is cast back to its FP8 type where a dsport function reads it.
     Returns the number of Casts inserted."""
     fp8: dict[str, int] = {t.name: t.data_type for t in graph.initializer if t.data_type in FP8_TYPES}
+    fp8.update({i.name: i.type.tensor_type.elem_type for i in graph.input if i.type.tensor_type.elem_type in FP8_TYPES})
     for n in graph.node:
         if n.op_type == "Constant" and n.attribute and n.attribute[0].t.data_type in FP8_TYPES:
             fp8[n.output[0]] = n.attribute[0].t.data_type
@@ -160,6 +162,14 @@ def _widen_fp8_glue(graph: onnx.GraphProto, functions: dict[str, onnx.GraphProto
                 for o in n.output:
                     wide[o] = kind
         nodes.append(n)
+    for o in graph.output:  # an FP8 graph output (a decode step's written FP8 cache) computed wide: cast it back
+        if o.name in wide:
+            y = f"{o.name}__f16"
+            for n in nodes:
+                n.output[:] = [y if v == o.name else v for v in n.output]
+                n.input[:] = [y if v == o.name else v for v in n.input]
+            nodes.append(helper.make_node("Cast", [y], [o.name], to=wide[o.name], saturate=1))
+            casts += 1
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]  # the exporter's type hints still say FP8 for the widened values
@@ -172,16 +182,6 @@ def _function(name: str, graph: onnx.GraphProto, opset: int) -> onnx.FunctionPro
                                 consts + list(graph.node), opset_imports=[helper.make_opsetid("", opset)])
 
 
-class _Prefill(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        # Model.forward runs under inference_mode, which tracing cannot see through: call the undecorated body
-        return type(self.model).forward.__wrapped__(self.model, tokens)
-
-
 @dataclass
 class ExportResult:
     path: Path
@@ -192,10 +192,6 @@ class ExportResult:
     opset: int
 
 
-class ExportLimit(DsportError, ValueError):
-    """A model or prompt the exporter cannot write faithfully."""
-
-
 TRACE_SEED = 0
 """The prompt traced at export; verification uses other seeds, so a value baked in at trace time shows."""
 
@@ -204,34 +200,78 @@ def prompt(vocab: int, seq: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab, (1, seq), generator=torch.Generator().manual_seed(seed))
 
 
-def export_prefill(checkpoint: str | Path, out: str | Path, seq: int = 16, external_data: bool = False) -> ExportResult:
-    """Write the prefill graph of ``checkpoint`` for a [1, seq] prompt to ``out``; check it with onnx.checker."""
-    from ...core.model import Model
-    from ...core.model.config import load_config
+class _Prefill(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
 
-    cfg = load_config(checkpoint)
-    if not cfg.sparse:
-        raise ExportLimit("export-onnx: dense (V3/V3.1) checkpoints are not exported yet: their prefill reads the latent "
-                          "cache back through the base tensor after writing it through a view, the pattern the tracer "
-                          "drops for the indexer cache (untested for this path, so refused)")
-    if seq > cfg.index_topk:
-        raise ExportLimit(f"export-onnx: --seq {seq} > index_topk {cfg.index_topk}: the indexer's key cache is written through a "
-                          "view the tracer does not follow, so past index_topk the graph would select with the traced "
-                          f"prompt's keys; use --seq <= {cfg.index_topk}")
-    t0 = time.perf_counter()
-    rec = RecordingOps()
-    # the flat FP8 indexer cache: the paged one is read back by block slices the tracer specialises to empty
-    model = Model.from_pretrained(checkpoint, ops=rec, dtype=torch.float32, **MODEL_OPTIONS)  # type: ignore[arg-type]
-    tokens = prompt(cfg.vocab_size, seq, TRACE_SEED)
-    model.reset(1, seq)  # caches allocated before tracing: the traced prefill writes into them as constants
-    out = Path(out)
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # Model.forward runs under inference_mode, which tracing cannot see through: call the undecorated body
+        return type(self.model).forward.__wrapped__(self.model, tokens)
+
+
+def cache_slots(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, str]]:
+    """Every cache tensor of ``model`` as (graph name, owning module, attribute), in graph input order."""
+    slots = []
+    for i, layer in enumerate(model.model.layers):
+        attn = layer.self_attn
+        slots.append((f"{i}.kv_cache", attn, "kv_cache"))
+        if attn.indexer is not None:
+            slots.append((f"{i}.index_k_cache", attn.indexer, "k_cache"))
+            if attn.indexer.k_scale is not None:
+                slots.append((f"{i}.index_k_scale", attn.indexer, "k_scale"))
+    return slots
+
+
+def caches_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's caches by graph name (copies: the model writes its own in place)."""
+    return {name: getattr(owner, attr).clone() for name, owner, attr in cache_slots(model)}
+
+
+class _Decode(torch.nn.Module):
+    """One decode step at position ``start``: the caches come in as inputs and their written versions go out."""
+
+    def __init__(self, model: torch.nn.Module, start: int):
+        super().__init__()
+        self.model, self.start = model, start
+
+    def forward(self, tokens: torch.Tensor, *caches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        slots = cache_slots(self.model)
+        for (_, owner, attr), c in zip(slots, caches):
+            setattr(owner, attr, c)
+        logits = type(self.model).forward.__wrapped__(self.model, tokens, self.start)
+        # the layers keep the view they wrote through as the cache (core/model/layers.py), so these are the written values
+        return (logits, *(getattr(owner, attr) for _, owner, attr in slots))
+
+
+@contextlib.contextmanager
+def _fp8_scalar_names() -> Any:
+    """The TorchScript exporter's type table spells FP8 as ``Float8E4M3FN`` but a traced value's scalar type
+    says ``Float8_e4m3fn``; the index_put of an FP8 cache row looks its type up by the latter. Both spellings
+    are accepted while exporting."""
+    from torch.onnx._internal.torchscript_exporter import _type_utils as tu
+
+    table = tu._SCALAR_NAME_TO_TYPE
+    added = {k: v for k, v in (("Float8_e4m3fn", tu.JitScalarType.FLOAT8E4M3FN),
+                               ("Float8_e4m3fnuz", tu.JitScalarType.FLOAT8E4M3FNUZ)) if k not in table}
+    table.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            table.pop(k, None)
+
+
+def _write(module: torch.nn.Module, args: tuple[torch.Tensor, ...], out: Path, input_names: list[str],
+           output_names: list[str], rec: RecordingOps, external_data: bool, t0: float) -> ExportResult:
+    """Trace ``module`` on ``args``, add the recorded dsport functions, widen the FP8 glue, save and check."""
     opset = runtime.SETTINGS.opset
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _fp8_scalar_names():
         # the tracer warns about every Python-level branch on a shape; the graph is specialised to them on purpose
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(_Prefill(model), (tokens,), str(out), dynamo=False, opset_version=min(opset, 20),
-                          input_names=["tokens"], output_names=["logits"], custom_opsets={DOMAIN: 1},
+        torch.onnx.export(module, args, str(out), dynamo=False, opset_version=min(opset, 20),
+                          input_names=input_names, output_names=output_names, custom_opsets={DOMAIN: 1},
                           do_constant_folding=False)
     m = onnx.load(str(out))
     for imp in m.opset_import:  # the glue was written at the exporter's newest opset; the functions need `opset`
@@ -247,11 +287,89 @@ def export_prefill(checkpoint: str | Path, out: str | Path, seq: int = 16, exter
     return ExportResult(out, time.perf_counter() - t0, size, len(used), calls, opset)
 
 
-def run_exported(path: str | Path, tokens: torch.Tensor) -> torch.Tensor:
+def export_prefill(checkpoint: str | Path, out: str | Path, seq: int = 16, external_data: bool = False) -> ExportResult:
+    """Write the prefill graph of ``checkpoint`` for a [1, seq] prompt to ``out``; check it with onnx.checker."""
+    from ...core.model import Model
+    from ...core.model.config import load_config
+
+    cfg = load_config(checkpoint)
+    t0 = time.perf_counter()
+    rec = RecordingOps()
+    # the flat FP8 indexer cache: the paged one is read back by block slices the tracer specialises to empty
+    model = Model.from_pretrained(checkpoint, ops=rec, dtype=torch.float32, **MODEL_OPTIONS)  # type: ignore[arg-type]
+    tokens = prompt(cfg.vocab_size, seq, TRACE_SEED)
+    model.reset(1, seq)  # caches allocated before tracing: the traced prefill writes into them as constants
+    return _write(_Prefill(model), (tokens,), Path(out), ["tokens"], ["logits"], rec, external_data, t0)
+
+
+def decode_capacity(seq: int) -> int:
+    """The cache capacity of a decode graph after a ``seq``-token prefill (the model rounds it to whole blocks)."""
+    from ...core.model.layers import MLA
+
+    return -(-(seq + 1) // MLA.BLOCK_SIZE) * MLA.BLOCK_SIZE
+
+
+def export_decode(checkpoint: str | Path, out: str | Path, seq: int = 16, external_data: bool = False) -> ExportResult:
+    """Write one decode step of ``checkpoint`` to ``out``: the token at position ``seq`` (after a ``seq``-token
+    prefill), the caches as inputs ``past.<layer>.<cache>`` and their written versions as outputs
+    ``present.<layer>.<cache>``, beside ``logits`` [1, 1, vocab]."""
+    from ...core.model import Model
+    from ...core.model.config import load_config
+
+    cfg = load_config(checkpoint)
+    t0 = time.perf_counter()
+    rec = RecordingOps()
+    model = Model.from_pretrained(checkpoint, ops=rec, dtype=torch.float32, **MODEL_OPTIONS)  # type: ignore[arg-type]
+    # empty caches to trace on: no value of theirs shapes the graph, and weights dequantized once per cache
+    # allocation (kv_b, the expert stacks) are then dequantized inside the trace, from their FP8 initializers
+    model.reset(1, decode_capacity(seq))
+    caches = caches_of(model)
+    token = prompt(cfg.vocab_size, 1, TRACE_SEED + 100)
+    names = list(caches)
+    return _write(_Decode(model, seq), (token, *caches.values()), Path(out), ["tokens", *(f"past.{n}" for n in names)],
+                  ["logits", *(f"present.{n}" for n in names)], rec, external_data, t0)
+
+
+def session(path: str | Path) -> Any:
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(path), runtime.session_options(), providers=list(runtime.SETTINGS.providers))
-    return torch.from_numpy(sess.run(["logits"], {"tokens": tokens.numpy().astype(np.int64)})[0])
+    return ort.InferenceSession(str(path), runtime.session_options(), providers=list(runtime.SETTINGS.providers))
+
+
+def run_exported(path: str | Path, tokens: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(session(path).run(["logits"], {"tokens": tokens.numpy().astype(np.int64)})[0])
+
+
+def run_exported_decode(path: str | Path, token: torch.Tensor, caches: dict[str, torch.Tensor]
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One step of an exported decode graph: (logits [1, 1, vocab], the written caches by name). The caches are
+    bound by pointer in their own dtypes (FP8 included, which numpy lacks)."""
+    sess = session(path)
+    io = sess.io_binding()
+    inputs = {"tokens": token.to(torch.int64).contiguous(), **{f"past.{n}": c.contiguous() for n, c in caches.items()}}
+    for name, t in inputs.items():
+        io.bind_input(name, "cpu", 0, runtime.elem_of(t), list(t.shape), t.data_ptr())
+    vocab = sess.get_outputs()[0].shape[-1]
+    outs = {"logits": torch.empty(1, 1, vocab, dtype=torch.float32), **{f"present.{n}": torch.empty_like(c) for n, c in caches.items()}}
+    for name, t in outs.items():
+        io.bind_output(name, "cpu", 0, runtime.elem_of(t), list(t.shape), t.data_ptr())
+    sess.run_with_iobinding(io)
+    return outs["logits"], {n: outs[f"present.{n}"] for n in caches}
+
+
+def decode_after_prefill(checkpoint: str | Path, tokens: torch.Tensor, token: torch.Tensor, ops: Any = None
+                         ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
+    """Prefill ``tokens`` [1, seq], then decode ``token`` [1, 1] on the torch backend (or the op table ``ops``):
+    (the caches after the prefill, the decode logits, the caches after the decode)."""
+    from ...core.model import Model
+
+    model = Model.from_pretrained(checkpoint, backend="torch", ops=ops, dtype=torch.float32, **MODEL_OPTIONS)
+    seq = tokens.shape[1]
+    model.reset(1, decode_capacity(seq))
+    model(tokens)
+    before = caches_of(model)
+    logits = model(token, seq)
+    return before, logits, caches_of(model)
 
 
 def torch_logits(checkpoint: str | Path, tokens: torch.Tensor) -> torch.Tensor:
@@ -260,13 +378,26 @@ def torch_logits(checkpoint: str | Path, tokens: torch.Tensor) -> torch.Tensor:
     return Model.from_pretrained(checkpoint, backend="torch", dtype=torch.float32, **MODEL_OPTIONS)(tokens)
 
 
+def eager_onnx_ops() -> Any:
+    """The onnx backend's op table (the graphs the export's functions hold)."""
+    from ...core.registry import resolve
+
+    return resolve({"backend": "onnx", "fallback": "fallback", "dtype": "float32"})
+
+
 def eager_onnx_logits(checkpoint: str | Path, tokens: torch.Tensor) -> torch.Tensor:
     """The same model run eagerly on the onnx backend's op table (the graphs the export's functions hold)."""
     from ...core.model import Model
-    from ...core.registry import resolve
 
-    ops = resolve({"backend": "onnx", "fallback": "fallback", "dtype": "float32"})
-    return Model.from_pretrained(checkpoint, ops=ops, dtype=torch.float32, **MODEL_OPTIONS)(tokens)
+    return Model.from_pretrained(checkpoint, ops=eager_onnx_ops(), dtype=torch.float32, **MODEL_OPTIONS)(tokens)
+
+
+def cache_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine of two caches as flat float vectors (FP8 codes by their values); 1 for two all-zero caches."""
+    a, b = a.double().reshape(-1), b.double().reshape(-1)
+    if not a.any() and not b.any():
+        return 1.0
+    return torch.nn.functional.cosine_similarity(a, b, dim=0).item()
 
 
 def per_position_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -10,18 +10,18 @@ their own dtypes (bf16, float8e4m3fn/fnuz included), so every cast the op
 makes — the FP8 saturation, the bf16 rounding of an output — happens inside
 ONNX Runtime, not in torch.
 
-The opset, the execution providers and ORT's intra-op threads are settings:
-``DSPORT_ONNX_OPSET`` (default 21, the first opset with the FP8 types in every
-op used here), ``DSPORT_ONNX_PROVIDERS`` (a comma list, default
-``CPUExecutionProvider``) and ``DSPORT_ONNX_THREADS`` (default 0: torch's
-thread count), read when the module is imported, or :func:`configure` at run
-time (which drops the cached sessions).
+The opset, the execution providers and ORT's intra-op threads are the
+backend's options (:mod:`options`): the config file's ``onnx:`` section,
+handed over by the registry when a config is resolved, each overridden by its
+environment variable (``DSPORT_ONNX_OPSET``, ``DSPORT_ONNX_PROVIDERS`` as a
+comma list, ``DSPORT_ONNX_THREADS``). At import the defaults and the
+environment apply; :func:`configure` changes them (and drops the cached
+sessions when they change).
 """
 from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,9 +35,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 log = logging.getLogger(__name__)
 
-MIN_OPSET = 21
-"""Saturating Cast to float8e4m3fn/float8e4m3fnuz exists from opset 19; blocked
-DequantizeLinear and the FP8 types in every op used here from 21."""
+from ...core.backend import option_values
+from ...core.errors import ConfigError
+from .options import MIN_OPSET, OPTIONS
 
 TORCH_TO_ONNX: dict[torch.dtype, int] = {
     torch.float32: TensorProto.FLOAT, torch.float64: TensorProto.DOUBLE, torch.float16: TensorProto.FLOAT16,
@@ -57,18 +57,12 @@ class Settings:
 
 
 def _from_env() -> tuple[Settings, str | None]:
-    """The settings from the environment, and why they are unusable (reported by ``available()``, never raised)."""
-    raw = os.environ.get("DSPORT_ONNX_OPSET", "21")
-    prov = tuple(p.strip() for p in os.environ.get("DSPORT_ONNX_PROVIDERS", "CPUExecutionProvider").split(",") if p.strip())
-    raw_threads = os.environ.get("DSPORT_ONNX_THREADS", "0")
+    """The defaults and the environment, and why they are unusable (reported by ``available()``, never raised)."""
     try:
-        opset, threads = int(raw), int(raw_threads)
-    except ValueError:
-        return (Settings(providers=prov or Settings.providers),
-                f"DSPORT_ONNX_OPSET and DSPORT_ONNX_THREADS must be integers, got {raw!r} and {raw_threads!r}")
-    if not prov:
-        return Settings(opset, threads=threads), "DSPORT_ONNX_PROVIDERS names no execution provider"
-    return Settings(opset, prov, threads), None
+        v = option_values(OPTIONS)
+    except ConfigError as e:
+        return Settings(), str(e)
+    return Settings(v["opset"], tuple(v["providers"]), v["threads"]), None
 
 
 SETTINGS, SETTINGS_ERROR = _from_env()
@@ -76,15 +70,17 @@ _SESSIONS: dict[tuple, Compiled] = {}
 _LOCK = threading.Lock()
 
 
-def configure(opset: int | None = None, providers: Sequence[str] | None = None) -> Settings:
-    """Change the opset or providers; cached sessions were built for the old ones and are dropped."""
+def configure(opset: int | None = None, providers: Sequence[str] | None = None, threads: int | None = None) -> Settings:
+    """Change the opset, providers or threads; sessions built for other settings are dropped."""
     global SETTINGS, SETTINGS_ERROR
     if opset is not None and opset < MIN_OPSET:
         raise ValueError(f"onnx backend: opset {opset} is below {MIN_OPSET}, the first with saturating FP8 casts in every op used")
-    SETTINGS = Settings(opset if opset is not None else SETTINGS.opset,
-                        tuple(providers) if providers is not None else SETTINGS.providers)
-    SETTINGS_ERROR = None
-    _SESSIONS.clear()
+    new = Settings(opset if opset is not None else SETTINGS.opset,
+                   tuple(providers) if providers is not None else SETTINGS.providers,
+                   threads if threads is not None else SETTINGS.threads)
+    if new != SETTINGS:
+        _SESSIONS.clear()
+    SETTINGS, SETTINGS_ERROR = new, None
     return SETTINGS
 
 

@@ -15,7 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "profile": ("dsport.core.cli.profile", "per-op time, FLOP/s, GB/s and share of the roofline per backend, behind an accuracy gate; decoder-layer cost per context"),
     "build": ("dsport.core.cli.build", "compile a backend's kernels ahead of time for a target and report resources"),
     "hip-headers": ("dsport.core.cli.hip_headers", "assemble the header-only ROCm tree the TileLang AMD builds compile against (HIP headers from a pinned PyPI wheel)"),
-    "export-onnx": ("dsport.core.cli.export_onnx", "write the V3.2 prefill graph as ONNX (dsport ops as local functions, FP8 initializers) and match it against torch"),
+    "export-onnx": ("dsport.core.cli.export_onnx", "write the V3.2 prefill graph or a decode step as ONNX (dsport ops as local functions, FP8 initializers) and match it against torch"),
     "make-checkpoint": ("dsport.core.cli.make_checkpoint", "write a small random checkpoint in the Hugging Face V3.2 format"),
     "plan": ("dsport.core.cli.plan", "per-rank memory of a deployment (weights, caches, activations) for tensor/expert parallel degrees, and whether it fits an accelerator"),
     "new-backend": ("dsport.core.cli.new_backend", "write a ready-to-edit backend package (op table, capabilities, entry point, conformance test)"),

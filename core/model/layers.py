@@ -99,6 +99,16 @@ class Batch:
         return self.start + self.length
 
 
+def write_rows(cache: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Write ``values`` into ``rows`` of ``cache`` seen as [rows, ...] and return the cache as that written view.
+
+    The same memory either way; keeping the written view as the cache is what lets a graph tracer (the ONNX
+    export's) see the write: it follows a write into a view to reads of that view, not to reads of the base."""
+    flat = cache.view(-1, *cache.shape[2:]) if values.dim() > 1 else cache.view(-1)
+    flat[rows] = values
+    return flat.view(cache.shape)
+
+
 class Indexer(nn.Module):
     """The lightning indexer: a score for every cached token, the top-k kept.
 
@@ -173,10 +183,10 @@ class Indexer(nn.Module):
                 scales[blk, off] = packed[:, 0, d:]
             else:
                 k8, ks = ops.act_quant(k, d, WEIGHT_FMT, cfg.scale_fmt)
-                self.k_cache.view(-1, d)[b.rows] = k8
-                self.k_scale.view(-1)[b.rows] = ks[:, 0]
+                self.k_cache = write_rows(self.k_cache, b.rows, k8)
+                self.k_scale = write_rows(self.k_scale, b.rows, ks[:, 0])
         else:
-            self.k_cache.view(-1, d)[b.rows] = k.to(self.k_cache.dtype)
+            self.k_cache = write_rows(self.k_cache, b.rows, k.to(self.k_cache.dtype))
         per_seq = b.capacity // self.BLOCK_SIZE
         if self.paged and b.length == 1:  # decode: every sequence at once, straight from the paged cache
             table = torch.arange(b.batch * per_seq, device=x.device, dtype=torch.int32).view(b.batch, per_seq)
@@ -266,6 +276,7 @@ class MLA(nn.Module):
             flat[b.rows] = ops.mla_cache_pack(latent, WEIGHT_FMT)
         else:
             flat[b.rows] = latent.to(self.kv_cache.dtype)
+        self.kv_cache = flat.view(self.kv_cache.shape)  # the written view is the cache: decode reads it back through it
 
         wkv_b = self.wkv_b().to(x.dtype)
         q_abs = torch.einsum("thd,hdc->thc", q_nope, wkv_b[:, : cfg.qk_nope_head_dim])
