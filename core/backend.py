@@ -64,7 +64,7 @@ HOOKS: tuple[Hook, ...] = (
          doc="How the backend computes: accumulation dtypes, FP8 formats, rounding. Shown by `dsport backends`."),
     Hook("CAPABILITIES", "dict[str, Capability]", "{} (no limits)",
          doc="Per-op limits (`dsport.core.capabilities.Capability`: dtypes, FP8 and scale formats, head counts, top-k, "
-             "page sizes, devices, archs). The resolver and conformance call a case outside them `unsupported` "
+             "page sizes, devices, archs, dims and params, rules over several dims). The resolver and conformance call a case outside them `unsupported` "
              "instead of running it; declare every limit a kernel has, never let it fail at run time instead."),
     Hook("NOT_SERVED", "dict[str, str]", "{}",
          doc="Ops of the spec the backend deliberately leaves to the fallback chain, with the reason. "

@@ -51,13 +51,18 @@ CAPABILITIES = {
     "moe_experts": Capability(archs=TARGETS, note="aiter fused_moe, unquantized, gate/up fused as w13; -1 ids via expert_mask"),
     "sparse_mla_decode": Capability(dtypes=(torch.bfloat16,), archs=TARGETS,
                                     note="aiter mla_decode_fwd over dequantized bf16 rows, one kv list per query"),
-    # own kernels: one FP8 format per build (the target's), bf16 activations, the device only
-    "act_quant": Capability(fp8_formats=(FP8.name,), devices=("cuda",), archs=TARGETS),
+    # own kernels: one FP8 format per build (the target's), bf16 activations, the device only; the shape
+    # limits are the launchers' (backends/hip/launch.py), which refuse the same cases at call time
+    "act_quant": Capability(fp8_formats=(FP8.name,), devices=("cuda",), archs=TARGETS, dim_values={"block": (128,)},
+                            note="one 128-element group per quarter wave"),
     "mla_cache_pack": Capability(fp8_formats=(FP8.name,), devices=("cuda",), archs=TARGETS),
-    "rms_norm": Capability(dtypes=(torch.bfloat16,), devices=("cuda",), archs=TARGETS),
-    "moe_gate": Capability(topk_max=16, devices=("cuda",), archs=TARGETS, note="sigmoid scoring, E <= 256, D <= 7168"),
+    "rms_norm": Capability(dtypes=(torch.bfloat16,), devices=("cuda",), archs=TARGETS, dim_max={"D": 7168},
+                           note="one row per workgroup, staged in registers"),
+    # moe_gate's topk is a param, not the spec dim k that Capability.topk_max reads: it is a dim_max here
+    "moe_gate": Capability(devices=("cuda",), archs=TARGETS, dim_max={"E": 256, "D": 7168, "n_group": 31, "topk": 16},
+                           params={"score_func": ("sigmoid",)}, note="sigmoid scoring, E <= 256, D <= 7168"),
     "sparse_mla_prefill": Capability(dtypes=(torch.bfloat16,), devices=("cuda",), archs=TARGETS,
-                                     note="d_qk 576, d_v 512"),
+                                     dim_values={"DQK": (576,), "d_v": (512,)}, note="d_qk 576, d_v 512"),
 }
 NOT_SERVED = {
     "moe_grouped_gemm_contiguous": "left to the fallback chain (triton, torch)",

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from . import aot as hb
-from ...core.errors import ValidationError
 from ...core.fp8 import format_for_arch, fp8_format, scale_format
 
 
@@ -61,6 +60,13 @@ def launch(src: str, kernel: str, grid: Sequence[int], block: int, args: Sequenc
     _check(err, f"hipModuleLaunchKernel({kernel})")
 
 
+def refuse(op: str, kernel_takes: str, got: str) -> None:
+    """A shape the kernel was not written for: the case is ``unsupported``. Every such limit is also
+    declared in the backend's CAPABILITIES, so that ``refusal()`` answers before the call
+    (tests/test_hip_backend.py checks that no accepted conformance case reaches one of these)."""
+    raise NotImplementedError(f"{op} (hip kernel): takes {kernel_takes}, got {got}")
+
+
 def kernel_ops(target: str) -> dict[str, Any]:
     """Ops served by dsport's own kernels (those aiter does not cover in :mod:`.aiter`)."""
     native = format_for_arch(target)
@@ -69,8 +75,7 @@ def kernel_ops(target: str) -> dict[str, Any]:
     def act_quant(x, block=128, fmt="e4m3fn", scale_fmt="ue8m0"):
         f, sf = fp8_format(fmt, "act_quant"), scale_format(scale_fmt, "act_quant")
         if f is not native or block != 128:
-            raise ValidationError("act_quant", "fmt/block", f"{native} (the {target} kernel's format) and block 128",
-                                  f"{f}, block {block}")
+            refuse("act_quant", f"fmt {native} (the {target} kernel's format) and block 128", f"{f}, block {block}")
         xb = x.to(torch.bfloat16).contiguous()
         y = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
         s = torch.empty(*x.shape[:-1], x.shape[-1] // 128, dtype=torch.float32, device=x.device)
@@ -80,7 +85,7 @@ def kernel_ops(target: str) -> dict[str, Any]:
 
     def rms_norm(x, w, eps=1e-6, residual=None):
         if x.shape[-1] > 7168 or x.dtype != torch.bfloat16:
-            raise ValidationError("rms_norm", "x", "bf16 rows of at most 7168", f"{x.dtype} rows of {x.shape[-1]}")
+            refuse("rms_norm", "bf16 rows of at most 7168", f"{x.dtype} rows of {x.shape[-1]}")
         xb, wb = x.contiguous(), w.to(torch.bfloat16).contiguous()
         n, rows = x.shape[-1], x.numel() // max(x.shape[-1], 1)
         y = torch.empty_like(xb)
@@ -95,8 +100,8 @@ def kernel_ops(target: str) -> dict[str, Any]:
     def moe_gate(x, weight, bias=None, n_group=8, topk_group=4, topk=8, route_scale=2.5, score_func="sigmoid"):
         e, d = weight.shape
         if score_func != "sigmoid" or e > 256 or d > 7168 or topk > 16 or n_group > 31:
-            raise ValidationError("moe_gate", "score_func/E/D/topk", "sigmoid, E <= 256, D <= 7168, topk <= 16, n_group <= 31",
-                                  f"{score_func}, E={e}, D={d}, topk={topk}, n_group={n_group}")
+            refuse("moe_gate", "sigmoid, E <= 256, D <= 7168, topk <= 16, n_group <= 31",
+                   f"{score_func}, E={e}, D={d}, topk={topk}, n_group={n_group}")
         t = x.shape[0]
         w_out = torch.empty(t, topk, dtype=torch.float32, device=x.device)
         ids = torch.empty(t, topk, dtype=torch.int32, device=x.device)
@@ -109,21 +114,21 @@ def kernel_ops(target: str) -> dict[str, Any]:
     def sparse_mla_prefill(q, kv, indices, sm_scale, d_v=512):
         t, h, dqk = q.shape
         if dqk != 576 or d_v != 512:
-            raise ValidationError("sparse_mla_prefill", "q", "d_qk 576, d_v 512 (the kernel's shape)", f"{dqk}, {d_v}")
+            refuse("sparse_mla_prefill", "d_qk 576, d_v 512", f"d_qk {dqk}, d_v {d_v}")
         nk32 = hb.SHARED_LIMIT[target] < 99456
         out = torch.empty(t, h, 512, dtype=torch.bfloat16, device=q.device)
         lse = torch.empty(t, h, dtype=torch.float32, device=q.device)
         mx = torch.empty_like(lse)
         launch("sparse_mla.hip", "dsp_sparse_mla_prefill" + ("_nk32" if nk32 else ""), [t, (h + 15) // 16], 128 if nk32 else 256,
                [q.to(torch.bfloat16).contiguous(), kv.reshape(kv.shape[0], -1).to(torch.bfloat16).contiguous(),
-                indices.reshape(t, -1).int().contiguous(), i64(kv.shape[0]), i32(h), i32(indices.shape[-1]), f32(sm_scale),
+                indices.reshape(t, indices.shape[-1]).int().contiguous(), i64(kv.shape[0]), i32(h), i32(indices.shape[-1]), f32(sm_scale),
                 out, lse, mx], target)
         return out, lse, mx
 
     def mla_cache_pack(kv, fmt="e4m3fn"):
         f = fp8_format(fmt, "mla_cache_pack")
         if f is not native:
-            raise ValidationError("mla_cache_pack", "fmt", f"{native} (the {target} kernel's format)", str(f))
+            refuse("mla_cache_pack", f"fmt {native} (the {target} kernel's format)", str(f))
         n = kv.shape[0]
         out = torch.empty(n, 656, dtype=torch.uint8, device=kv.device)
         launch("sparse_mla.hip", "dsp_mla_cache_pack", [(n + 3) // 4], 256, [kv.to(torch.bfloat16).contiguous(), i64(n), out], target)
