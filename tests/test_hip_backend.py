@@ -206,6 +206,28 @@ def test_the_64_key_sparse_tile_does_not_fit_gfx942(tmp_path):
     assert "dsp_sparse_mla_decode_nk32" in names and "dsp_sparse_mla_decode" not in names
 
 
+def test_e8m0_scaled_mfma_gemm_builds_for_gfx950_only(tmp_path):
+    _toolchain()
+    (rec,) = hb.build("gfx950", tmp_path, files=("fp8_gemm_mx.hip",))
+    assert rec.kernel == "dsp_fp8_gemm_e8m0" and rec.status == "built", rec.detail
+    assert rec.extra["mfma_kinds"] == ["v_mfma_scale_f32_16x16x128_f8f6f4"] and rec.spills == 0  # the scaled MFMA only
+    # gfx942: no record (the kernel is not its ISA's), the named reason, and the source refuses by #error
+    assert hb.build("gfx942", tmp_path, files=("fp8_gemm_mx.hip",)) == []
+    assert "gfx950-only" in hb.REFUSED["gfx942"]["dsp_fp8_gemm_e8m0"]
+    with pytest.raises(subprocess.CalledProcessError) as e:
+        hb.compile_file("fp8_gemm_mx.hip", "gfx942")
+    assert "exists on gfx950 only" in e.value.stderr
+    # and the reason is the ISA's, not only the guard's: clang refuses the builtin itself for gfx942
+    src = tmp_path / "scaled.hip"
+    src.write_text("typedef float f4 __attribute__((ext_vector_type(4))); typedef int i8 __attribute__((ext_vector_type(8)));\n"
+                   "extern \"C\" __attribute__((global)) void k(f4* o, i8 a) {\n"
+                   "  *o = __builtin_amdgcn_mfma_scale_f32_16x16x128_f8f6f4(a, a, *o, 0, 0, 0, 127, 0, 127); }\n")
+    zig = hb._zig()
+    r = subprocess.run([zig, "clang", *hb.flags("gfx942"), f"-resource-dir={hb._resource_dir(zig)}", "-S", "-o",
+                        str(tmp_path / "s.s"), str(src)], capture_output=True, text=True)
+    assert r.returncode != 0 and "needs target feature" in r.stderr, r.stderr[-500:]
+
+
 def test_build_cache_key_moves_with_sources_and_flags():
     k1 = hb._key("act_quant.hip", hb.flags("gfx942"), "22")
     assert k1 != hb._key("act_quant.hip", hb.flags("gfx950"), "22") != hb._key("act_quant.hip", hb.flags("gfx942"), "23")
