@@ -272,6 +272,19 @@ def test_every_launcher_packs_the_kernels_argument_abi(monkeypatch):
         assert all((k == "global_buffer") == (isinstance(a, torch.Tensor) or a is None) for (_, _, k), a in zip(meta, args)), kernel
         wg = int(re.search(r"\.max_flat_workgroup_size:\s+(\d+)", hb.kernel_asm(asm, kernel)).group(1))
         assert block == wg, kernel
+    # the gfx950-only E8M0 kernel's launcher, against its gfx950 code object
+    seen.clear()
+    gemm = L.fp8_gemm_e8m0("gfx950")
+    pow2 = torch.full((4, 2), 0.5)
+    gemm(torch.zeros(4, 256).to(E4M3FN.dtype), pow2, torch.zeros(128, 256).to(E4M3FN.dtype), torch.full((1, 2), 2.0 ** -8))
+    (src, kernel, block, args), = seen
+    _, asm, _ = hb.compile_file(src, "gfx950")
+    assert [(o, s) for o, s, _ in hb.kernel_args(asm, kernel)] == _packed(args)
+    assert block == int(re.search(r"\.max_flat_workgroup_size:\s+(\d+)", hb.kernel_asm(asm, kernel)).group(1))
+    with pytest.raises(ValueError, match="fp8_gemm: argument 'sa': expected ue8m0 scales"):
+        gemm(torch.zeros(4, 256).to(E4M3FN.dtype), torch.full((4, 2), 0.3), torch.zeros(128, 256).to(E4M3FN.dtype), pow2[:1])
+    with pytest.raises(NotImplementedError, match="gfx950-only"):
+        L.fp8_gemm_e8m0("gfx942")
     # and the launchers refuse what their kernel was not built for, by name
     with pytest.raises(NotImplementedError, match=r"act_quant \(hip kernel\): takes fmt e4m3fnuz"):
         ops["act_quant"](x, fmt="e4m3fn")

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from . import aot as hb
+from ...core.errors import ValidationError
 from ...core.fp8 import format_for_arch, fp8_format, scale_format
 
 
@@ -136,3 +137,32 @@ def kernel_ops(target: str) -> dict[str, Any]:
 
     return {"act_quant": act_quant, "rms_norm": rms_norm, "moe_gate": moe_gate,
             "sparse_mla_prefill": sparse_mla_prefill, "mla_cache_pack": mla_cache_pack}
+
+
+def fp8_gemm_e8m0(target: str) -> Any:
+    """fp8_gemm on gfx950's E8M0-scaled MFMA (``hip_kernels/fp8_gemm_mx.hip``), for ue8m0 scales only.
+
+    Not an op-table entry: the table's fp8_gemm is aiter's ``gemm_a8w8_blockscale``, which takes fp32
+    scales; this launcher is the kernel's way in (and the shape a table entry would have)."""
+    if target != "gfx950":
+        refuse("fp8_gemm (hip e8m0 kernel)", "gfx950 (v_mfma_scale_f32_16x16x128_f8f6f4 is gfx950-only)", target)
+    native = format_for_arch(target)
+
+    def fp8_gemm(a, sa, b, sb):
+        m, k = a.shape
+        n = b.shape[0]
+        if fp8_format(a.dtype, "fp8_gemm", "a") is not native or fp8_format(b.dtype, "fp8_gemm", "b") is not native:
+            refuse("fp8_gemm (hip e8m0 kernel)", f"{native} operands", f"{a.dtype}, {b.dtype}")
+        for name, s in (("sa", sa), ("sb", sb)):
+            bits = s.float().contiguous().view(torch.int32)
+            pow2 = (bits > 0) & ((bits & 0x7FFFFF) == 0) & (((bits >> 23) & 0xFF) < 255)
+            if not bool(pow2.all()):  # the kernel encodes them with e8m0.h, which has no code for these
+                raise ValidationError("fp8_gemm", name, "ue8m0 scales (positive powers of two) for the E8M0-scaled MFMA",
+                                      f"a scale of {s.float()[~pow2.view(s.shape)][0].item()}")
+        c = torch.empty(m, n, dtype=torch.bfloat16, device=a.device)
+        launch("fp8_gemm_mx.hip", "dsp_fp8_gemm_e8m0", [(n + 63) // 64, (m + 63) // 64], 256,
+               [a.contiguous(), sa.float().contiguous(), b.contiguous(), sb.float().contiguous(), c,
+                ctypes.c_int32(m), ctypes.c_int32(n), ctypes.c_int32(k)], target)
+        return c
+
+    return fp8_gemm
