@@ -49,8 +49,12 @@ CAPABILITIES = {
     "fp8_gemm": Capability(fp8_formats=_MAPPABLE, archs=TARGETS, note=_ADAPTER_NOTE),
     "topk_select": Capability(archs=TARGETS, note="aiter top_k_per_row_prefill; absolute indices"),
     "moe_experts": Capability(archs=TARGETS, note="aiter fused_moe, unquantized, gate/up fused as w13; -1 ids via expert_mask"),
-    "sparse_mla_decode": Capability(dtypes=(torch.bfloat16,), archs=TARGETS,
-                                    note="aiter mla_decode_fwd over dequantized bf16 rows, one kv list per query"),
+    # aiter's MLA decode is hand-written assembly for the 576 / 512 latent: its kernel arguments carry no head
+    # size and a kernel is picked by q/kv type, heads, page size and q length only (csrc/py_itfs_cu/asm_mla.cu);
+    # the contract model would take any head dim, the device would not
+    "sparse_mla_decode": Capability(dtypes=(torch.bfloat16,), archs=TARGETS, dim_values={"DQK": (576,), "d_v": (512,)},
+                                    note="aiter mla_decode_fwd over dequantized bf16 rows, one kv list per query; "
+                                         "d_qk 576, d_v 512"),
     # own kernels: one FP8 format per build (the target's), bf16 activations, the device only; the shape
     # limits are the launchers' (backends/hip/launch.py), which refuse the same cases at call time
     "act_quant": Capability(fp8_formats=(FP8.name,), devices=("cuda",), archs=TARGETS, dim_values={"block": (128,)},
