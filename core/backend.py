@@ -64,7 +64,7 @@ HOOKS: tuple[Hook, ...] = (
          doc="How the backend computes: accumulation dtypes, FP8 formats, rounding. Shown by `dsport backends`."),
     Hook("CAPABILITIES", "dict[str, Capability]", "{} (no limits)",
          doc="Per-op limits (`dsport.core.capabilities.Capability`: dtypes, FP8 and scale formats, head counts, top-k, "
-             "page sizes, devices, archs, bounds on any dim or integer parameter (`Limit`), per-argument dtypes). The resolver and conformance call a case outside them `unsupported` "
+             "page sizes, devices, archs, bounds on any dim or integer parameter (`Limit`), rules over several dims (`Rule`), allowed values of string parameters, per-argument dtypes). The resolver and conformance call a case outside them `unsupported` "
              "instead of running it; declare every limit a kernel has, never let it fail at run time instead. An "
              "implementation may carry its own (`dsport.core.capabilities.declare`), which takes precedence: the "
              "limits travel with it when the table entry differs by machine (own kernel, vendor adapter, contract model)."),

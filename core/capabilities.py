@@ -39,6 +39,16 @@ class Limit:
 
 
 @dataclass(frozen=True)
+class Rule:
+    """A limit over several dims at once (``align32(E / n_group) * n_group <= 2048``): ``holds`` gets the
+    call's dims (symbolic dims and int params, as :meth:`dsport.core.spec.OpSpec.validate` binds them)."""
+
+    text: str
+    holds: Callable[[Mapping[str, int]], bool]
+    needs: tuple[str, ...]  # the dims it reads: a query without one of them is not judged by it
+
+
+@dataclass(frozen=True)
 class Capability:
     """Limits of one implementation. ``None`` means "no limit"."""
 
@@ -53,6 +63,8 @@ class Capability:
     devices: tuple[str, ...] | None = None          # torch device types
     archs: tuple[str, ...] | None = None            # GPU archs the code is built for
     limits: tuple[Limit, ...] = ()                  # bounds on dims and integer parameters
+    rules: tuple[Rule, ...] = ()                    # limits over several dims at once
+    params: Mapping[str, tuple[Any, ...]] | None = None  # allowed values of string/bool parameters (score_func)
     arg_dtypes: tuple[tuple[str, tuple[torch.dtype, ...]], ...] = ()  # (argument, dtypes accepted) beyond `dtypes`
     note: str = ""
 
@@ -83,6 +95,13 @@ class Capability:
         for lim in self.limits:
             if dims.get(lim.dim) is not None:
                 out.extend(lim.reasons(dims[lim.dim]))
+        for r in self.rules:
+            if all(n in dims for n in r.needs) and not r.holds(dims):
+                out.append(f"needs {r.text} (" + ", ".join(f"{n}={dims[n]}" for n in r.needs) + ")")
+        params = query.get("params") or {}
+        for name, allowed in (self.params or {}).items():
+            if name in params and params[name] not in allowed:
+                out.append(f"{name} {params[name]!r} not in {list(allowed)}")
         given = query.get("arg_dtypes") or {}
         for arg, allowed in self.arg_dtypes:
             if given.get(arg) is not None and given[arg] not in allowed:
@@ -116,10 +135,13 @@ def _name(v: Any) -> str:
 def query_of(spec: OpSpec, bound: Mapping[str, Any], dims: Mapping[str, Any]) -> dict[str, Any]:
     """The capability-relevant facts of one call: dtype, fp8/scale format,
     heads, topk, page size and device, read off the validated arguments; under
-    ``dims`` every integer dim and parameter the spec bound, under
-    ``arg_dtypes`` each tensor argument's dtype."""
+    ``dims`` every integer dim and parameter the spec bound, under ``params``
+    the string and bool parameters, under ``arg_dtypes`` each tensor
+    argument's dtype."""
     q: dict[str, Any] = {}
     q["dims"] = {k: v for k, v in dims.items() if isinstance(v, int) and not isinstance(v, bool)}
+    q["params"] = {a.name: bound.get(a.name) for a in spec.args
+                   if isinstance(a, Param) and isinstance(bound.get(a.name), (str, bool))}
     q["arg_dtypes"] = {a.name: bound[a.name].dtype for a in spec.args
                        if isinstance(a, Tensor) and isinstance(bound.get(a.name), torch.Tensor)}
     for a in spec.args:

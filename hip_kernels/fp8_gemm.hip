@@ -9,9 +9,9 @@
 // each) are staged in LDS, 4 MFMA k-steps of 32 accumulate the block's partial
 // sum in fresh fp32 accumulators, and the partial is then promoted into the
 // running sum with the two scales — the contract's "each 128-wide partial sum
-// promoted to fp32". (On gfx950, __builtin_amdgcn_mfma_scale_f32_16x16x128_f8f6f4
-// could apply E8M0 scales inside the instruction; it takes per-32-element
-// scales of ue8m0 format only, while sa here may be fp32, so it is not used.)
+// promoted to fp32". (On gfx950, fp8_gemm_mx.hip applies ue8m0 scales inside
+// __builtin_amdgcn_mfma_scale_f32_16x16x128_f8f6f4 instead; it takes per-32-element
+// E8M0 scales only, while sa here may be fp32, so this kernel stays the general one.)
 //
 // LDS: rows padded 128 -> 136 bytes so that the 16 rows one MFMA operand read
 // touches fall in 16 different bank pairs (stride 34 banks): 2 x 64 x 136 B =

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "e8m0.h"
 #include "fp8.h"
 #include "mla_cache.h"
 #include "softmax.h"
@@ -21,6 +22,16 @@ API void dsp_fp8_encode(const float* x, uint8_t* y, int64_t n, int fmt) { fmt ==
 API void dsp_fp8_decode(const uint8_t* y, float* x, int64_t n, int fmt) { fmt == E4M3FNUZ ? decode_n<E4M3FNUZ>(y, x, n) : decode_n<E4M3FN>(y, x, n); }
 API void dsp_e5m2_encode(const float* x, uint8_t* y, int64_t n) { for (int64_t i = 0; i < n; ++i) y[i] = e5m2_encode_sw(x[i]); }
 API void dsp_e5m2_decode(const uint8_t* y, float* x, int64_t n) { for (int64_t i = 0; i < n; ++i) x[i] = e5m2_decode_sw(y[i]); }
+API void dsp_e8m0_decode(const uint8_t* b, float* out, int64_t n) { for (int64_t i = 0; i < n; ++i) out[i] = e8m0_decode(b[i]); }
+API void dsp_e8m0_encode(const float* s, int32_t* out, int64_t n) { for (int64_t i = 0; i < n; ++i) out[i] = e8m0_encode(s[i]); }
+// the scale byte of every (row, 32-block) the E8M0-scaled MFMA is fed: out_a [M, K/32], out_b [N, K/32]
+API void dsp_mx_scales(const float* sa, const float* sb, int M, int N, int K, int32_t* out_a, int32_t* out_b) {
+  const int kblocks = K / 128;
+  for (int m = 0; m < M; ++m)
+    for (int j = 0; j < K / 32; ++j) out_a[(long)m * (K / 32) + j] = mx_scale_a(sa, kblocks, m, j);
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < K / 32; ++j) out_b[(long)n * (K / 32) + j] = mx_scale_b(sb, kblocks, n, j);
+}
 API void dsp_ue8m0_ceil(const float* s, float* out, int64_t n) { for (int64_t i = 0; i < n; ++i) out[i] = ue8m0_ceil(s[i]); }
 
 template <int K> static void act_quant_rows(const float* x, int64_t rows, int64_t n, int block, int ue8m0, uint8_t* y, float* s) {

@@ -191,3 +191,37 @@ def test_sparse_mla_chunked_online_softmax_on_conformance_cases(case, args, chun
     peak = out_r.abs().max().item() if out_r.numel() else 0.0
     assert (out.double() - out_r).abs().max().item() <= 1e-4 * max(peak, 1.0) if out_r.numel() else out.numel() == 0
     assert (out[~fin] == 0).all()
+
+
+# ---- E8M0 block scales (e8m0.h: what dsp_fp8_gemm_e8m0 feeds gfx950's scaled MFMA) ----------
+def test_e8m0_decode_every_byte_is_a_power_of_two():
+    b = torch.arange(256, dtype=torch.uint8)
+    got = host.e8m0_decode(b)
+    want = torch.ldexp(torch.ones(256, dtype=torch.float64), b.long() - 127).float()  # 2^(b - 127), OCP MX
+    assert got[255].isnan() and not got[:255].isnan().any()
+    assert torch.equal(got[:255].view(torch.int32), want[:255].view(torch.int32))  # bit-exact, 2^-127 subnormal included
+    assert got[0].item() == 2.0 ** -127 and got[127].item() == 1.0 and got[254].item() == 2.0 ** 127
+
+
+def test_e8m0_encode_is_exact_or_refuses():
+    p = torch.ldexp(torch.ones(255, dtype=torch.float64), torch.arange(-127, 128)).float()  # every E8M0 value
+    assert torch.equal(host.e8m0_encode(p), torch.arange(255, dtype=torch.int32))
+    none = 0x1FF
+    bad = torch.tensor([0.0, -0.0, -1.0, 3.0, 1.5, 0.75, 2.0 ** -130, math.inf, -math.inf, math.nan,
+                        torch.nextafter(torch.tensor(1.0), torch.tensor(2.0)).item()])
+    assert (host.e8m0_encode(bad) == none).all()  # no rounding: a non-power-of-two scale has no code
+    # what act_quant(scale_fmt="ue8m0") writes always has one, and it decodes back to the same float
+    s = pow2_ceil(torch.rand(4096) * 10.0 ** torch.randint(-20, 20, (4096,)).float() + 1e-30)
+    code = host.e8m0_encode(s)
+    assert (code != none).all() and torch.equal(host.e8m0_decode(code.to(torch.uint8)), s)
+
+
+def test_mx_scale_indexing_repeats_each_128_block_over_its_four_32_blocks():
+    gen = torch.Generator().manual_seed(5)
+    m, n, k = 5, 300, 512  # n spans three 128-row weight blocks, the last one partial
+    sa = torch.ldexp(torch.ones(m, k // 128), torch.randint(-10, 10, (m, k // 128), generator=gen))
+    sb = torch.ldexp(torch.ones(-(-n // 128), k // 128), torch.randint(-10, 10, (-(-n // 128), k // 128), generator=gen))
+    got_a, got_b = host.mx_scales(sa, sb, m, n, k)
+    want_a = (torch.log2(sa).round().int() + 127).repeat_interleave(4, 1)            # [M, K/32]
+    want_b = (torch.log2(sb).round().int() + 127).repeat_interleave(128, 0)[:n].repeat_interleave(4, 1)  # [N, K/32]
+    assert torch.equal(got_a, want_a) and torch.equal(got_b, want_b)

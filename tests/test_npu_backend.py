@@ -1,6 +1,7 @@
 """The npu backend module: availability probed without letting a broken
 torch_npu into this process, the sample npu.yaml of the README explained,
 and the Ascend run script refusing to report anything without an NPU."""
+import dataclasses
 import os
 import pathlib
 import re
@@ -8,9 +9,14 @@ import subprocess
 import textwrap
 
 import pytest
+import torch
 
 from dsport.backends import npu
+from dsport.conformance.runner import ConformancePlan, select_items
+from dsport.core.backend import import_backend
 from dsport.core.cli import main
+from dsport.npu_kernels.contract_models import NpuContractError
+from refusal_check import declared_and_raised, undeclared_refusals, without
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -86,3 +92,52 @@ def test_run_script_refuses_without_an_npu(tmp_path):
                        text=True, env=env, timeout=120)
     assert r.returncode != 0 and "torch_npu" in r.stderr
     assert not (tmp_path / "out" / "conformance-quick.json").exists()
+
+
+# ---- every limit declared: refusal() answers before an adapter (or the documented op) refuses -----
+# NpuContractError is the contract model of a documented torch_npu rejection: a case that reaches one was
+# accepted by refusal() for a call the NPU op would reject, so it counts as an undeclared limit too
+_REFUSED = (NotImplementedError, NpuContractError)
+
+
+def test_every_case_refusal_accepts_runs_on_the_contract_models():
+    b = import_backend("dsport.backends.npu")
+    ops = dict(b.contract_ops())
+    accepted, declined, bad = undeclared_refusals(b, ops, select_items(ConformancePlan(ops=sorted(ops))), _REFUSED)
+    assert not bad, bad
+    assert accepted >= 30 and declined >= 5, (accepted, declined)
+
+
+@pytest.mark.parametrize("op, field", [("sparse_mla_prefill", "limits"), ("sparse_mla_prefill", "dtypes"),
+                                       ("sparse_mla_decode", "page_sizes")])
+def test_a_dropped_declaration_is_caught(op, field):
+    b = import_backend("dsport.backends.npu")
+    ops = dict(b.contract_ops())
+    caps = {**b.capabilities, op: without(b.capabilities[op], field)}
+    _, _, bad = undeclared_refusals(dataclasses.replace(b, capabilities=caps), {op: ops[op]},
+                                    select_items(ConformancePlan(ops=[op])), _REFUSED)
+    assert bad and all(m.startswith(f"{op}/") for m in bad), bad
+
+
+def _gate(e, n_group):
+    return dict(x=torch.randn(1, 8), weight=torch.randn(e, 8), bias=torch.zeros(e), n_group=n_group, topk_group=1, topk=2)
+
+
+@pytest.mark.parametrize("op, args, refused", [
+    # no conformance case reaches these limits: inputs at each side of them
+    ("rope", dict(x=torch.randn(1, 1, 894), positions=torch.zeros(1, dtype=torch.int64), freqs=torch.ones(447),
+                  interleaved=True), False),
+    ("rope", dict(x=torch.randn(1, 1, 896), positions=torch.zeros(1, dtype=torch.int64), freqs=torch.ones(448),
+                  interleaved=True), True),
+    ("rope", dict(x=torch.randn(1, 1000, 2), positions=torch.zeros(1, dtype=torch.int64), freqs=torch.ones(1),
+                  interleaved=False), True),
+    ("moe_gate", _gate(64, 8), False),
+    ("moe_gate", _gate(16, 8), True),            # 2 experts per group
+    ("moe_gate", _gate(48 * 35, 48), True),      # align32(35) * 48 = 3072 > 2048 with E = 1680 <= 2048
+    ("moe_gate", _gate(2048, 64), False),        # align32(32) * 64 = 2048
+    ("moe_gate", _gate(2080, 65), True),         # E > 2048
+])
+def test_declared_limits_are_the_adapters_refusals(op, args, refused):
+    b = import_backend("dsport.backends.npu")
+    declared, raised = declared_and_raised(b, dict(b.contract_ops()), op, args)
+    assert bool(declared) == refused and (raised is not None) == refused, (declared, raised)

@@ -28,7 +28,7 @@ import torch
 
 from . import aiter as _aiter
 from .aot import TARGETS, build
-from ...core.capabilities import Capability
+from ...core.capabilities import Capability, Limit
 from ...core.fp8 import format_for_arch
 
 NAME = "hip"
@@ -49,15 +49,24 @@ CAPABILITIES = {
     "fp8_gemm": Capability(fp8_formats=_MAPPABLE, archs=TARGETS, note=_ADAPTER_NOTE),
     "topk_select": Capability(archs=TARGETS, note="aiter top_k_per_row_prefill; absolute indices"),
     "moe_experts": Capability(archs=TARGETS, note="aiter fused_moe, unquantized, gate/up fused as w13; -1 ids via expert_mask"),
-    "sparse_mla_decode": Capability(dtypes=(torch.bfloat16,), archs=TARGETS,
-                                    note="aiter mla_decode_fwd over dequantized bf16 rows, one kv list per query"),
-    # own kernels: one FP8 format per build (the target's), bf16 activations, the device only
-    "act_quant": Capability(fp8_formats=(FP8.name,), devices=("cuda",), archs=TARGETS),
+    # aiter's MLA decode is hand-written assembly for the 576 / 512 latent: its kernel arguments carry no head
+    # size and a kernel is picked by q/kv type, heads, page size and q length only (csrc/py_itfs_cu/asm_mla.cu);
+    # the contract model would take any head dim, the device would not
+    "sparse_mla_decode": Capability(dtypes=(torch.bfloat16,), archs=TARGETS, limits=(Limit("DQK", values=(576,)), Limit("d_v", values=(512,))),
+                                    note="aiter mla_decode_fwd over dequantized bf16 rows, one kv list per query; "
+                                         "d_qk 576, d_v 512"),
+    # own kernels: one FP8 format per build (the target's), bf16 activations, the device only; the shape
+    # limits are the launchers' (backends/hip/launch.py), which refuse the same cases at call time
+    "act_quant": Capability(fp8_formats=(FP8.name,), devices=("cuda",), archs=TARGETS, limits=(Limit("block", values=(128,)),),
+                            note="one 128-element group per quarter wave"),
     "mla_cache_pack": Capability(fp8_formats=(FP8.name,), devices=("cuda",), archs=TARGETS),
-    "rms_norm": Capability(dtypes=(torch.bfloat16,), devices=("cuda",), archs=TARGETS),
-    "moe_gate": Capability(topk_max=16, devices=("cuda",), archs=TARGETS, note="sigmoid scoring, E <= 256, D <= 7168"),
+    "rms_norm": Capability(dtypes=(torch.bfloat16,), devices=("cuda",), archs=TARGETS, limits=(Limit("D", max=7168),),
+                           note="one row per workgroup, staged in registers"),
+    # moe_gate's topk is a param, not the spec dim k that Capability.topk_max reads: it is a Limit here
+    "moe_gate": Capability(devices=("cuda",), archs=TARGETS, limits=(Limit("E", max=256), Limit("D", max=7168), Limit("n_group", max=31), Limit("topk", max=16)),
+                           params={"score_func": ("sigmoid",)}, note="sigmoid scoring, E <= 256, D <= 7168"),
     "sparse_mla_prefill": Capability(dtypes=(torch.bfloat16,), devices=("cuda",), archs=TARGETS,
-                                     note="d_qk 576, d_v 512"),
+                                     limits=(Limit("DQK", values=(576,)), Limit("d_v", values=(512,))), note="d_qk 576, d_v 512"),
 }
 NOT_SERVED = {
     "moe_grouped_gemm_contiguous": "left to the fallback chain (triton, torch)",

@@ -32,7 +32,7 @@ from ...core.fp8 import format_for_arch
 log = logging.getLogger(__name__)
 
 TARGETS = ("gfx950", "gfx942")
-HEADERS = ("hip_common.h", "fp8.h", "mla_cache.h", "softmax.h", "topk_key.h", "mfma.h")
+HEADERS = ("hip_common.h", "fp8.h", "mla_cache.h", "softmax.h", "topk_key.h", "mfma.h", "e8m0.h")
 FMT_CODE = {"e4m3fn": 0, "e4m3fnuz": 1}
 
 
@@ -42,6 +42,7 @@ class Kernel:
     ops: tuple[str, ...]
     mfma: bool = False        # a hot kernel that must use the matrix cores
     lds: int = 0              # LDS it needs; a target with less does not get it (the source guards it too)
+    archs: tuple[str, ...] = TARGETS  # the targets whose ISA has its instructions (the source #errors elsewhere)
 
 
 # One file per op family; every kernel of a file is compiled in one code object.
@@ -49,6 +50,7 @@ FILES: dict[str, tuple[Kernel, ...]] = {
     "act_quant.hip": (Kernel("dsp_act_quant_ue8m0", ("act_quant",)), Kernel("dsp_act_quant_fp32", ("act_quant",))),
     "rms_norm.hip": (Kernel("dsp_rms_norm", ("rms_norm",)), Kernel("dsp_rms_norm_residual", ("rms_norm",))),
     "fp8_gemm.hip": (Kernel("dsp_fp8_gemm", ("fp8_gemm",), mfma=True),),
+    "fp8_gemm_mx.hip": (Kernel("dsp_fp8_gemm_e8m0", ("fp8_gemm",), mfma=True, archs=("gfx950",)),),
     "topk_select.hip": (Kernel("dsp_topk_select", ("topk_select",)),),
     "moe_gate.hip": (Kernel("dsp_moe_gate", ("moe_gate",)),),
     "indexer_logits.hip": (Kernel("dsp_indexer_logits", ("indexer_logits",), mfma=True),),
@@ -60,6 +62,12 @@ FILES: dict[str, tuple[Kernel, ...]] = {
                        Kernel("dsp_mla_cache_pack", ("mla_cache_pack",))),
 }
 
+
+# Why a target does not build a kernel at all (no variant serves there: the op stays with the other kernels).
+REFUSED: dict[str, dict[str, str]] = {
+    "gfx942": {"dsp_fp8_gemm_e8m0": "v_mfma_scale_f32_16x16x128_f8f6f4 (E8M0-scaled MFMA) is gfx950-only; "
+                                    "gfx942 serves fp8_gemm with dsp_fp8_gemm (16x16x32 fp8 MFMA + fp32 promotion)"},
+}
 
 # Why a target builds a variant rather than the kernel the other target builds.
 VARIANT_NOTES: dict[str, dict[str, str]] = {
@@ -168,8 +176,14 @@ def build(target: str, out_dir: str | os.PathLike, files: tuple[str, ...] | None
     out.mkdir(parents=True, exist_ok=True)
     fmt = format_for_arch(target).name
     records: list[KernelBuild] = []
-    for src, kernels in FILES.items():
+    for src, all_kernels in FILES.items():
         if files is not None and src not in files:
+            continue
+        for k in all_kernels:
+            if target not in k.archs:
+                log.info("%s: %s not built: %s", target, k.name, REFUSED.get(target, {}).get(k.name, "not for this ISA"))
+        kernels = tuple(k for k in all_kernels if target in k.archs)
+        if not kernels:
             continue
         recs = [KernelBuild(backend="hip", kernel=k.name, ops=k.ops, target=target, status="failed",
                             matrix_instr="mfma" if k.mfma else None, hot=k.mfma,

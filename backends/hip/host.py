@@ -23,7 +23,7 @@ from ...core.build import ToolchainMissing
 from ...core.fp8 import Fp8Format, ScaleFormat, fp8_format, scale_format
 
 KERNELS = Path(__file__).resolve().parents[2] / "hip_kernels"
-SOURCES = ("host_check.cpp", "hip_common.h", "fp8.h", "mla_cache.h", "softmax.h", "topk_key.h")
+SOURCES = ("host_check.cpp", "hip_common.h", "fp8.h", "mla_cache.h", "softmax.h", "topk_key.h", "e8m0.h")
 # -O2 without -ffast-math: rintf must round to nearest even and the float32 divide stay IEEE
 FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-fno-fast-math", "-ffp-contract=off")
 FMT_CODE = {"e4m3fn": 0, "e4m3fnuz": 1}
@@ -102,6 +102,31 @@ def ue8m0_ceil(s: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(src)
     lib().dsp_ue8m0_ceil(_p(src), _p(out), ctypes.c_int64(src.numel()))
     return out
+
+
+def e8m0_decode(b: torch.Tensor) -> torch.Tensor:
+    """E8M0 scale bytes -> float32 with the kernels' decoder (e8m0.h)."""
+    src = b.contiguous().view(torch.uint8)
+    out = torch.empty(src.shape, dtype=torch.float32)
+    lib().dsp_e8m0_decode(_p(src), _p(out), ctypes.c_int64(src.numel()))
+    return out
+
+
+def e8m0_encode(s: torch.Tensor) -> torch.Tensor:
+    """fp32 scales -> their exact E8M0 code (int32), or E8M0_NONE (0x1FF) where there is none."""
+    src = _f32(s)
+    out = torch.empty(src.shape, dtype=torch.int32)
+    lib().dsp_e8m0_encode(_p(src), _p(out), ctypes.c_int64(src.numel()))
+    return out
+
+
+def mx_scales(sa: torch.Tensor, sb: torch.Tensor, m: int, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scale byte dsp_fp8_gemm_e8m0 feeds the MFMA for every (row, 32-block of K): [M, K/32], [N, K/32]."""
+    a, b = _f32(sa), _f32(sb)
+    out_a = torch.empty(m, k // 32, dtype=torch.int32)
+    out_b = torch.empty(n, k // 32, dtype=torch.int32)
+    lib().dsp_mx_scales(_p(a), _p(b), m, n, k, _p(out_a), _p(out_b))
+    return out_a, out_b
 
 
 def act_quant(x: torch.Tensor, block: int = 128, fmt: str | Fp8Format = "e4m3fn",

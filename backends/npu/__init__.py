@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ...core.capabilities import Capability
+from ...core.capabilities import Capability, Limit, Rule
 from ...core.errors import BackendUnavailable
 from ...npu_kernels import adapters
 
@@ -42,17 +42,24 @@ TORCH_NPU_VERSION = "2.13.0"  # the schemas the adapters are written against (te
 _SFA = "npu_sparse_flash_attention"
 _HEADS = (1, 2, 4, 8, 16, 32, 64, 128)  # README: "N1支持1/2/4/8/16/32/64/128"
 _PAGES = tuple(range(16, 1025, 16))     # README: "block_size取值为16的倍数，且最大支持1024"
+# the limits the adapters (npu_kernels/adapters.py) refuse at call time, declared so refusal() answers first
+_MLA = (Limit("DQK", values=(576,)), Limit("d_v", values=(512,)))  # npu_sparse_flash_attention: D 512 + rope 64, V = the latent
+_GATE_GROUPS = (  # npu_moe_gating_top_k (torch_npu _op_plugin_docs.py)
+    Rule("more than 2 experts per group", lambda d: d["E"] // d["n_group"] > 2, ("E", "n_group")),
+    Rule("align32(E / n_group) * n_group <= 2048", lambda d: -(-(d["E"] // d["n_group"]) // 32) * 32 * d["n_group"] <= 2048,
+         ("E", "n_group")),
+)
 CAPABILITIES = {
     "sparse_mla_prefill": Capability(
-        dtypes=(torch.bfloat16, torch.float16), heads=_HEADS,
+        dtypes=(torch.bfloat16, torch.float16), heads=_HEADS, limits=_MLA,
         note=f"{_SFA}(layout_query='TND', layout_kv='TND', attention_mode=2, sparse_mode=0); D 512 + rope 64 only"),
     "sparse_mla_decode": Capability(
-        dtypes=(torch.bfloat16, torch.float16), heads=_HEADS, page_sizes=_PAGES,
+        dtypes=(torch.bfloat16, torch.float16), heads=_HEADS, page_sizes=_PAGES, limits=_MLA,
         note=f"{_SFA}(layout_query='TND', layout_kv='PA_BSND', attention_mode=2, sparse_mode=0) over the split bf16 "
              "cache (the 656-byte FP8 cache is translated first); D 512 + rope 64 only"),
     "rms_norm": Capability(dtypes=(torch.float16, torch.bfloat16, torch.float32),
                            note="npu_rms_norm; with residual npu_add_rms_norm"),
-    "rope": Capability(dtypes=(torch.float16, torch.bfloat16, torch.float32),
+    "rope": Capability(dtypes=(torch.float16, torch.bfloat16, torch.float32), limits=(Limit("D", max=895), Limit("H", max=999)),
                        note="npu_rotary_mul(rotary_mode='interleave' | 'half') on [1, T, H, D] with 1S1D cos / sin in x's dtype"),
     **{op: Capability(dtypes=(torch.float16, torch.bfloat16, torch.float32),
                       note="npu_grouped_matmul(split_item=3, group_type=0, group_list_type=1) over rows sorted by group; "
@@ -61,7 +68,7 @@ CAPABILITIES = {
     "moe_experts": Capability(dtypes=(torch.float16, torch.bfloat16, torch.float32),
                               note="(token, slot) pairs sorted by expert; npu_grouped_matmul for w1 and w3, silu * mul in "
                                    "fp32, npu_grouped_matmul for w2, weighted index_add in fp32"),
-    "moe_gate": Capability(note="gate GEMM in fp32, then npu_moe_gating_top_k(norm_type=1 sigmoid | 0 softmax, "
+    "moe_gate": Capability(limits=(Limit("E", max=2048),), rules=_GATE_GROUPS, note="gate GEMM in fp32, then npu_moe_gating_top_k(norm_type=1 sigmoid | 0 softmax, "
                                 "group_select_mode=1 top-2 sum with bias | 0 max without); E <= 2048, > 2 experts per group"),
 }
 
