@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .report import SCHEMA_NAME, SCHEMA_VERSION, summary
+from .row import ResultRow
 from .schema import errors
 from ..core.errors import ConfigError
 from ..core.files import read_text
@@ -71,7 +72,7 @@ def merge(docs: Sequence[dict[str, Any]], names: Sequence[str] = ()) -> dict[str
     """One document from several; a duplicate (machine, backend, op, case) keeps the newer report's row."""
     names = list(names) or [f"report {i + 1}" for i in range(len(docs))]
     envs: dict[str, tuple[_dt.datetime, dict[str, Any]]] = {}
-    rows: dict[tuple[str, str, str, str], tuple[_dt.datetime, str, dict[str, Any]]] = {}
+    rows: dict[tuple[str, str, str, str], tuple[_dt.datetime, str, ResultRow]] = {}
     superseded: list[str] = []
     for doc, name in zip(docs, names):
         if doc.get("schema") != SCHEMA_NAME or doc.get("schema_version") != SCHEMA_VERSION:
@@ -82,14 +83,14 @@ def merge(docs: Sequence[dict[str, Any]], names: Sequence[str] = ()) -> dict[str
         for env in doc["environments"]:
             if env["machine"] not in envs or envs[env["machine"]][0] <= created:
                 envs[env["machine"]] = (created, env)
-        for r in doc["results"]:
-            key = (r["machine"], r["backend"], r["op"], r["case"])
+        for r in map(ResultRow.from_json, doc["results"]):
+            key = (r.machine or "", r.backend, r.op, r.case)
             if key in rows:
                 old_t, old_name, old = rows[key]
                 keep_new = created >= old_t  # equal times: the later argument, as before
                 (kt, kn, k), (lt, ln, lost) = ((created, name, r), (old_t, old_name, old)) if keep_new else ((old_t, old_name, old), (created, name, r))
-                superseded.append(f"{'/'.join(key)}: kept {k['verdict']} from {kn} (created {kt.isoformat()}), "
-                                  f"superseded {lost['verdict']} from {ln} (created {lt.isoformat()})")
+                superseded.append(f"{'/'.join(key)}: kept {k.verdict} from {kn} (created {kt.isoformat()}), "
+                                  f"superseded {lost.verdict} from {ln} (created {lt.isoformat()})")
                 if not keep_new:
                     continue
             rows[key] = (created, name, r)
@@ -98,7 +99,7 @@ def merge(docs: Sequence[dict[str, Any]], names: Sequence[str] = ()) -> dict[str
                            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                            "command": "dsport conformance merge " + " ".join(names), "case_set": "+".join(sets),
                            "merged_from": list(names), "environments": [e for _, e in envs.values()],
-                           "results": [r for _, _, r in rows.values()]}
+                           "results": [r.to_json() for _, _, r in rows.values()]}
     if superseded:
         out["superseded"] = superseded
         for line in superseded:

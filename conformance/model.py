@@ -18,30 +18,30 @@ of both phases is replayed through the reference on the same arguments, so a
 failure names its phase, layer and op, and decode must equal a re-prefill.
 
 Each backend runs in its own subprocess (``python -m
-dsport.conformance.model JOB.json``), with the backend's ``ENV`` applied
-before import, as in the op-level worker; ``--backend-module`` modules run
-the same way. Ops a backend lacks are served by the fallback chain, and the
+dsport.conformance.model JOB.json``, through :mod:`dsport.conformance.process`
+as the op-level worker), with the backend's ``ENV`` applied before import;
+``--backend-module`` modules run the same way. Ops a backend lacks are served by the fallback chain, and the
 row says which: model conformance judges the backend as a deployable table,
 while the op rows judge each kernel alone.
 """
 from __future__ import annotations
 
 import json
-import os
-import shlex
+import queue
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .process import Worker, apply_env, emit, protocol_stream
+from .row import ResultRow
 
 if TYPE_CHECKING:
     from ..core.backend import BackendModule
 
-ENV_MARK = "DSPORT_MODEL_ENV_APPLIED"
 DECODE_STEPS = 16
 EXECUTED = ("pass", "fail", "crash", "timeout")
 
@@ -64,21 +64,13 @@ def scenarios() -> list[Scenario]:
     ]
 
 
-def _row(backend: str, case: str, verdict: str, reason: str, metrics: dict[str, Any], seconds: float | None,
-         again: list[str]) -> dict[str, Any]:
-    return {"backend": backend, "op": "(model)", "case": case, "tags": ["model"], "seed": None, "metric": "model",
-            "shapes": {}, "dtypes": {}, "params": {}, "dtype": metrics.get("precision"), "fp8_format": None,
-            "verdict": verdict, "reason": reason, "metrics": metrics, "tolerance": {}, "seconds": seconds,
-            "reproduce": shlex.join(again)}
-
-
 def _again(backend: str, module: str | None, checkpoint: str | None) -> list[str]:
     who = ["--backend-module", module] if module else ["--backends", backend]
     return ["dsport", "conformance", "--model", *who] + (["--checkpoint", checkpoint] if checkpoint else [])
 
 
 def model_rows(backends: list[str], checkpoint: str | None, timeout: float = 600.0, modules: list[str] | None = None,
-               only: list[str] | None = None, prompt_len: int | None = None) -> list[dict[str, Any]]:
+               only: list[str] | None = None, prompt_len: int | None = None) -> list[ResultRow]:
     """One row per backend (or backend module) and case: logits agreement, decode
     against re-prefill, and the first op call out of tolerance. ``only`` narrows
     the built-in cases by name; ``prompt_len`` replaces each case's prompt length
@@ -103,10 +95,10 @@ def model_rows(backends: list[str], checkpoint: str | None, timeout: float = 600
                      for s in scenarios() if not only or s.name in only]
         rows = []
         for backend, module in targets:
-            first: dict[str, Any] | None = None
+            first: ResultRow | None = None
             for case, ckpt, prompt_len, options in cases:
-                if first is not None and first["verdict"] == "skip":  # unavailable here: the same answer for every case
-                    rows.append({**first, "case": case})
+                if first is not None and first.verdict == "skip":  # unavailable here: the same answer for every case
+                    rows.append(replace(first, case=case))
                     continue
                 rows.append(_run_one(backend, module, case, ckpt, prompt_len, options, timeout, _again(backend, module, checkpoint)))
                 first = first or rows[-1]
@@ -117,33 +109,30 @@ def model_rows(backends: list[str], checkpoint: str | None, timeout: float = 600
 
 
 def _run_one(backend: str, module: str | None, case: str, ckpt: str, prompt_len: int, options: dict[str, str],
-             timeout: float, again: list[str]) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="dsport-model-job-") as tmp:
-        job, out = Path(tmp) / "job.json", Path(tmp) / "row.json"
-        job.write_text(json.dumps({"backend": backend, "backend_module": module, "checkpoint": ckpt, "prompt_len": prompt_len,
-                                   "options": options, "out": str(out), "case": case, "again": again}))
-        t0 = time.perf_counter()
+             timeout: float, again: list[str]) -> ResultRow:
+    job = {"backend": backend, "backend_module": module, "checkpoint": ckpt, "prompt_len": prompt_len,
+           "options": options, "case": case, "again": again}
+    t0 = time.perf_counter()
+    with Worker("dsport.conformance.model", job) as w:
         try:
-            r = subprocess.run([sys.executable, "-m", "dsport.conformance.model", str(job)], capture_output=True, text=True,
-                               timeout=timeout, env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
-        except subprocess.TimeoutExpired:
-            return _row(backend, case, "timeout", f"no result within {timeout:.0f} s", {}, timeout, again)
-        if out.exists():
-            return json.loads(out.read_text())
-        why = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return _row(backend, case, "crash", f"exit {r.returncode}: {why}", {}, time.perf_counter() - t0, again)
+            ev = w.next(timeout)
+        except queue.Empty:
+            return ResultRow.model(backend, case, "timeout", f"no result within {timeout:.0f} s", {}, timeout, again)
+        if ev is None or ev.get("event") != "result":
+            return ResultRow.model(backend, case, "crash", w.died(), {}, time.perf_counter() - t0, again)
+        return ResultRow.from_json(ev["rows"][0])
 
 
-def model_unchecked(rows: list[dict[str, Any]], explicit: set[str], allow_skip: bool = False) -> list[str]:
+def model_unchecked(rows: list[ResultRow], explicit: set[str], allow_skip: bool = False) -> list[str]:
     """What --model was asked to check and did not (see runner.unchecked for the op-level rule)."""
     out = []
     for r in rows:
-        named = r["backend"] in explicit or r.get("metrics", {}).get("module") in explicit
-        if r["verdict"] == "skip" and named and not allow_skip:
-            out.append(f"backend {r['backend']} ({r['case']}) was named explicitly but not checked: {r['reason']} "
+        named = r.backend in explicit or r.metrics.get("module") in explicit
+        if r.verdict == "skip" and named and not allow_skip:
+            out.append(f"backend {r.backend} ({r.case}) was named explicitly but not checked: {r.reason} "
                        "(--allow-skip accepts that)")
-    if rows and not any(r["verdict"] in EXECUTED for r in rows) and not out and not allow_skip:
-        out.append(f"no model case was executed: {rows[0]['reason']}")
+    if rows and not any(r.verdict in EXECUTED for r in rows) and not out and not allow_skip:
+        out.append(f"no model case was executed: {rows[0].reason}")
     if not rows:
         out.append("no backend was run")
     return out
@@ -165,70 +154,71 @@ def module_table(mod: BackendModule, label: str, dtype: Any) -> Any:
 
 
 def _main(job_path: str) -> int:
+    """The subprocess side: one scenario on one backend, its row as one ``result`` event."""
+    proto = protocol_stream()
+    job = json.loads(Path(job_path).read_text())
+    from .worker import load
+
+    mod = load(job)
+    apply_env(dict(mod.env), "dsport.conformance.model", [job_path], proto)
+    emit(proto, event="result", rows=[_scenario_row(mod, job).to_json()])
+    emit(proto, event="done")
+    return 0
+
+
+def _scenario_row(mod: BackendModule, job: dict[str, Any]) -> ResultRow:
     import torch
 
-    from .worker import load
     from ..core.registry import resolve
 
-    job = json.loads(Path(job_path).read_text())
     backend, case, again, module = job["backend"], job["case"], job["again"], job.get("backend_module")
-    mod = load(job)
-    env = dict(mod.env)
-    if env and any(os.environ.get(k) != v for k, v in env.items()) and not os.environ.get(ENV_MARK):
-        os.execve(sys.executable, [sys.executable, "-m", "dsport.conformance.model", job_path], {**os.environ, **env, ENV_MARK: "1"})
     backend = mod.name if module else backend
     ok, reason, broken = mod.availability()
     if broken:  # a broken backend is a crash row, not a skip
-        row = _row(backend, case, "crash", reason, {"module": module}, None, again)
-        Path(job["out"]).write_text(json.dumps(row, default=str))
-        return 0
+        return ResultRow.model(backend, case, "crash", reason, {"module": module}, None, again)
     if not ok:
-        row = _row(backend, case, "skip", f"backend unavailable: {reason}", {"module": module}, None, again)
-    else:
-        from ..core.errors import ValidationError
-        from .model_compare import compare
-        from ..core.model.config import load_config
+        return ResultRow.model(backend, case, "skip", f"backend unavailable: {reason}", {"module": module}, None, again)
+    from ..core.errors import ValidationError
+    from .model_compare import compare
+    from ..core.model.config import load_config
 
-        t0 = time.perf_counter()
-        # the model runs in float32 here: ops whose declared capabilities exclude it fall back at resolve time
-        ops = module_table(mod, backend, torch.float32) if module else resolve({"backend": backend, "fallback": "fallback",
-                                                                                  "dtype": "float32"})
-        borrowed = sorted({b for op, b in ops.served_by.items() if b != backend})
-        tokens = torch.randint(0, 2 ** 31 - 1, (1, job["prompt_len"]), generator=torch.Generator().manual_seed(0))
-        tokens %= load_config(job["checkpoint"]).vocab_size
-        try:
-            rep = compare(job["checkpoint"], ops, tokens, decode_steps=DECODE_STEPS, **job["options"])
-        except ValidationError as e:
-            if e.arg != "(capability)":
-                raise
-            # a per-call limit (head count, topk multiple) that resolve-time filtering cannot see
-            row = _row(backend, case, "unsupported", f"the model's shapes are outside a declared limit: {e}", {}, None, again)
-            Path(job["out"]).write_text(json.dumps(row, default=str))
-            return 0
-        f = rep.first_failure
-        cos = rep.decode_cosine[0]
-        metrics = {"logits_cosine_median": rep.logits_cosine_median, "logits_cosine_min": rep.logits_cosine_min,
-                   "top1_agreement": rep.top1_agreement, "ops_checked": rep.ops_checked, "precision": rep.precision,
-                   "fallback_from": borrowed, "served_by": ops.served_by, "decode_steps": DECODE_STEPS, "options": job["options"],
-                   "prompt_len": job["prompt_len"], "module": module,
-                   "decode_vs_reprefill_cos_median": cos.median().item(), "decode_vs_reprefill_cos_min": cos.min().item()}
-        metrics["ops_used"], metrics["failed"] = rep.ops_used, rep.failed
-        if f is not None:
-            metrics["first_failure"] = {"phase": f.phase, "layer": f.layer, "op": f.op, "call": f.index, "metrics": f.metrics}
-        why = (f"{f.phase}, layer {f.layer}, op {f.op} (call {f.index}): {f.reason}" if f is not None
-               else f"every op call within tolerance; median logits cosine {rep.logits_cosine_median:.5f}")
-        if len(rep.failed) > 1:
-            why += f"; also out of tolerance: {', '.join(rep.failed[1:])}"
-        from .tolerances import MODEL_MIN_DECODE_MEDIAN
+    t0 = time.perf_counter()
+    # the model runs in float32 here: ops whose declared capabilities exclude it fall back at resolve time
+    ops = module_table(mod, backend, torch.float32) if module else resolve({"backend": backend, "fallback": "fallback",
+                                                                              "dtype": "float32"})
+    borrowed = sorted({b for op, b in ops.served_by.items() if b != backend})
+    tokens = torch.randint(0, 2 ** 31 - 1, (1, job["prompt_len"]), generator=torch.Generator().manual_seed(0))
+    tokens %= load_config(job["checkpoint"]).vocab_size
+    try:
+        rep = compare(job["checkpoint"], ops, tokens, decode_steps=DECODE_STEPS, **job["options"])
+    except ValidationError as e:
+        if e.arg != "(capability)":
+            raise
+        # a per-call limit (head count, topk multiple) that resolve-time filtering cannot see
+        return ResultRow.model(backend, case, "unsupported", f"the model's shapes are outside a declared limit: {e}", {}, None,
+                               again)
+    f = rep.first_failure
+    cos = rep.decode_cosine[0]
+    metrics = {"logits_cosine_median": rep.logits_cosine_median, "logits_cosine_min": rep.logits_cosine_min,
+               "top1_agreement": rep.top1_agreement, "ops_checked": rep.ops_checked, "precision": rep.precision,
+               "fallback_from": borrowed, "served_by": ops.served_by, "decode_steps": DECODE_STEPS, "options": job["options"],
+               "prompt_len": job["prompt_len"], "module": module,
+               "decode_vs_reprefill_cos_median": cos.median().item(), "decode_vs_reprefill_cos_min": cos.min().item()}
+    metrics["ops_used"], metrics["failed"] = rep.ops_used, rep.failed
+    if f is not None:
+        metrics["first_failure"] = {"phase": f.phase, "layer": f.layer, "op": f.op, "call": f.index, "metrics": f.metrics}
+    why = (f"{f.phase}, layer {f.layer}, op {f.op} (call {f.index}): {f.reason}" if f is not None
+           else f"every op call within tolerance; median logits cosine {rep.logits_cosine_median:.5f}")
+    if len(rep.failed) > 1:
+        why += f"; also out of tolerance: {', '.join(rep.failed[1:])}"
+    from .tolerances import MODEL_MIN_DECODE_MEDIAN
 
-        decode_ok = cos.median().item() >= MODEL_MIN_DECODE_MEDIAN
-        why += f"; {DECODE_STEPS} decode steps vs re-prefill: median cosine {cos.median().item():.5f}"
-        if borrowed:
-            why += f"; ops without a {backend} kernel ran on {', '.join(borrowed)}"
-        verdict = rep.verdict if decode_ok else "fail"
-        row = _row(backend, case, verdict, why, metrics, time.perf_counter() - t0, again)
-    Path(job["out"]).write_text(json.dumps(row, default=str))
-    return 0
+    decode_ok = cos.median().item() >= MODEL_MIN_DECODE_MEDIAN
+    why += f"; {DECODE_STEPS} decode steps vs re-prefill: median cosine {cos.median().item():.5f}"
+    if borrowed:
+        why += f"; ops without a {backend} kernel ran on {', '.join(borrowed)}"
+    verdict = rep.verdict if decode_ok else "fail"
+    return ResultRow.model(backend, case, verdict, why, metrics, time.perf_counter() - t0, again)
 
 
 if __name__ == "__main__":

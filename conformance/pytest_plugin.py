@@ -90,7 +90,7 @@ class ConformanceItem(pytest.Item):
 
     def runtest(self) -> None:
         from ..backends import reference
-        from .runner import reproduce_command
+        from .row import reproduce_command
         from .worker import run_case
 
         ok, reason = self.backend.available()
@@ -100,16 +100,16 @@ class ConformanceItem(pytest.Item):
         name = self.backend.name
         row = run_case(self.backend, dict(reference.OPS), self.op, self.case, is_reference=name == "reference",
                        contract=contract)
-        v = row["verdict"]
+        v = row.verdict
         if v in ("skip", "unsupported"):
-            pytest.skip(f"{v}: {row['reason']}")
+            pytest.skip(f"{v}: {row.reason}")
         if v == "crash":
-            raise RuntimeError(f"{self.op}/{self.case}: {row['reason']}\n{row['metrics'].get('traceback', '')}")
+            raise RuntimeError(f"{self.op}/{self.case}: {row.reason}\n{row.metrics.get('traceback', '')}")
         if v not in ("pass", "contract"):
             repro = reproduce_command(name, self.op, self.case, self.backend.module.__name__
                                       if name not in _registered() else None)
-            pytest.fail(f"{self.op}/{self.case} on {name}: {row['reason']}\nmetrics: {row['metrics']}\n"
-                        f"tolerance: {row['tolerance']}\nseed: {row['seed']}\nreproduce: {repro}", pytrace=False)
+            pytest.fail(f"{self.op}/{self.case} on {name}: {row.reason}\nmetrics: {row.metrics}\n"
+                        f"tolerance: {row.tolerance}\nseed: {row.seed}\nreproduce: {repro}", pytrace=False)
 
     def reportinfo(self) -> tuple[str, int, str]:
         return SUITE, 0, f"{self.op}[{self.name}]"
@@ -148,7 +148,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if not ok and mod.contract_ops is None and not config.getoption("--dsport-allow-skip"):
             raise pytest.UsageError(f"dsport: nothing checked: backend {label} was named but is unavailable here: {reason} "
                                     "(--dsport-allow-skip turns its cases into skips)")
-        for op, case in pairs:
+        for op, case, _ in pairs:
             items.append(ConformanceItem.from_parent(suite, name=f"{op}[{label}-{case}]", backend=mod, op=op, case=case))
 
 

@@ -13,8 +13,11 @@ import socket
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree as ET
+
+if TYPE_CHECKING:
+    from .row import ResultRow
 
 SCHEMA_NAME = "dsport-conformance"
 SCHEMA_VERSION = 1
@@ -76,14 +79,11 @@ def strict_json(x: Any) -> Any:
     return x
 
 
-def build_document(rows: Iterable[Mapping[str, Any]], backends: Mapping[str, Any], command: str, case_set: str,
-                   extra_rows: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
+def build_document(rows: Iterable[ResultRow], backends: Mapping[str, Any], command: str, case_set: str,
+                   extra_rows: Iterable[ResultRow] = ()) -> dict[str, Any]:
+    """The report of a run on this machine; every reader below takes this document, never the rows."""
     env = environment(backends)
-    results = []
-    for r in [*rows, *extra_rows]:
-        r = dict(r)
-        r.setdefault("machine", env["machine"])
-        results.append(r)
+    results = [{**r.to_json(), "machine": r.machine or env["machine"]} for r in [*rows, *extra_rows]]
     doc = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION,
            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "command": command, "case_set": case_set, "environments": [env], "results": results}

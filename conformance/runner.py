@@ -1,7 +1,7 @@
 """Run backends x ops x cases, each backend in its own subprocess.
 
-A worker (:mod:`dsport.conformance.worker`) announces every case before it
-runs it. When the worker dies, the announced case is recorded as ``crash``
+A worker (:mod:`dsport.conformance.worker`, spawned through
+:mod:`dsport.conformance.process`) announces every case before it runs it. When the worker dies, the announced case is recorded as ``crash``
 (with the signal or exit code and the tail of its stderr); when no result
 comes within the timeout, the worker is killed and the case is recorded as
 ``timeout``. Either way a fresh worker picks up the remaining cases, so one
@@ -19,9 +19,6 @@ import logging
 import os
 import queue
 import shlex
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,6 +27,9 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+from .process import Worker
+from .row import Item, ResultRow
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,9 @@ class ConformancePlan:
     ref_cache: str | None = None          # reference outputs shared by the run's workers (default: a temp dir)
 
 
-def select_items(plan: ConformancePlan) -> list[tuple[str, str]]:
-    """(op, case id) pairs in spec order, filtered by op, set and id patterns."""
+def select_items(plan: ConformancePlan) -> list[Item]:
+    """(op, case id, seed) items in spec order, filtered by op, set and id patterns: the
+    cases are built here, once per run, and the job carries what a row of each needs."""
     from ..core.errors import ConfigError
     from ..core.spec import specs
 
@@ -80,9 +81,9 @@ def select_items(plan: ConformancePlan) -> list[tuple[str, str]]:
                 hit = [p for p in plan.cases if fnmatch.fnmatchcase(c.id, p) or fnmatch.fnmatchcase(f"{name}/{c.id}", p)]
                 used.update(hit)
                 if hit:
-                    items.append((name, c.id))
+                    items.append(Item(name, c.id, c.seed))
             elif plan.case_set in c.tags:
-                items.append((name, c.id))
+                items.append(Item(name, c.id, c.seed))
     unmatched = [p for p in plan.cases or [] if p not in used]
     if unmatched:
         hints = [f"{p!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(p.rpartition("/")[2], ids, n=1))
@@ -95,79 +96,6 @@ def select_items(plan: ConformancePlan) -> list[tuple[str, str]]:
     return items
 
 
-def _seed(op: str, case: str) -> int | None:
-    from ..core.spec import specs
-
-    spec = specs().get(op)
-    return next((c.seed for c in spec.cases() if c.id == case), None) if spec else None
-
-
-def reproduce_command(backend: str, op: str, case: str, module: str | None = None) -> str:
-    parts = ["dsport", "conformance", "--backends", backend, "--ops", op, "--cases", case]
-    if module:
-        parts[2:4] = ["--backend-module", module]
-    return shlex.join(parts)
-
-
-def _worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    # the worker must import what this process imports (dsport itself, test backends)
-    paths = [p for p in sys.path if p and os.path.isdir(p)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), "PYTHONUNBUFFERED": "1"}
-    return {**env, **(extra or {})}
-
-
-class _Worker:
-    def __init__(self, job: dict[str, Any]):
-        self.jobfile = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
-        json.dump(job, self.jobfile)
-        self.jobfile.close()
-        self.errfile = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "dsport.conformance.worker", self.jobfile.name],
-                                     stdout=subprocess.PIPE, stderr=self.errfile, text=True, env=_worker_env(),
-                                     start_new_session=True)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def next(self, timeout: float) -> dict[str, Any] | None:
-        """The next event; None at end of stream; raises queue.Empty on timeout."""
-        while True:
-            line = self.lines.get(timeout=timeout)
-            if line is None:
-                return None
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("worker wrote a non-protocol line: %r", line[:200])
-
-    def died(self) -> str:
-        rc = self.proc.wait(timeout=10)
-        how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with code {rc}"
-        return f"worker {how}" + (f"; stderr: {self.stderr_tail()}" if self.stderr_tail() else "")
-
-    def stderr_tail(self, n: int = 600) -> str:
-        self.errfile.seek(0)
-        return " ".join(self.errfile.read()[-n:].split())
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait()
-
-    def close(self) -> None:
-        self.kill()
-        self.errfile.close()
-        os.unlink(self.jobfile.name)
-
-
 @dataclass
 class BackendRun:
     label: str
@@ -178,102 +106,114 @@ class BackendRun:
     env: dict[str, str] = field(default_factory=dict)
     module: str | None = None
     broken: bool = False                  # failed to import (not a missing dependency) or available() raised
+    load_verdict: str | None = None       # crash or timeout when the worker never said it was ready
 
-
-def run_backend(label: str, module: str | None, items: Sequence[tuple[str, str]], plan: ConformancePlan,
-                on_row: Callable[[dict[str, Any]], None] = lambda r: None,
-                build_targets: Sequence[str] | None = None) -> tuple[BackendRun, list[dict[str, Any]]]:
-    """All cases of one backend; restarts the worker after a crash or hang."""
-    info = BackendRun(label, module=module)
-    rows: list[dict[str, Any]] = []
-    remaining = list(items) if not build_targets else [("(build)", t) for t in build_targets]
-
-    def add(row: dict[str, Any]) -> None:
-        row.setdefault("backend", info.label)
-        row["backend"] = info.label if row.get("metric") != "build" or not row.get("backend") else row["backend"]
-        if "seed" not in row and row["op"] != "(build)":
-            row["seed"] = _seed(row["op"], row["case"])
-        for k, v in (("tags", []), ("seed", None), ("metric", None), ("shapes", {}), ("dtypes", {}), ("params", {}), ("dtype", None),
-                     ("fp8_format", None), ("reason", ""), ("metrics", {}), ("tolerance", {}), ("seconds", None)):
-            row.setdefault(k, v)
-        if row["op"] == "(build)" or row.get("metric") == "build":
-            row["reproduce"] = shlex.join(["dsport", "conformance", "--backends", info.label, "--build", "--targets",
-                                           row["params"].get("target", row["case"])])
-        else:
-            row["reproduce"] = reproduce_command(info.label, row["op"], row["case"], module)
-        rows.append(row)
-        on_row(row)
-
-    while remaining:
-        job = {"backend": label, "backend_module": module, "items": remaining, "ref_cache": plan.ref_cache,
-               "case_set": None if plan.cases else plan.case_set}
-        if build_targets:
-            job = {**job, "items": [], "build": {"targets": [c for _, c in remaining], "out_dir": plan.build_dir or tempfile.mkdtemp(prefix="dsport-build-")}}
-        w = _Worker(job)
-        in_flight: tuple[str, str] | None = None
-        started = time.monotonic()
-        try:
-            ready = w.next(plan.load_timeout)
-        except queue.Empty:
-            ready = {"event": "ready", "available": False, "verdict": "timeout",
-                     "reason": f"backend import did not finish within {plan.load_timeout:.0f} s"}
-        if ready is None:
-            ready = {"event": "ready", "available": False, "verdict": "crash", "reason": f"backend worker died while loading: {w.died()}"}
-        info.available, info.reason = bool(ready.get("available")), ready.get("reason", "")
-        info.ops, info.targets, info.env = ready.get("ops", []), ready.get("targets", []), ready.get("env", {})
+    def loaded(self, ready: dict[str, Any]) -> bool:
+        """Take what the worker's ``ready`` event says; whether the backend's cases can run."""
+        self.available, self.reason = bool(ready.get("available")), ready.get("reason", "")
+        self.ops, self.targets, self.env = ready.get("ops", []), ready.get("targets", []), ready.get("env", {})
+        self.load_verdict = ready.get("verdict")
         # a module that imports but cannot import a name it needs is broken; a missing package is a missing dependency
-        half_imported = module is not None and str(ready.get("reason", "")).startswith("import failed: ImportError")
-        info.broken = bool(ready.get("broken")) or half_imported or ready.get("verdict") in ("crash", "timeout")
-        if module and ready.get("name"):
-            info.label = ready["name"]
-        if not info.available:
-            # unavailable here (a missing dependency, no device) is a skip; a backend that cannot even load is not
-            verdict = ready.get("verdict") or ("crash" if info.broken else "skip")
-            for op, case in remaining:
-                add({"op": op, "case": case, "verdict": verdict,
-                     "reason": f"backend unavailable: {info.reason}" if verdict == "skip" else f"backend failed to load: {info.reason}"})
-            w.close()
-            break
-        case_timeout = plan.build_timeout if build_targets else plan.timeout
-        try:
-            while True:
-                try:
-                    ev = w.next(case_timeout if in_flight else plan.load_timeout)
-                except queue.Empty:
-                    if in_flight is None:
-                        raise
-                    add({"op": in_flight[0], "case": in_flight[1], "verdict": "timeout",
-                         "reason": f"no result within {case_timeout:g} s; worker killed", "seconds": time.monotonic() - started})
-                    remaining = remaining[remaining.index(in_flight) + 1:]
-                    break
-                if ev is None:
-                    if in_flight is not None:
-                        add({"op": in_flight[0], "case": in_flight[1], "verdict": "crash", "reason": w.died(),
-                             "seconds": time.monotonic() - started})
-                        remaining = remaining[remaining.index(in_flight) + 1:]
-                    else:
-                        for op, case in remaining:
-                            add({"op": op, "case": case, "verdict": "crash", "reason": f"worker ended before this case: {w.died()}"})
-                        remaining = []
-                    break
-                if ev.get("event") == "start":
-                    in_flight, started = (ev["op"], ev["case"]), time.monotonic()
-                elif ev.get("event") == "result":
-                    for row in ev["rows"]:
-                        add(row)
-                    if in_flight in remaining:
-                        remaining = remaining[remaining.index(in_flight) + 1:]
-                    in_flight = None
-                elif ev.get("event") == "done":
-                    remaining = []
-                    break
-        finally:
-            w.close()
+        half_imported = self.module is not None and self.reason.startswith("import failed: ImportError")
+        self.broken = bool(ready.get("broken")) or half_imported or self.load_verdict in ("crash", "timeout")
+        if self.module and ready.get("name"):
+            self.label = ready["name"]
+        return self.available
+
+
+def as_item(item: Item | tuple[str, str]) -> Item:
+    """An (op, case) pair as a job item (the seed from its spec); a full item as it is."""
+    if isinstance(item, Item):
+        return item
+    from .worker import case_of
+
+    op, case = item
+    return Item(op, case, case_of(op, case).seed)
+
+
+def run_backend(label: str, module: str | None, items: Sequence[Item | tuple[str, str]], plan: ConformancePlan,
+                on_row: Callable[[ResultRow], None] = lambda r: None,
+                build_targets: Sequence[str] | None = None) -> tuple[BackendRun, list[ResultRow]]:
+    """All cases of one backend (or its builds); a fresh worker takes the rest after a crash or hang."""
+    info = BackendRun(label, module=module)
+    rows: list[ResultRow] = []
+
+    def add(row: ResultRow) -> None:
+        rows.append(row.placed(info.label, module))
+        on_row(rows[-1])
+
+    remaining = [Item("(build)", t) for t in build_targets] if build_targets else [as_item(i) for i in items]
+    while remaining:
+        with Worker("dsport.conformance.worker", _job(label, module, remaining, plan, build_targets)) as w:
+            if not info.loaded(_ready(w, plan.load_timeout)):
+                # unavailable here (a missing dependency, no device) is a skip; a backend that cannot even load is not
+                verdict = info.load_verdict or ("crash" if info.broken else "skip")
+                why = f"backend unavailable: {info.reason}" if verdict == "skip" else f"backend failed to load: {info.reason}"
+                for item in remaining:
+                    add(ResultRow.lost(item, verdict, why))
+                break
+            remaining = _drain(w, remaining, plan.build_timeout if build_targets else plan.timeout, plan.load_timeout, add)
     return info, rows
 
 
-def run(plan: ConformancePlan, on_row: Callable[[dict[str, Any]], None] = lambda r: None,
-        on_backend: Callable[[str, int], None] = lambda name, n: None) -> tuple[dict[str, BackendRun], list[dict[str, Any]]]:
+def _job(label: str, module: str | None, items: list[Item], plan: ConformancePlan,
+         build_targets: Sequence[str] | None) -> dict[str, Any]:
+    job = {"backend": label, "backend_module": module, "items": items, "ref_cache": plan.ref_cache,
+           "case_set": None if plan.cases else plan.case_set}
+    if build_targets:
+        job = {**job, "items": [], "build": {"targets": [it.case for it in items],
+                                             "out_dir": plan.build_dir or tempfile.mkdtemp(prefix="dsport-build-")}}
+    return job
+
+
+def _ready(w: Worker, timeout: float) -> dict[str, Any]:
+    """The worker's ``ready`` event, or one standing for its failure to send it."""
+    try:
+        ready = w.next(timeout)
+    except queue.Empty:
+        return {"event": "ready", "available": False, "verdict": "timeout",
+                "reason": f"backend import did not finish within {timeout:.0f} s"}
+    if ready is None:
+        return {"event": "ready", "available": False, "verdict": "crash", "reason": f"backend worker died while loading: {w.died()}"}
+    return ready
+
+
+def _drain(w: Worker, items: list[Item], case_timeout: float, idle_timeout: float,
+           add: Callable[[ResultRow], None]) -> list[Item]:
+    """Rows of ``items`` from one worker until it is done (returns []) or dies or hangs
+    on a case (that case is a crash or timeout row; returns the items after it)."""
+    index = {(it.op, it.case): i for i, it in enumerate(items)}
+    first, in_flight, started = 0, None, time.monotonic()  # first: the first item without a row
+    while True:
+        try:
+            ev = w.next(case_timeout if in_flight is not None else idle_timeout)
+        except queue.Empty:
+            if in_flight is None:
+                raise
+            add(ResultRow.lost(items[in_flight], "timeout", f"no result within {case_timeout:g} s; worker killed",
+                               time.monotonic() - started))
+            return items[in_flight + 1:]
+        if ev is None:
+            if in_flight is None:
+                why = f"worker ended before this case: {w.died()}"
+                for item in items[first:]:
+                    add(ResultRow.lost(item, "crash", why))
+                return []
+            add(ResultRow.lost(items[in_flight], "crash", w.died(), time.monotonic() - started))
+            return items[in_flight + 1:]
+        if ev.get("event") == "start":
+            in_flight, started = index[(ev["op"], ev["case"])], time.monotonic()
+        elif ev.get("event") == "result":
+            for row in ev["rows"]:
+                add(ResultRow.from_json(row))
+            if in_flight is not None:
+                first, in_flight = in_flight + 1, None
+        elif ev.get("event") == "done":
+            return []
+
+
+def run(plan: ConformancePlan, on_row: Callable[[ResultRow], None] = lambda r: None,
+        on_backend: Callable[[str, int], None] = lambda name, n: None) -> tuple[dict[str, BackendRun], list[ResultRow]]:
     """Every selected backend over the selected cases; returns availability and result rows."""
     items = select_items(plan)
     targets: list[tuple[str, str | None]] = [(b, None) for b in plan.backends] + [(m.rsplit(".", 1)[-1], m) for m in plan.backend_modules]
@@ -281,22 +221,22 @@ def run(plan: ConformancePlan, on_row: Callable[[dict[str, Any]], None] = lambda
         plan = dataclasses.replace(plan, ref_cache=plan.ref_cache or tmp)
         lock = threading.Lock()
 
-        def locked(row: dict[str, Any]) -> None:
+        def locked(row: ResultRow) -> None:
             with lock:
                 on_row(row)
 
         with ThreadPoolExecutor(max_workers=max(1, plan.jobs)) as pool:
             done = list(pool.map(lambda t: _one_backend(t[0], t[1], items, plan, locked, on_backend), targets))
     runs: dict[str, BackendRun] = {}
-    rows: list[dict[str, Any]] = []
+    rows: list[ResultRow] = []
     for info, got in done:  # in the order asked for, whatever order they finished in
         runs[info.label] = info
         rows += got
     return runs, rows
 
 
-def _one_backend(label: str, module: str | None, items: list[tuple[str, str]], plan: ConformancePlan,
-                 on_row: Callable[[dict[str, Any]], None], on_backend: Callable[[str, int], None]) -> tuple[BackendRun, list[dict[str, Any]]]:
+def _one_backend(label: str, module: str | None, items: list[Item], plan: ConformancePlan,
+                 on_row: Callable[[ResultRow], None], on_backend: Callable[[str, int], None]) -> tuple[BackendRun, list[ResultRow]]:
     on_backend(label, len(items))
     info, got = run_backend(label, module, items, plan, on_row)
     if plan.build_targets and info.targets:  # builds need no device, only the backend's toolchain
@@ -309,32 +249,34 @@ def _one_backend(label: str, module: str | None, items: list[tuple[str, str]], p
         if want:
             _, built = run_backend(label, module, [], plan, on_row, build_targets=want)
             # a build compiles every kernel of the target; --ops narrows what is reported
-            got += [r for r in built if not plan.ops or any(fnmatch.fnmatchcase(o, p) for o in r.get("ops") or [r["op"]] for p in plan.ops)]
+            got += [r for r in built if not plan.ops or any(fnmatch.fnmatchcase(o, p) for o in r.ops or [r.op] for p in plan.ops)]
     return info, got
 
 
-def load_build_reports(paths: Iterable[str]) -> list[dict[str, Any]]:
+def load_build_reports(paths: Iterable[str]) -> list[ResultRow]:
     """Rows from build reports written earlier (``dsport build --json F``: a list of KernelBuild.to_json())."""
-    from .worker import build_row
-
     rows = []
     for p in paths:
         with open(p) as f:
             data = json.load(f)
         for kb in data if isinstance(data, list) else data.get("builds", []):
-            row = build_row(kb)
-            row["backend"] = kb.get("backend") or "?"
-            row["reproduce"] = shlex.join(["dsport", "build", "--backend", row["backend"], "--target", kb["target"]])
-            row["source"] = os.path.abspath(p)
-            rows.append(row)
+            backend = kb.get("backend") or "?"
+            rows.append(dataclasses.replace(
+                ResultRow.build(kb), backend=backend, source=os.path.abspath(p),
+                reproduce=shlex.join(["dsport", "build", "--backend", backend, "--target", kb["target"]])))
     return rows
 
 
 def check_module(module: str) -> None:
     """Fail fast, before any worker starts, on a ``--backend-module`` that
-    cannot be found (a typo) or whose source has no ``OPS`` table. Reads the
-    source without executing it; import errors inside the module are the
-    worker's to report, with their traceback's last line."""
+    cannot be found (a typo) or whose source lacks a required hook (a
+    misspelt ``OPS``). Reads the source without executing it: this process
+    must not import a backend (its ``ENV`` is applied only in the worker, and
+    an import may be slow or crash), so the contract loader cannot be asked
+    yet; the message is the loader's own (:func:`dsport.core.backend.missing_hook`).
+    Import errors inside the module are the worker's to report, with their
+    traceback's last line."""
+    from ..core.backend import missing_hook
     from ..core.errors import ConfigError
 
     try:
@@ -354,11 +296,9 @@ def check_module(module: str) -> None:
         hint = f" (did you mean '{parent}.{near[0]}'?)" if near else ""
         raise ConfigError(f"--backend-module {module}: no module of that name on sys.path{hint}")
     names = _top_level_names(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
-    if names is not None and "OPS" not in names and "__getattr__" not in names and not any(n == "*" for n in names):
-        close = difflib.get_close_matches("OPS", sorted(names), n=1, cutoff=0.5) or [n for n in sorted(names) if n.upper() == "OPS"]
-        hint = f"; it defines '{close[0]}' (did you mean 'OPS'?)" if close else ""
-        raise ConfigError(f"--backend-module {module}: defines no OPS table (a dict op name -> callable), so nothing can be "
-                          f"checked{hint}")
+    # only OPS: a hook defined after a failing import line is the worker's import error to report
+    if names is not None and "OPS" not in names and "__getattr__" not in names and "*" not in names:
+        raise missing_hook(module, "OPS", names)
 
 
 def _top_level_names(path: str) -> set[str] | None:
@@ -378,7 +318,7 @@ def _top_level_names(path: str) -> set[str] | None:
     return names
 
 
-def unchecked(runs: dict[str, BackendRun], rows: Sequence[dict[str, Any]], explicit: Iterable[str],
+def unchecked(runs: dict[str, BackendRun], rows: Sequence[ResultRow], explicit: Iterable[str],
               allow_skip: bool = False) -> list[str]:
     """What the user asked for and this run did not check, one line each; empty when every request was met.
 
@@ -412,12 +352,12 @@ def unchecked(runs: dict[str, BackendRun], rows: Sequence[dict[str, Any]], expli
         elif stray:
             hints = [f"{o!r} (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(o, known, n=1)) else repr(o) for o in stray]
             out.append(f"{what}: OPS names ops no spec knows, never checked: {', '.join(hints)}")
-        mine = [r for r in rows if r.get("backend") == label]
-        if named and mine and not any(r["verdict"] in EXECUTED for r in mine):
-            why = Counter(f"{r['verdict']}: {r.get('reason', '')}" for r in mine).most_common(1)[0][0]
+        mine = [r for r in rows if r.backend == label]
+        if named and mine and not any(r.verdict in EXECUTED for r in mine):
+            why = Counter(f"{r.verdict}: {r.reason}" for r in mine).most_common(1)[0][0]
             out.append(f"{what}: none of its {len(mine)} selected case(s) ran (most common: {why})")
-    if rows and not any(r["verdict"] in EXECUTED for r in rows) and not out:
-        why = Counter(f"{r['verdict']}: {r.get('reason', '')}" for r in rows).most_common(1)[0][0]
+    if rows and not any(r.verdict in EXECUTED for r in rows) and not out:
+        why = Counter(f"{r.verdict}: {r.reason}" for r in rows).most_common(1)[0][0]
         if not allow_skip:
             out.append(f"no case was executed on any backend (most common: {why})")
     if not rows and not out:

@@ -1,11 +1,10 @@
 """The subprocess side of a conformance run: one backend, a list of cases.
 
 ``python -m dsport.conformance.worker JOB.json`` loads one backend, then for
-each (op, case id) of the job writes a ``start`` line before calling the
-implementation and a ``result`` line after judging it, as JSON lines on the
-original stdout. Anything the backend prints goes to stderr, so it cannot
-corrupt the stream. If the process dies or hangs, the parent knows from the
-last ``start`` line which case did it (see :mod:`dsport.conformance.runner`).
+each (op, case id, seed) of the job writes a ``start`` event before calling the
+implementation and a ``result`` event after judging it (the protocol of
+:mod:`dsport.conformance.process`). If the process dies or hangs, the parent
+knows from the last ``start`` which case did it (see :mod:`dsport.conformance.runner`).
 
 The backend is read through the contract (:mod:`dsport.core.backend`): its
 ``ENV`` is applied by re-executing the worker once with the variables set;
@@ -24,15 +23,17 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
+from .process import apply_env, emit, protocol_stream
+from .row import Item, ResultRow
 from ..core.backend import CONTRACT
 
 if TYPE_CHECKING:
     from ..core.backend import BackendModule
+    from ..core.spec import Case
 
 log = logging.getLogger(__name__)
-ENV_MARK = "DSPORT_CONFORMANCE_ENV_APPLIED"
 
 
 def load(job: dict[str, Any]) -> BackendModule:
@@ -45,11 +46,6 @@ def load(job: dict[str, Any]) -> BackendModule:
     from ..core.registry import load_backend
 
     return load_backend(job["backend"])
-
-
-def _emit(stream: IO[str], **event: Any) -> None:
-    stream.write(json.dumps(event, default=str) + "\n")
-    stream.flush()
 
 
 def _describe(bound: dict[str, Any]) -> tuple[dict[str, list[int]], dict[str, str], dict[str, str]]:
@@ -126,10 +122,22 @@ def _unlink(path: str) -> None:
         pass
 
 
+_CASES: dict[str, dict[str, Case]] = {}
+
+
+def case_of(op: str, case_id: str) -> Case:
+    """The spec's case of that id; an op's cases are built once per process, not once per case."""
+    from ..core.spec import specs
+
+    if op not in _CASES:
+        _CASES[op] = {c.id: c for c in specs()[op].cases()}
+    return _CASES[op][case_id]
+
+
 def run_case(mod: BackendModule, ref_ops: dict[str, Callable[..., Any]], op: str, case_id: str,
              is_reference: bool = False, ref_cache: str | None = None, case_set: str | None = None,
-             contract: bool = False) -> dict[str, Any]:
-    """Run and judge one case in this process; returns a result row (no reproduce/machine fields).
+             contract: bool = False) -> ResultRow:
+    """Run and judge one case in this process; returns its row (the runner places it: backend, reproduce).
     With ``contract`` the backend's ``contract_ops`` run instead of ``OPS`` and a pass is ``contract``."""
     from .guard import InputGuard, uninitialized_memory_filled
     from .metrics import judge
@@ -137,19 +145,12 @@ def run_case(mod: BackendModule, ref_ops: dict[str, Callable[..., Any]], op: str
     from ..core.spec import specs
 
     spec = specs()[op]
-    case = next(c for c in spec.cases() if c.id == case_id)
-    row: dict[str, Any] = {"op": op, "case": case_id, "tags": sorted(case.tags), "seed": case.seed, "metric": spec.metric}
+    case = case_of(op, case_id)
     args = case.inputs()
     bound = spec.bind(**args)
     dims = spec.validate(bound)
     q = query_of(spec, bound, dims)
-    row["shapes"], row["dtypes"], row["params"] = _describe(bound)
-    row["dtype"] = str(q.get("dtype", "")).removeprefix("torch.") or None
-    row["fp8_format"] = q.get("fp8_format")
-
-    def verdict(v: str, reason: str = "", **extra: Any) -> dict[str, Any]:
-        return {**row, "verdict": v, "reason": reason, "metrics": extra.get("metrics", {}),
-                "tolerance": extra.get("tolerance", {}), "seconds": extra.get("seconds")}
+    verdict = ResultRow.for_case(op, case, spec.metric, _describe(bound), q).judged
 
     ops = contract_table(mod) if contract else mod.ops
     impl = ops.get(op)
@@ -199,39 +200,20 @@ def contract_table(mod: BackendModule) -> dict[str, Callable[..., Any]]:
     return _CONTRACT_TABLES[key]
 
 
-def build_rows(mod: BackendModule, backend: str, target: str, out_dir: str) -> list[dict[str, Any]]:
+def build_rows(mod: BackendModule, target: str, out_dir: str) -> list[ResultRow]:
+    """Every kernel of ``target`` built into ``out_dir``, one row each."""
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.perf_counter()
     builds = mod.build(target, out_dir)
     secs = (time.perf_counter() - t0) / max(len(builds), 1)
-    return [build_row(kb.to_json(), seconds=secs) for kb in builds]
-
-
-def build_row(kb: dict[str, Any], seconds: float | None = None) -> dict[str, Any]:
-    """A KernelBuild record as a result row: built, never pass (it did not run)."""
-    status, findings = kb.get("status"), kb.get("findings") or []
-    if status == "built":
-        verdict = "built"
-        reason = "compiled, not executed (no such device here)" + (f"; findings: {', '.join(findings)}" if findings else "")
-    elif status == "source":  # lowered, but no toolchain here to compile it: unknown, not failed
-        verdict, reason = "skip", f"device source emitted, not compiled here: {kb.get('detail', '')}"
-    else:
-        verdict, reason = "fail", f"build failed: {kb.get('detail', '')}"
-    ops = list(kb.get("ops") or ["(build)"])
-    return {"op": ops[0], "ops": ops, "case": f"{kb['target']}:{kb['kernel']}", "tags": ["build"], "seed": None, "metric": "build",
-            "shapes": {}, "dtypes": {}, "params": {"target": kb["target"]}, "dtype": None, "fp8_format": None,
-            "verdict": verdict, "reason": reason,
-            "metrics": {k: kb.get(k) for k in ("artifact", "registers", "spills", "shared_bytes", "matrix_instr", "matrix_found", "hot")},
-            "tolerance": {}, "seconds": seconds, "backend": kb.get("backend")}
+    return [ResultRow.build(kb.to_json(), seconds=secs) for kb in builds]
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     with open(argv[0]) as f:
         job = json.load(f)
-    # The protocol owns the original stdout; whatever the backend prints lands on stderr.
-    proto = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
+    proto = protocol_stream()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
         mod = load(job)
@@ -240,14 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         missing = isinstance(e, ImportError) or type(e).__name__ == "BackendUnavailable"
         frames = traceback.extract_tb(e.__traceback__)
         where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-        _emit(proto, event="ready", available=False, broken=not missing, name=job.get("backend"),
+        emit(proto, event="ready", available=False, broken=not missing, name=job.get("backend"),
               reason=f"import failed: {traceback.format_exception_only(e)[-1].strip()}{where}")
         return 0
     env = dict(mod.env)
-    if env and any(os.environ.get(k) != v for k, v in env.items()) and not os.environ.get(ENV_MARK):
-        proto.flush()
-        os.dup2(proto.fileno(), 1)
-        os.execve(sys.executable, [sys.executable, "-m", "dsport.conformance.worker", *argv], {**os.environ, **env, ENV_MARK: "1"})
+    apply_env(env, "dsport.conformance.worker", argv, proto)
     name = mod.name
     ok, reason, broken = mod.availability()
     # ahead-of-time builds need a toolchain, not the device: they run where the backend cannot
@@ -259,33 +238,33 @@ def main(argv: list[str] | None = None) -> int:
     elif building and not ok:
         reason = f"{reason}; builds need no device (verdict 'built')"
     ops = contract_table(mod) if contract else mod.ops
-    _emit(proto, event="ready", available=ok or contract or building, broken=broken, name=name, reason=reason,
+    emit(proto, event="ready", available=ok or contract or building, broken=broken, name=name, reason=reason,
           ops=sorted(ops), targets=list(mod.targets), env=env, mode=CONTRACT if contract else "run")
     if not (ok or contract or building):
         return 0
     if job.get("build"):
         for target in job["build"]["targets"]:
-            _emit(proto, event="start", op="(build)", case=target)
+            emit(proto, event="start", op="(build)", case=target)
             try:
-                rows = build_rows(mod, name, target, os.path.join(job["build"]["out_dir"], name, target))
+                rows = build_rows(mod, target, os.path.join(job["build"]["out_dir"], name, target))
             except Exception as e:
-                rows = [{"op": "(build)", "case": target, "verdict": "crash", "reason": f"build raised {type(e).__name__}: {e}"}]
-            _emit(proto, event="result", rows=rows)
-        _emit(proto, event="done")
+                rows = [ResultRow.lost(Item("(build)", target), "crash", f"build raised {type(e).__name__}: {e}")]
+            emit(proto, event="result", rows=[r.to_json() for r in rows])
+        emit(proto, event="done")
         return 0
     from ..backends import reference
 
     ref_ops = dict(reference.OPS)
     is_reference = mod.module is reference or name == "reference"
-    for op, case_id in job["items"]:
-        _emit(proto, event="start", op=op, case=case_id)
+    for item in map(Item._make, job["items"]):
+        emit(proto, event="start", op=item.op, case=item.case)
         try:
-            row = run_case(mod, ref_ops, op, case_id, is_reference, job.get("ref_cache"), job.get("case_set"), contract)
+            row = run_case(mod, ref_ops, item.op, item.case, is_reference, job.get("ref_cache"), job.get("case_set"), contract)
         except Exception as e:  # a harness-side failure on one case must not end the run
-            row = {"op": op, "case": case_id, "verdict": "crash", "reason": f"harness error {type(e).__name__}: {e}",
-                   "metrics": {"traceback": traceback.format_exc(limit=-4)}}
-        _emit(proto, event="result", rows=[row])
-    _emit(proto, event="done")
+            row = ResultRow.lost(item, "crash", f"harness error {type(e).__name__}: {e}",
+                                 metrics={"traceback": traceback.format_exc(limit=-4)})
+        emit(proto, event="result", rows=[row.to_json()])
+    emit(proto, event="done")
     return 0
 
 

@@ -17,7 +17,7 @@ the two equal.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -251,7 +251,7 @@ def _get(mod: ModuleType, label: str, hook: str, types: type | tuple[type, ...] 
     """The value of ``hook`` (``types=None``: any callable), ``default`` when absent."""
     if not hasattr(mod, hook):
         if _HOOK[hook].required:
-            raise BackendContractError(label, hook, f"{_HOOK[hook].kind} (required)", "nothing: not defined" + _near(mod, hook))
+            raise missing_hook(label, hook, vars(mod))
         return default
     value = getattr(mod, hook)
     if not (callable(value) if types is None else isinstance(value, types)):
@@ -259,13 +259,18 @@ def _get(mod: ModuleType, label: str, hook: str, types: type | tuple[type, ...] 
     return value
 
 
-def _near(mod: ModuleType, hook: str) -> str:
-    """A hint for a misspelled hook (``OP``, ``Ops``, ``avaliable``)."""
+def missing_hook(label: str, hook: str, names: Iterable[str]) -> BackendContractError:
+    """The error for a required hook a module does not define, with the near miss
+    among ``names`` (what it does define) for a misspelled one (``OP``, ``Ops``,
+    ``avaliable``). The one wording of it: the loader raises it for an imported
+    module, ``dsport conformance --backend-module`` for a module's source before
+    any worker imports it."""
     import difflib
 
-    public = [a for a in vars(mod) if not a.startswith("_")]
+    public = [a for a in names if not a.startswith("_")]
     close = [a for a in public if a.lower() == hook.lower()] or difflib.get_close_matches(hook, public, n=1, cutoff=0.6)
-    return f" (found '{close[0]}': a misspelling?)" if close else ""
+    near = f" (found '{close[0]}': a misspelling?)" if close else ""
+    return BackendContractError(label, hook, f"{_HOOK[hook].kind} (required)", "nothing: not defined" + near)
 
 
 def from_module(mod: ModuleType, name: str | None = None) -> BackendModule:

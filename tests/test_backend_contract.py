@@ -121,7 +121,7 @@ def test_contract_is_never_pass_in_process():
     os.environ["DSPORT_PLANTED_CLEAN"] = "1"
     try:
         b = import_backend(ADAPTER)
-        op, case = _rms_items()[0]
+        op, case, _ = _rms_items()[0]
         assert run_case(b, dict(reference.OPS), op, case, contract=True)["verdict"] == "contract"
         # the same adapter without contract models has nothing to call: the vendor is absent
         with pytest.raises(TypeError):

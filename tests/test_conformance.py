@@ -199,18 +199,18 @@ def test_quick_tags_narrow_the_quick_set_with_visible_skips():
     assert by_verdict["tiny"] == "pass"
     skipped = [r for r in rows if r["verdict"] == "skip"]
     assert skipped and all("quick set" in r["reason"] and "--full" in r["reason"] for r in skipped)
-    assert set(by_verdict) == {c for _, c in select_items(quick)}  # nothing silently dropped
+    assert set(by_verdict) == {it.case for it in select_items(quick)}  # nothing silently dropped
     full = ConformancePlan(ops=["act_quant"], case_set="full")
     _, rows = run_backend("quick_tagged", module, select_items(full), full)
     assert rows and all(r["verdict"] == "pass" for r in rows)
 
 
 def test_build_rows_map_statuses_honestly():
-    from dsport.conformance.worker import build_row
+    from dsport.conformance.row import ResultRow
     from dsport.core.build import KernelBuild
 
     def row(status: str, **kw):
-        return build_row(KernelBuild("b", "k", ("act_quant",), "gfx950", status, detail="why", **kw).to_json())
+        return ResultRow.build(KernelBuild("b", "k", ("act_quant",), "gfx950", status, detail="why", **kw).to_json())
 
     assert row("built")["verdict"] == "built"
     assert row("built", spills=8)["reason"].endswith("findings: spills 8")

@@ -7,6 +7,7 @@ import pytest
 
 from dsport.conformance import report
 from dsport.conformance.merge import ReportError, conflicts, load, merge
+from dsport.conformance.row import ResultRow
 from dsport.core.cli import main
 from dsport.core.config import from_mapping, load_config
 from dsport.core.errors import ConfigError
@@ -29,7 +30,7 @@ def cli(capsys, *argv):
 @pytest.mark.parametrize("module, rc, fragments", [
     ("not_there", 2, ["no module of that name"]),
     ("planted_bugz", 2, ["did you mean 'conformance_planted.planted_bugs'?"]),
-    ("misspelled_ops", 2, ["defines no OPS table", "'OPs' (did you mean 'OPS'?)"]),
+    ("misspelled_ops", 2, ["hook 'OPS'", "nothing: not defined (found 'OPs': a misspelling?)"]),
     # the traceback's last line and where it was raised
     ("import_error", 1, ["broken", "ImportError: cannot import name 'no_such_kernel'", "import_error.py:2"]),
     ("available_raises", 1, ["broken", "available() raised RuntimeError: probe of the device driver failed"]),
@@ -75,10 +76,9 @@ def test_help_documents_the_exit_codes(capsys):
 
 # -- merge ------------------------------------------------------------------------
 def _report(tmp_path, name, verdict, created, machine="box-a"):
-    doc = report.build_document([{"backend": "torch", "op": "dequant", "case": "tiny", "tags": [], "seed": 1, "metric": "exact",
-                                  "shapes": {}, "dtypes": {}, "params": {}, "dtype": None, "fp8_format": None, "verdict": verdict,
-                                  "reason": "", "metrics": {}, "tolerance": {}, "seconds": 0.0, "reproduce": "x",
-                                  "machine": machine}], {}, "dsport conformance", "quick")
+    row = ResultRow(backend="torch", op="dequant", case="tiny", seed=1, metric="exact", verdict=verdict, seconds=0.0,
+                    reproduce="x", machine=machine)
+    doc = report.build_document([row], {}, "dsport conformance", "quick")
     doc["created"] = created
     doc["environments"][0]["machine"] = machine
     p = tmp_path / name
@@ -146,7 +146,7 @@ def _plugin(pytester, *args):
 
 @pytest.mark.parametrize("module, fragment", [
     ("not_there", "no module of that name"),
-    ("misspelled_ops", "did you mean 'OPS'?"),
+    ("misspelled_ops", "hook 'OPS': expected dict[str, Callable] (required), got nothing: not defined (found 'OPs': a misspelling?)"),
     ("import_error", "ImportError: cannot import name 'no_such_kernel'"),
     ("available_raises", "available() raised RuntimeError"),
     ("unavailable", "unavailable here: no Frobnicator device"),

@@ -146,6 +146,7 @@ def _run(args: argparse.Namespace, err: Any) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ...conformance import report
+    from ...conformance.row import ResultRow
     from ...conformance.runner import ConformancePlan, check_module, load_build_reports, run, select_items, unchecked
     from ..errors import ConfigError
 
@@ -175,7 +176,7 @@ def _run(args: argparse.Namespace, err: Any) -> int:
         return _verdict(doc, model_unchecked(rows, set(named) | set(plan.backend_modules), args.allow_skip), err)
     items = select_items(plan)
     if args.list:
-        for op, case in items:
+        for op, case, _ in items:
             print(f"{op}/{case}")
         return EXIT_OK
     n_backends = len(plan.backends) + len(plan.backend_modules)
@@ -183,10 +184,10 @@ def _run(args: argparse.Namespace, err: Any) -> int:
                   console=err, transient=True, disable=args.no_progress or not err.is_terminal) as progress:
         task = progress.add_task("conformance", total=len(items) * n_backends)
 
-        def on_row(row: dict[str, Any]) -> None:
-            if row.get("metric") != "build":
+        def on_row(row: ResultRow) -> None:
+            if row.metric != "build":
                 progress.advance(task)
-            progress.update(task, description=f"{row['backend']} {row['op']}")
+            progress.update(task, description=f"{row.backend} {row.op}")
 
         runs, rows = run(plan, on_row=on_row)
     command = shlex.join(["dsport", "conformance", *sys.argv[2:]]) if sys.argv[1:2] == ["conformance"] else "dsport conformance"
