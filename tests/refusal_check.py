@@ -12,7 +12,7 @@ from dsport.core.capabilities import query_of
 from dsport.core.spec import specs
 
 
-def undeclared_refusals(mod: BackendModule, ops: Mapping[str, Callable[..., Any]], items: Iterable[tuple[str, str]],
+def undeclared_refusals(mod: BackendModule, ops: Mapping[str, Callable[..., Any]], items: Iterable[tuple],
                         refused: tuple[type[BaseException], ...] = (NotImplementedError,),
                         device: str | None = None) -> tuple[int, int, list[str]]:
     """(cases accepted, cases declined by refusal(), 'op/case: message' for each accepted case whose call
@@ -20,7 +20,7 @@ def undeclared_refusals(mod: BackendModule, ops: Mapping[str, Callable[..., Any]
     table whose launches are stubbed out is judged as it would be on its device)."""
     table = specs()
     accepted, declined, bad = 0, 0, []
-    for op, case_id in items:
+    for op, case_id, *_ in items:  # (op, case) pairs or conformance Items (op, case, seed)
         if op not in ops:
             continue
         spec = table[op]
