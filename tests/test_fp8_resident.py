@@ -140,3 +140,16 @@ def test_grouped_fp8_layouts_match_the_dequantized_experts_and_skip_unchosen_one
     # x and h each go through e4m3 (3 mantissa bits, relative RMS error ~ 2^-4 / sqrt(3)): ~5% RMS in all, cos ~ 0.9987;
     # a wrong expert, a missing scale or a dropped slot falls far below
     assert cos > 0.995 and (got - want).abs().max() < 0.25 * want.abs().max(), (cos, (got - want).abs().max())
+
+
+def test_moe_fp8_benchmark_runs_both_paths(tmp_path):
+    import json
+
+    from dsport.core.cli import main
+
+    out = tmp_path / "b.json"
+    assert main(["bench", "--json", str(out), "moe_fp8", "--tokens", "8", "--experts", "4", "--topk", "2", "--dim", "128",
+                 "--inter", "128", "--repeats", "1", "--no-peak"]) == 0
+    got = json.loads(out.read_text())
+    assert got["layout"] == "masked" and got["dense_copy_bytes"] == 3 * 4 * 128 * 128 * 4
+    assert got["cosine"] > 0.99 and all(v > 0 for v in got["seconds"].values())
