@@ -89,6 +89,8 @@ _ADAPTED: dict[str, Capability] = {
                                        note="DeepGEMM: 64-token blocks on SM90"),
     "moe_grouped_gemm_contiguous": Capability(dtypes=(torch.bfloat16,), note="DeepGEMM bf16 grouped GEMM, segments aligned to 128"),
     "moe_grouped_gemm_masked": Capability(dtypes=(torch.bfloat16,), note="DeepGEMM bf16 grouped GEMM"),
+    "moe_grouped_fp8_gemm_contiguous": Capability(fp8_formats=("e4m3fn",), note="DeepGEMM grouped FP8 GEMM, segments aligned to 128"),
+    "moe_grouped_fp8_gemm_masked": Capability(fp8_formats=("e4m3fn",), note="DeepGEMM grouped FP8 GEMM"),
 }
 _OWN_CAPS: dict[str, Capability] = {
     "act_quant": Capability(dtypes=(torch.bfloat16,), devices=_CUDA, note="block 128 (one warp per group)"),
@@ -105,7 +107,8 @@ def _not_served() -> dict[str, str]:
 
     vendor_of = {}
     vendor_of.update({op: ("DeepGEMM", _DEEP_GEMM_ERR) for op in ("indexer_logits_paged",
-                                                                  "moe_grouped_gemm_contiguous", "moe_grouped_gemm_masked")})
+                                                                  "moe_grouped_gemm_contiguous", "moe_grouped_gemm_masked",
+                                                                  "moe_grouped_fp8_gemm_contiguous", "moe_grouped_fp8_gemm_masked")})
     out = {}
     for op in specs():
         if op in OPS:
