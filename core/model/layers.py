@@ -365,7 +365,11 @@ class MoE(nn.Module):
 
         FP8 weights stay FP8: ``moe="experts"`` runs each expert some token chose through its own
         Linear layers (act_quant + fp8_gemm), ``moe="grouped"`` the grouped FP8 GEMMs. Experts no
-        token chose are never read (their weights may hold anything, SPEC §10)."""
+        token chose are never read (their weights may hold anything, SPEC §10). A traced graph
+        (``dsport export-onnx``) cannot branch on the routing: there every expert runs on every
+        token, FP8 as well, weighted 0 where it was not chosen (:meth:`_every_expert`)."""
+        if self.cfg.fp8_weights and torch.jit.is_tracing():
+            return self._every_expert(x, ids, weights)
         if self.cfg.fp8_weights:
             return self._grouped(x, ids, weights) if self.cfg.moe_grouped_gemm else self._chosen_experts(x, ids, weights)
         w1, w3, w2 = (w.to(x.dtype) for w in self.stacked())  # a transient cast only if x is not in the weights' dtype
@@ -385,6 +389,17 @@ class MoE(nn.Module):
         for e, s in zip(experts.tolist(), torch.split(slots, counts.tolist())):
             tok = s // k
             y.index_add_(0, tok, self.experts[e](x[tok]).float() * w[s].float()[:, None])
+        return y.to(x.dtype)
+
+    def _every_expert(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Every expert on every token times its routing weight (0 where not chosen): the
+        route-independent form of :meth:`_chosen_experts`, row for row the same arithmetic."""
+        valid = ids >= 0
+        gate = torch.zeros(x.shape[0], len(self.experts), dtype=torch.float32, device=x.device)
+        gate.scatter_add_(1, torch.where(valid, ids, 0).long(), torch.where(valid, weights.float(), 0.0))
+        y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        for e, expert in enumerate(self.experts):
+            y = y + expert(x).float() * gate[:, e:e + 1]
         return y.to(x.dtype)
 
     ALIGN = 128
