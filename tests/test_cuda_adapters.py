@@ -125,7 +125,9 @@ def test_deepgemm_adapters_meet_the_spec():
     want = {"fp8_gemm": ["tiny", "ragged-n", "M0"], "indexer_logits": ["tiny-fp8", "fp8-causal-prefix", "empty-windows", "T0"],
             "indexer_logits_paged": ["tiny", "page-size-64", "B0", "heads-8"],
             "moe_grouped_gemm_contiguous": ["tiny", "empty-group", "all-padding", "M0"],
-            "moe_grouped_gemm_masked": ["tiny", "empty-groups", "all-zero", "G0"]}
+            "moe_grouped_gemm_masked": ["tiny", "empty-groups", "all-zero", "G0"],
+            "moe_grouped_fp8_gemm_contiguous": ["tiny", "poison-padding-nan", "ragged-n", "M0"],
+            "moe_grouped_fp8_gemm_masked": ["tiny", "poison-empty-groups", "ragged-n", "G0"]}
     for op, cases in want.items():
         assert set(_verdicts(ops, op, cases).values()) == {"contract"}, op
 
@@ -272,3 +274,26 @@ def test_legacy_deep_gemm_serves_the_fp8_gemm_under_its_old_name():
     assert set(ops) == {"fp8_gemm"}  # the indexer logits and bf16 grouped GEMMs exist only in the new API
     cases = ["tiny", "ragged-n", "M0", "strided-views"]
     assert set(_verdicts(ops, "fp8_gemm", cases).values()) == {"contract"}
+
+
+def test_grouped_fp8_sfa_goes_mn_major_per_group():
+    sa = torch.arange(2 * 7 * 3, dtype=torch.float32).reshape(2, 7, 3)
+    mn = G.mn_major_tma_aligned_groups(sa)
+    assert torch.equal(mn, sa) and mn.stride() == (24, 1, 8)  # M 7 padded to 8; one group = 3 columns of 8
+
+
+def test_planted_grouped_fp8_convention_bugs_fail():
+    def row_major_sfa(a, sa, b, sb, masked_m):  # sa passed as dsport holds it: DeepGEMM's layout check refuses it
+        d = torch.empty((a.shape[0], a.shape[1], b.shape[1]), dtype=torch.bfloat16)
+        G.m_grouped_fp8_masked_model((a.contiguous(), sa.float().contiguous()), (b.contiguous(), sb.float().contiguous()), d,
+                                     masked_m.int(), 1)
+        return d
+
+    def keep_padding(a, sa, b, sb, m_indices):  # DeepGEMM leaves -1 rows unwritten: they must be zeroed
+        d = torch.empty((a.shape[0], b.shape[1]), dtype=torch.bfloat16)
+        G.m_grouped_fp8_contiguous_model((a, G.mn_major_tma_aligned(sa)), (b, sb.float().contiguous()), d, m_indices.int())
+        return d
+
+    got = _verdicts({"moe_grouped_fp8_gemm_masked": row_major_sfa}, "moe_grouped_fp8_gemm_masked", ["tiny", "full"])
+    got.update(_verdicts({"moe_grouped_fp8_gemm_contiguous": keep_padding}, "moe_grouped_fp8_gemm_contiguous", ["tiny", "all-padding"]))
+    assert all(v.startswith(("fail", "crash")) for v in got.values()), got

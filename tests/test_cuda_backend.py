@@ -23,7 +23,8 @@ def test_module_meets_the_contract():
     assert set(b.ops) == own_ops() == {"act_quant", "fp8_gemm", "indexer_logits", "sparse_mla_decode",
                                                  "sparse_mla_prefill", "rms_norm", "rope", "topk_select", "moe_gate"}
     assert set(b.contract_ops()) == {"sparse_mla_prefill", "sparse_mla_decode", "fp8_gemm", "indexer_logits",
-                                     "indexer_logits_paged", "moe_grouped_gemm_contiguous", "moe_grouped_gemm_masked"}
+                                     "indexer_logits_paged", "moe_grouped_gemm_contiguous", "moe_grouped_gemm_masked",
+                                     "moe_grouped_fp8_gemm_contiguous", "moe_grouped_fp8_gemm_masked"}
     assert set(b.not_served) == set(specs()) - set(b.ops) and all(b.not_served.values())
     assert "DeepGEMM serves it when importable" in b.not_served["indexer_logits_paged"]
 

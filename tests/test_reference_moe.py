@@ -373,3 +373,63 @@ def test_every_quick_case_validates_and_every_tag_is_used():
                 spec.validate(spec.bind(**case.inputs()))
         assert {"quick", "full", "tiny", "edge", "deepseek"} <= set().union(*(c.tags for c in cases)), op
         assert all("full" in c.tags for c in cases), op
+
+
+# -- grouped FP8 GEMMs ----------------------------------------------------------------------------
+
+def _dequant_rows(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """[..., K] fp8 codes times one scale per 128 values, float64, written out here."""
+    return q.double() * s.double().repeat_interleave(128, dim=-1)
+
+
+def _dequant_weight(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    n = w.shape[0]
+    return w.double() * s.double().repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)
+
+
+def _fp8(gen: torch.Generator, *shape: int) -> torch.Tensor:
+    return (torch.randn(*shape, generator=gen) * 100).clamp(-448, 448).to(torch.float8_e4m3fn)
+
+
+@pytest.mark.parametrize("impl", ["reference", "torch"])
+def test_grouped_fp8_contiguous_is_a_dequantized_matmul_per_group_and_skips_padding(impl):
+    gen = torch.Generator().manual_seed(11)
+    g, n, k = 3, 200, 256
+    m_indices = torch.cat([torch.full((5,), 2), torch.full((123,), -1), torch.full((128,), 0)]).int()
+    a, sa = _fp8(gen, 256, k), torch.exp2(torch.randint(-6, 2, (256, k // 128), generator=gen).float())
+    b, sb = _fp8(gen, g, n, k), torch.rand(g, 2, k // 128, generator=gen) * 1e-3 + 1e-4
+    a.view(torch.uint8)[5:128] = 0xFF  # padding rows: NaN codes, never read
+    b.view(torch.uint8)[1] = 0xFF      # group 1 has no row: never read
+    c = dsport.resolve(impl).moe_grouped_fp8_gemm_contiguous(a, sa, b, sb, m_indices).double()
+    want = torch.zeros(256, n, dtype=torch.float64)
+    for rows, grp in ((slice(0, 5), 2), (slice(128, 256), 0)):
+        want[rows] = _dequant_rows(a[rows], sa[rows]) @ _dequant_weight(b[grp], sb[grp]).T
+    tol = 1e-12 if impl == "reference" else 2 ** -8  # torch: bf16 out
+    assert torch.isfinite(c).all()
+    assert (c - want).abs().max() <= tol * want.abs().max()
+
+
+@pytest.mark.parametrize("impl", ["reference", "torch"])
+def test_grouped_fp8_masked_computes_only_counted_rows(impl):
+    gen = torch.Generator().manual_seed(12)
+    g, mm, n, k = 3, 6, 128, 128
+    a, sa = _fp8(gen, g, mm, k), torch.exp2(torch.randint(-6, 2, (g, mm, 1), generator=gen).float())
+    b, sb = _fp8(gen, g, n, k), torch.rand(g, 1, 1, generator=gen) * 1e-3 + 1e-4
+    masked_m = torch.tensor([2, 0, 6], dtype=torch.int32)
+    a.view(torch.uint8)[0, 2:] = 0xFF
+    b.view(torch.uint8)[1] = 0xFF
+    c = dsport.resolve(impl).moe_grouped_fp8_gemm_masked(a, sa, b, sb, masked_m).double()
+    want = torch.zeros(g, mm, n, dtype=torch.float64)
+    for grp, m in ((0, 2), (2, 6)):
+        want[grp, :m] = _dequant_rows(a[grp, :m], sa[grp, :m]) @ _dequant_weight(b[grp], sb[grp]).T
+    tol = 1e-12 if impl == "reference" else 2 ** -8
+    assert torch.isfinite(c).all()
+    assert (c - want).abs().max() <= tol * want.abs().max()
+
+
+def test_grouped_fp8_rejects_mismatched_scales_by_name():
+    gen = torch.Generator().manual_seed(13)
+    a, sa = _fp8(gen, 128, 256), torch.ones(128, 2)
+    b, sb = _fp8(gen, 2, 128, 256), torch.ones(2, 1, 1)  # K / 128 = 2 scale columns expected
+    check_named_error(lambda: ref.moe_grouped_fp8_gemm_contiguous(a, sa, b, sb, torch.zeros(128, dtype=torch.int32)),
+                      "moe_grouped_fp8_gemm_contiguous", "sb", "K // 128")

@@ -97,7 +97,8 @@ def _not_served() -> dict[str, str]:
 
     vendor_of = {}
     vendor_of.update({op: ("DeepGEMM", _DEEP_GEMM_ERR) for op in ("indexer_logits_paged",
-                                                                  "moe_grouped_gemm_contiguous", "moe_grouped_gemm_masked")})
+                                                                  "moe_grouped_gemm_contiguous", "moe_grouped_gemm_masked",
+                                                                  "moe_grouped_fp8_gemm_contiguous", "moe_grouped_fp8_gemm_masked")})
     out = {}
     for op in specs():
         if op in OPS:

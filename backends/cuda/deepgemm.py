@@ -24,6 +24,10 @@ Mappings the adapters own:
   (``clean_logits=False``): the adapter writes -inf, dsport's contract;
 * grouped GEMM rows with ``m_indices == -1`` and masked rows past
   ``masked_m[g]`` are left unwritten by DeepGEMM: the adapter writes 0;
+* the grouped FP8 GEMMs' ``sa`` goes MN-major as for ``fp8_gemm`` (the
+  masked layout's [G, MM, K/128] per group, groups one after another:
+  ``check_sf_layout`` with ``num_groups``); ``sb`` [G, N/128, K/128] stays
+  contiguous (SM90's SFB check);
 * empty problems (M = 0, T = 0, B = 0, G = 0) never reach the library.
 """
 from __future__ import annotations
@@ -50,6 +54,8 @@ PAGED_LOGITS_CAPABILITY = Capability(fp8_formats=_E4M3FN, page_sizes=(PAGE,),
                                      note="DeepGEMM fp8_paged_mqa_logits: e4m3fn, 64-token blocks on SM90")
 GROUPED_CAPABILITY = Capability(dtypes=_BF16, arg_dtypes=(("a", _BF16), ("b", _BF16)),
                                 note="DeepGEMM m_grouped_bf16_gemm_nt_*: bf16 a and b, segments aligned to 128")
+GROUPED_FP8_CAPABILITY = Capability(fp8_formats=_E4M3FN,
+                                    note="DeepGEMM m_grouped_fp8_gemm_nt_*: e4m3fn a and b, fp32 scales, segments aligned to 128")
 
 
 def tma_aligned(mn: int, element_size: int = 4) -> int:
@@ -152,6 +158,44 @@ def masked_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
     return moe_grouped_gemm_masked
 
 
+def mn_major_tma_aligned_groups(sf: torch.Tensor) -> torch.Tensor:
+    """[G, M, KB] fp32 -> the same values, MN-major per group: column stride tma_aligned(M), group stride that times KB."""
+    g, m, kb = sf.shape
+    store = torch.zeros((g, kb, tma_aligned(m)), dtype=torch.float32, device=sf.device)
+    store[:, :, :m] = sf.float().transpose(1, 2)
+    return store[:, :, :m].transpose(1, 2)
+
+
+def fp8_contiguous_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
+    @declare(GROUPED_FP8_CAPABILITY)
+    def moe_grouped_fp8_gemm_contiguous(a, sa, b, sb, m_indices):
+        _fp8_e4m3fn("moe_grouped_fp8_gemm_contiguous", "a", a)
+        m, n = a.shape[0], b.shape[1]
+        d = torch.empty((m, n), dtype=torch.bfloat16, device=a.device)
+        if m == 0:
+            return d
+        idx = m_indices.int().contiguous()
+        vendor((a.contiguous(), mn_major_tma_aligned(sa)), (b.contiguous(), sb.float().contiguous()), d, idx)
+        return torch.where(idx[:, None] >= 0, d, torch.zeros((), dtype=d.dtype, device=d.device))
+    return moe_grouped_fp8_gemm_contiguous
+
+
+def fp8_masked_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
+    @declare(GROUPED_FP8_CAPABILITY)
+    def moe_grouped_fp8_gemm_masked(a, sa, b, sb, masked_m):
+        _fp8_e4m3fn("moe_grouped_fp8_gemm_masked", "a", a)
+        g, mm, _ = a.shape
+        d = torch.empty((g, mm, b.shape[1]), dtype=torch.bfloat16, device=a.device)
+        if g == 0 or mm == 0:
+            return d
+        counts = masked_m.int().contiguous()
+        vendor((a.contiguous(), mn_major_tma_aligned_groups(sa)), (b.contiguous(), sb.float().contiguous()), d, counts,
+               max(int(counts.max()), 1))
+        rows = torch.arange(mm, device=a.device)
+        return torch.where((rows[None, :] < counts[:, None]).unsqueeze(-1), d, torch.zeros((), dtype=d.dtype, device=d.device))
+    return moe_grouped_fp8_gemm_masked
+
+
 #: (new name, legacy name) of the FP8 GEMM: DeepGEMM's 2025 API refactor renamed
 #: gemm_fp8_fp8_bf16_nt to fp8_gemm_nt with the same (fp8, scales) pair arguments; vLLM resolves the
 #: two the same way (vllm-project/vllm vllm/utils/deep_gemm.py, _resolve_symbol). vLLM and sglang
@@ -176,6 +220,10 @@ def vendor_ops(lib: Any) -> dict[str, Callable[..., Any]]:
         ops["moe_grouped_gemm_contiguous"] = contiguous_adapter(lib.m_grouped_bf16_gemm_nt_contiguous)
     if hasattr(lib, "m_grouped_bf16_gemm_nt_masked"):
         ops["moe_grouped_gemm_masked"] = masked_adapter(lib.m_grouped_bf16_gemm_nt_masked)
+    if hasattr(lib, "m_grouped_fp8_gemm_nt_contiguous"):
+        ops["moe_grouped_fp8_gemm_contiguous"] = fp8_contiguous_adapter(lib.m_grouped_fp8_gemm_nt_contiguous)
+    if hasattr(lib, "m_grouped_fp8_gemm_nt_masked"):
+        ops["moe_grouped_fp8_gemm_masked"] = fp8_masked_adapter(lib.m_grouped_fp8_gemm_nt_masked)
     return ops
 
 
@@ -268,10 +316,68 @@ def m_grouped_masked_model(a, b, d, masked_m, expected_m):
         d[g, :m] = (a[g, :m].float() @ b[g].float().T).to(d.dtype)
 
 
+def _check_grouped_sfa(sf: torch.Tensor, g: int, mn: int, k: int) -> None:
+    """check_sf_layout(sf, mn, k, 1, 128, num_groups=g, tma_stride_check=True)."""
+    assert sf.dtype == torch.float32 and sf.shape == (g, mn, math.ceil(k / BLOCK)), f"sfa {tuple(sf.shape)}"
+    assert sf.stride(-3) == sf.stride(-1) * sf.size(-1), "sfa groups must follow each other"
+    assert sf.stride(-2) == 1 or mn == 1, "sfa must be MN-major"
+    assert sf.stride(-1) >= tma_aligned(mn) and sf.stride(-1) % 4 == 0, f"sfa stride(-1) {sf.stride(-1)} not TMA-aligned"
+
+
+def _check_grouped_sfb(sf: torch.Tensor, g: int, n: int, k: int) -> None:
+    """check_sf_layout(sf, n, k, 128, 128, num_groups=g, sm90_sfb_check=True)."""
+    assert sf.dtype == torch.float32 and sf.shape == (g, math.ceil(n / BLOCK), math.ceil(k / BLOCK)), f"sfb {tuple(sf.shape)}"
+    assert sf.stride(-3) == sf.size(-2) * sf.size(-1), "sfb groups must follow each other"
+    assert (sf.stride(-1) == 1 and sf.stride(-2) == sf.shape[-1]) or (sf.stride(-1) == sf.shape[-2] and sf.stride(-2) == 1)
+
+
+def _block_scaled(a: torch.Tensor, sfa: torch.Tensor, b: torch.Tensor, sfb: torch.Tensor) -> torch.Tensor:
+    """a @ b^T with every 128-wide K block promoted to fp32 and scaled by sfa[m, kb] * sfb[n // 128, kb]."""
+    (m, k), n = a.shape, b.shape[0]
+    part = torch.einsum("mkc,nkc->mnk", a.float().reshape(m, k // BLOCK, BLOCK), b.float().reshape(n, k // BLOCK, BLOCK))
+    return (part * sfa[:, None, :] * sfb.repeat_interleave(BLOCK, 0)[:n][None, :, :]).sum(-1)
+
+
+def m_grouped_fp8_contiguous_model(a_pair, b_pair, d, m_indices, recipe=None, compiled_dims="nk", disable_ue8m0_cast=False):
+    """``m_grouped_fp8_gemm_nt_contiguous``: rows of group g (a segment starting at a multiple of 128) get the
+    block-scaled a @ b[g]^T; rows marked -1 are not written."""
+    (a, sfa), (b, sfb) = a_pair, b_pair
+    assert a.dtype == b.dtype == torch.float8_e4m3fn and a.stride(-1) == 1 and b.stride(-1) == 1, "NT: K-major e4m3 A and B"
+    assert d.dtype == torch.bfloat16 and m_indices.dtype == torch.int32
+    (m, k), (g, n) = a.shape, b.shape[:2]
+    _check_sfa(sfa, m, k)
+    _check_grouped_sfb(sfb, g, n, k)
+    idx = m_indices.tolist()
+    for r in range(len(idx)):
+        if idx[r] >= 0 and (r == 0 or idx[r - 1] != idx[r]):
+            assert r % MK_ALIGNMENT == 0, f"segment of group {idx[r]} starts at row {r}, not aligned to {MK_ALIGNMENT}"
+    d.fill_(math.nan)  # unwritten memory: anything
+    for grp in sorted({x for x in idx if x >= 0}):
+        rows = m_indices == grp
+        d[rows] = _block_scaled(a[rows], sfa[rows], b[grp], sfb[grp]).to(d.dtype)
+
+
+def m_grouped_fp8_masked_model(a_pair, b_pair, d, masked_m, expected_m, recipe=None, compiled_dims="nk", disable_ue8m0_cast=False):
+    """``m_grouped_fp8_gemm_nt_masked``: group g computes its first masked_m[g] rows; the rest are not written."""
+    (a, sfa), (b, sfb) = a_pair, b_pair
+    assert a.dtype == b.dtype == torch.float8_e4m3fn and a.stride(-1) == 1 and b.stride(-1) == 1, "NT: K-major e4m3 A and B"
+    assert d.dtype == torch.bfloat16 and masked_m.dtype == torch.int32 and expected_m >= 1
+    g, mm, k = a.shape
+    _check_grouped_sfa(sfa, g, mm, k)
+    _check_grouped_sfb(sfb, g, b.shape[1], k)
+    d.fill_(math.nan)
+    for grp in range(g):
+        m = int(masked_m[grp])
+        if m:
+            d[grp, :m] = _block_scaled(a[grp, :m], sfa[grp, :m], b[grp], sfb[grp]).to(d.dtype)
+
+
 def contract_ops() -> dict[str, Callable[..., Any]]:
     """The adapters with DeepGEMM replaced by its contract models."""
     return {"fp8_gemm": fp8_gemm_adapter(fp8_gemm_nt_model),
             "indexer_logits": mqa_logits_adapter(fp8_mqa_logits_model),
             "indexer_logits_paged": paged_mqa_logits_adapter(fp8_paged_mqa_logits_model, None),
             "moe_grouped_gemm_contiguous": contiguous_adapter(m_grouped_contiguous_model),
-            "moe_grouped_gemm_masked": masked_adapter(m_grouped_masked_model)}
+            "moe_grouped_gemm_masked": masked_adapter(m_grouped_masked_model),
+            "moe_grouped_fp8_gemm_contiguous": fp8_contiguous_adapter(m_grouped_fp8_contiguous_model),
+            "moe_grouped_fp8_gemm_masked": fp8_masked_adapter(m_grouped_fp8_masked_model)}

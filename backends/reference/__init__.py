@@ -40,6 +40,8 @@ OPS = {
     "moe_experts": moe.moe_experts,
     "moe_grouped_gemm_contiguous": moe.moe_grouped_gemm_contiguous,
     "moe_grouped_gemm_masked": moe.moe_grouped_gemm_masked,
+    "moe_grouped_fp8_gemm_contiguous": moe.moe_grouped_fp8_gemm_contiguous,
+    "moe_grouped_fp8_gemm_masked": moe.moe_grouped_fp8_gemm_masked,
 }
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ...core.errors import ValidationError
+from .quant import fp8_gemm
 
 
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -102,6 +103,28 @@ def moe_grouped_gemm_masked(a: torch.Tensor, b: torch.Tensor, masked_m: torch.Te
     c = torch.zeros(a.shape[0], a.shape[1], b.shape[1], dtype=torch.float64, device=a.device)
     for g, m in enumerate(masked_m.tolist()):
         c[g, :m] = a[g, :m].double() @ b[g].double().T
+    return c
+
+
+def moe_grouped_fp8_gemm_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
+                                    m_indices: torch.Tensor) -> torch.Tensor:
+    """c[m] = fp8_gemm(a[m], sa[m], b[g], sb[g]), g = m_indices[m], float64 [M, N];
+    -1 padding rows are 0 and only the groups some row names are read."""
+    c = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float64, device=a.device)
+    for g in torch.unique(m_indices[m_indices >= 0]).tolist():
+        rows = torch.nonzero(m_indices == g).squeeze(1)
+        c[rows] = fp8_gemm(a[rows], sa[rows], b[g], sb[g])
+    return c
+
+
+def moe_grouped_fp8_gemm_masked(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
+                                masked_m: torch.Tensor) -> torch.Tensor:
+    """c[g, m] = fp8_gemm(a[g, m], sa[g, m], b[g], sb[g]) for m < masked_m[g], float64
+    [G, M_max, N]; the other rows are 0 and a group with masked_m = 0 is not read."""
+    c = torch.zeros(a.shape[0], a.shape[1], b.shape[1], dtype=torch.float64, device=a.device)
+    for g, m in enumerate(masked_m.tolist()):
+        if m:
+            c[g, :m] = fp8_gemm(a[g, :m], sa[g, :m], b[g], sb[g])
     return c
 
 

@@ -44,6 +44,8 @@ OPS = {
     "moe_experts": moe.moe_experts,
     "moe_grouped_gemm_contiguous": moe.moe_grouped_gemm_contiguous,
     "moe_grouped_gemm_masked": moe.moe_grouped_gemm_masked,
+    "moe_grouped_fp8_gemm_contiguous": moe.moe_grouped_fp8_gemm_contiguous,
+    "moe_grouped_fp8_gemm_masked": moe.moe_grouped_fp8_gemm_masked,
 }
 
 _MATMUL_NOTE = "matmul operands: " + policy.describe()
@@ -52,6 +54,8 @@ CAPABILITIES = {op: Capability(note=_MATMUL_NOTE) for op in (
     "moe_experts", "moe_grouped_gemm_contiguous", "moe_grouped_gemm_masked")}
 CAPABILITIES.update({
     "fp8_gemm": Capability(note="blocked: the weight widened to fp32 one N-tile at a time, one fp32 partial sum per 128-block, then scaled; CUDA sm_90 with CUDA >= 12.9: torch's block-scaled FP8 scaled_mm (not run here)"),
+    **{op: Capability(note="one blocked fp8_gemm per group that has rows: only that expert's FP8 weight is read, widened one N-tile at a time")
+       for op in ("moe_grouped_fp8_gemm_contiguous", "moe_grouped_fp8_gemm_masked")},
     "indexer_logits": Capability(note="fp32 GEMMs per query block; FP8 q/k widened exactly to fp32"),
     "indexer_logits_paged": Capability(note="gathers only the blocks in block_table; fp32 GEMMs"),
     "rope": Capability(note="angles in float64 (float32 on MPS, which lacks float64)"),

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from . import policy
+from .quant import fp8_gemm
 
 PAD_WASTE = 1.25
 """Use the padded batched path while M_max * experts_with_tokens <= PAD_WASTE * rows."""
@@ -133,4 +134,30 @@ def moe_grouped_gemm_masked(a: torch.Tensor, b: torch.Tensor, masked_m: torch.Te
     full = torch.bmm(a[:, :top].to(mdt), b.to(mdt).transpose(1, 2))
     live = torch.arange(top, device=a.device)[None, :, None] < masked_m[:, None, None]
     c[:, :top] = torch.where(live, full, torch.zeros((), dtype=full.dtype, device=a.device)).to(a.dtype)
+    return c
+
+
+def moe_grouped_fp8_gemm_contiguous(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
+                                    m_indices: torch.Tensor) -> torch.Tensor:
+    """One blocked fp8_gemm per run of equal group ids: each reads only its own
+    expert's FP8 weight, widened one N-tile at a time (never a dense copy)."""
+    c = torch.zeros((a.shape[0], b.shape[1]), dtype=torch.bfloat16, device=a.device)
+    if a.shape[0] == 0:
+        return c
+    groups, lengths = torch.unique_consecutive(m_indices, return_counts=True)
+    start = 0
+    for g, n in zip(groups.tolist(), lengths.tolist()):
+        if g >= 0:
+            c[start:start + n] = fp8_gemm(a[start:start + n], sa[start:start + n], b[g], sb[g])
+        start += n
+    return c
+
+
+def moe_grouped_fp8_gemm_masked(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
+                                masked_m: torch.Tensor) -> torch.Tensor:
+    """One blocked fp8_gemm per group on its first masked_m[g] rows; empty groups are not read."""
+    c = torch.zeros((a.shape[0], a.shape[1], b.shape[1]), dtype=torch.bfloat16, device=a.device)
+    for g, m in enumerate(masked_m.tolist()):
+        if m:
+            c[g, :m] = fp8_gemm(a[g, :m], sa[g, :m], b[g], sb[g])
     return c

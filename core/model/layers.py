@@ -232,7 +232,6 @@ class MLA(nn.Module):
         self.indexer = Indexer(ops, cfg, dtype) if cfg.sparse else None
         # paged [B * capacity / BS, BS, 1, W]: W = kv_lora + rope floats, or 656 bytes with the FP8 latent cache
         self.kv_cache: torch.Tensor | None = None
-        self._wkv_b: torch.Tensor | None = None
         if cfg.kv_cache_fp8 and (cfg.kv_lora_rank, cfg.qk_rope_head_dim) != FP8_LATENT:
             raise ConfigError(f"kv_cache='fp8': the 656-byte FP8 latent cache holds kv_lora_rank {FP8_LATENT[0]} + qk_rope_head_dim "
                               f"{FP8_LATENT[1]}, this model has {cfg.kv_lora_rank} + {cfg.qk_rope_head_dim}; use kv_cache='float'")
@@ -247,16 +246,14 @@ class MLA(nn.Module):
             self.kv_cache = torch.zeros(*shape, self.FP8_ROW, dtype=torch.uint8, device=device)
         else:
             self.kv_cache = torch.zeros(*shape, width, dtype=dtype, device=device)
-        self._wkv_b = None
         if self.indexer is not None:
             self.indexer.allocate(batch, capacity, device)
 
     def wkv_b(self) -> torch.Tensor:
-        """kv_b_proj as [H, nope + v, kv_lora], dequantized once per cache allocation."""
-        if self._wkv_b is None:
-            w = self.kv_b_proj.dense_weight()
-            self._wkv_b = w.view(self.cfg.n_heads, -1, self.cfg.kv_lora_rank)
-        return self._wkv_b
+        """kv_b_proj as [H, nope + v, kv_lora]. An FP8 weight is dequantized here, once per forward
+        of this layer, and dropped after it: transient, never kept on the module (DeepSeek's absorbed
+        path does the same), so the model holds kv_b_proj only in FP8."""
+        return self.kv_b_proj.dense_weight().view(self.cfg.n_heads, -1, self.cfg.kv_lora_rank)
 
     def forward(self, x: torch.Tensor, b: Batch) -> torch.Tensor:
         cfg, ops, h = self.cfg, self.ops, self.cfg.n_heads
@@ -338,12 +335,34 @@ class MoE(nn.Module):
         self.shared_experts = MLP(ops, cfg, cfg.n_shared_experts * cfg.moe_inter_dim, dtype)
         self._stacked: tuple[torch.Tensor, ...] | None = None
 
-    def stacked(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """Expert weights as [E, I, D] / [E, D, I] stacks for moe_experts (dequantized once)."""
-        if self._stacked is None or self._stacked[0].dtype != dtype:
-            self._stacked = tuple(torch.stack([getattr(e, p).dense_weight().to(dtype) for e in self.experts])
-                                  for p in ("gate_proj", "up_proj", "down_proj"))
+    PROJ = ("gate_proj", "up_proj", "down_proj")
+
+    def stacked(self) -> tuple[torch.Tensor, ...]:
+        """The routed experts' weights stacked as [E, I, D] / [E, D, I]: (w1, w3, w2), or with an
+        FP8 checkpoint (w1, s1, w3, s3, w2, s2), FP8 with their 128x128 block scales.
+
+        The stacks are the experts' own storage, not a copy: once built, every expert's
+        parameters are views into them, so the model holds each weight once, in its checkpoint
+        dtype (nothing dequantized). They are rebuilt when the parameters were replaced
+        (``model.to(device)`` moves each parameter on its own)."""
+        if self._stacked is None or not self._shares_storage():
+            attrs = ("weight", "weight_scale_inv") if self.cfg.fp8_weights else ("weight",)
+            with torch.inference_mode(False), torch.no_grad():  # parameters must not become inference tensors
+                self._stacked = tuple(self._stack(p, a) for p in self.PROJ for a in attrs)
         return self._stacked
+
+    def _stack(self, proj: str, attr: str) -> torch.Tensor:
+        params = [getattr(getattr(e, proj), attr) for e in self.experts]
+        stack = torch.stack([p.detach() for p in params])
+        for p, view in zip(params, stack):
+            p.data = view
+        return stack
+
+    def _shares_storage(self) -> bool:
+        attrs = ("weight", "weight_scale_inv") if self.cfg.fp8_weights else ("weight",)
+        names = [(p, a) for p in self.PROJ for a in attrs]
+        return all(getattr(getattr(self.experts[i], p), a).data_ptr() == st[i].data_ptr()
+                   for (p, a), st in zip(names, self._stacked) for i in (0, -1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
@@ -353,21 +372,60 @@ class MoE(nn.Module):
         return (self.routed(x2, ids, weights) + self.shared_experts(x2)).view_as(x)
 
     def routed(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """sum_j weights[t, j] * expert_{ids[t, j]}(x[t]) over the routed experts; ids -1 add nothing."""
-        w1, w3, w2 = self.stacked(x.dtype)
+        """sum_j weights[t, j] * expert_{ids[t, j]}(x[t]) over the routed experts; ids -1 add nothing.
+
+        FP8 weights stay FP8: ``moe="experts"`` runs each expert some token chose through its own
+        Linear layers (act_quant + fp8_gemm), ``moe="grouped"`` the grouped FP8 GEMMs. Experts no
+        token chose are never read (their weights may hold anything, SPEC §10). A traced graph
+        (``dsport export-onnx``) cannot branch on the routing: there every expert runs on every
+        token, FP8 as well, weighted 0 where it was not chosen (:meth:`_every_expert`)."""
+        if self.cfg.fp8_weights and torch.jit.is_tracing():
+            return self._every_expert(x, ids, weights)
+        if self.cfg.fp8_weights:
+            return self._grouped(x, ids, weights) if self.cfg.moe_grouped_gemm else self._chosen_experts(x, ids, weights)
+        w1, w3, w2 = (w.to(x.dtype) for w in self.stacked())  # a transient cast only if x is not in the weights' dtype
         if self.cfg.moe_grouped_gemm:
-            return self._grouped(x, ids, weights, w1, w3, w2)
+            return self._grouped(x, ids, weights, (w1, w3, w2))
         return self.ops.moe_experts(x, ids, weights, w1, w3, w2).to(x.dtype)
+
+    def _chosen_experts(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """One pass per expert that has tokens, through its FP8 Linear layers; top-k sums in fp32."""
+        k = ids.shape[1]
+        flat = ids.reshape(-1).long()
+        slots = torch.nonzero(flat >= 0).squeeze(1)
+        slots = slots[torch.argsort(flat[slots], stable=True)]
+        experts, counts = torch.unique_consecutive(flat[slots], return_counts=True)
+        y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        w = weights.reshape(-1)
+        for e, s in zip(experts.tolist(), torch.split(slots, counts.tolist())):
+            tok = s // k
+            y.index_add_(0, tok, self.experts[e](x[tok]).float() * w[s].float()[:, None])
+        return y.to(x.dtype)
+
+    def _every_expert(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Every expert on every token times its routing weight (0 where not chosen): the
+        route-independent form of :meth:`_chosen_experts`, row for row the same arithmetic."""
+        valid = ids >= 0
+        gate = torch.zeros(x.shape[0], len(self.experts), dtype=torch.float32, device=x.device)
+        gate.scatter_add_(1, torch.where(valid, ids, 0).long(), torch.where(valid, weights.float(), 0.0))
+        y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        for e, expert in enumerate(self.experts):
+            y = y + expert(x).float() * gate[:, e:e + 1]
+        return y.to(x.dtype)
 
     ALIGN = 128
 
-    def _grouped(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor,
-                 w2: torch.Tensor) -> torch.Tensor:
-        """The routed experts as three grouped GEMMs in DeepGEMM's contiguous layout:
-        (token, expert) pairs sorted by expert, each expert's rows padded to a
-        128-row tile (padding rows carry group -1 and come out 0)."""
+    def _grouped(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
+                 dense: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The routed experts as three grouped GEMMs: FP8 (the stacks of :meth:`stacked` as they
+        are, activations through act_quant) or, with ``dense`` (w1, w3, w2), float.
+
+        Rows go into DeepGEMM's contiguous layout, (token, expert) pairs sorted by expert, each
+        expert's rows padded to a 128-row tile (padding rows carry group -1 and come out 0), or,
+        for FP8 when it is smaller (decode: a few tokens per expert), into the masked layout
+        [E, max rows per expert, D] with a row count per expert."""
         t, k = ids.shape
-        e = w1.shape[0]
+        e = self.cfg.n_routed_experts
         flat = ids.reshape(-1).long()
         valid = flat >= 0
         pair = torch.arange(t * k, device=x.device)[valid]
@@ -375,19 +433,40 @@ class MoE(nn.Module):
         order = torch.argsort(expert, stable=True)
         pair, expert = pair[order], expert[order]
         counts = torch.bincount(expert, minlength=e)
+        rank = torch.arange(expert.numel(), device=x.device) - (torch.cumsum(counts, 0) - counts)[expert]  # place within its expert
         padded = (counts + self.ALIGN - 1) // self.ALIGN * self.ALIGN
-        start = torch.cumsum(padded, 0) - padded                         # first row of each expert's segment
-        first = torch.cumsum(counts, 0) - counts                         # first sorted pair of each expert
-        dest = start[expert] + torch.arange(expert.numel(), device=x.device) - first[expert]
-        m = int(padded.sum())
+        m_max = int(counts.max()) if expert.numel() else 0
+        masked = dense is None and e * m_max < int(padded.sum())
+        if masked:
+            dest, m = expert * m_max + rank, e * m_max
+        else:
+            dest, m = (torch.cumsum(padded, 0) - padded)[expert] + rank, int(padded.sum())
         a = x.new_zeros(m, x.shape[1])
         a[dest] = x[pair // k]
         m_indices = torch.full((m,), -1, dtype=torch.int32, device=x.device)
         m_indices[dest] = expert.int()
-        g = self.ops.moe_grouped_gemm_contiguous
-        h = (F.silu(g(a, w1, m_indices).float()) * g(a, w3, m_indices).float()).to(x.dtype)  # silu * mul in fp32, as moe_experts
-        rows = g(h, w2, m_indices)[dest].float() * weights.reshape(-1)[pair].float()[:, None]
+        if dense is not None:
+            (w1, w3, w2), (s1, s3, s2) = dense, (None, None, None)
+            gemm = lambda v, w, s: self.ops.moe_grouped_gemm_contiguous(v, w, m_indices)  # noqa: E731
+        else:
+            w1, s1, w3, s3, w2, s2 = self.stacked()
+            gemm = self._fp8_gemm(m_indices, counts.int() if masked else None, m_max)
+        h = (F.silu(gemm(a, w1, s1).float()) * gemm(a, w3, s3).float()).to(x.dtype)  # silu * mul in fp32, as moe_experts
+        rows = gemm(h, w2, s2)[dest].float() * weights.reshape(-1)[pair].float()[:, None]
         return torch.zeros(t, x.shape[1], dtype=torch.float32, device=x.device).index_add_(0, pair // k, rows).to(x.dtype)
+
+    def _fp8_gemm(self, m_indices: torch.Tensor, masked_m: torch.Tensor | None, m_max: int):
+        """gemm(v [M, K] float, w, s): v times the stacked FP8 weight w (block scales s) per row's
+        expert: act_quant, then the contiguous grouped FP8 GEMM, or the masked one when
+        ``masked_m`` is given (rows then laid out as [E, m_max])."""
+        ops, e = self.ops, self.cfg.n_routed_experts
+
+        def gemm(v: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            vq, vs = ops.act_quant(v, FP8_BLOCK, WEIGHT_FMT, self.cfg.scale_fmt)
+            if masked_m is None:
+                return ops.moe_grouped_fp8_gemm_contiguous(vq, vs, w, s, m_indices)
+            return ops.moe_grouped_fp8_gemm_masked(vq.view(e, m_max, -1), vs.view(e, m_max, -1), w, s, masked_m).view(e * m_max, -1)
+        return gemm
 
 
 class Block(nn.Module):

@@ -184,13 +184,17 @@ def _experts_cases() -> list[Case]:
     ]
 
 
+def _segment_ids(counts: list[int]) -> torch.Tensor:
+    """m_indices of the contiguous layout: counts[g] rows of group g, each segment padded with -1 to 128 rows."""
+    segs = []
+    for g, c in enumerate(counts):
+        segs += [torch.full((c,), g, dtype=torch.int32), torch.full((-c % ALIGN,), -1, dtype=torch.int32)]
+    return torch.cat(segs) if segs else torch.empty(0, dtype=torch.int32)
+
+
 def _contiguous_case(counts: list[int], n: int, k: int, transposed: bool = False):
     def make(gen):
-        segs = []
-        for g, c in enumerate(counts):
-            pad = -c % ALIGN
-            segs += [torch.full((c,), g, dtype=torch.int32), torch.full((pad,), -1, dtype=torch.int32)]
-        m_indices = torch.cat(segs) if segs else torch.empty(0, dtype=torch.int32)
+        m_indices = _segment_ids(counts)
         m = m_indices.numel()
         # padding rows of `a` hold random values, not zeros: their output must still be 0
         a = randn(gen, k, m).t() if transposed else randn(gen, m, k)
@@ -347,4 +351,162 @@ moe_grouped_gemm_masked = register(OpSpec(
     cases=_masked_cases,
     doc="DeepGEMM's masked GEMM leaves rows at or beyond masked_m[g] undefined; dsport's contract makes them 0, "
         "so a backend wrapping DeepGEMM must zero them. Rows of a at or beyond the count may hold anything (SPEC §10).",
+))
+
+
+# -- FP8 grouped GEMMs (DeepGEMM m_grouped_fp8_gemm_nt_contiguous / _masked) ----------------------
+
+def _fp8_acts(gen: torch.Generator, *lead: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations as act_quant leaves them: e4m3fn codes and one power-of-two scale per 128 values."""
+    y = (torch.randn(*lead, k, generator=gen) * 448.0 / 4).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+    s = torch.exp2(torch.randint(-8, 3, (*lead, k // 128), generator=gen).float())
+    return y, s
+
+
+def _fp8_experts(gen: torch.Generator, g: int, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expert weights as the checkpoint stores them: e4m3fn [G, N, K] with 128x128 block scales."""
+    w = (torch.randn(g, n, k, generator=gen) * 448.0 / 4).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+    s = torch.rand(g, -(-n // 128), k // 128, generator=gen) * 1e-3 + 1e-4
+    return w, s
+
+
+def _fp8_contiguous_case(counts: list[int], n: int, k: int):
+    def make(gen):
+        m_indices = _segment_ids(counts)
+        a, sa = _fp8_acts(gen, m_indices.numel(), k=k)  # padding rows hold random codes: their output must still be 0
+        b, sb = _fp8_experts(gen, len(counts), n, k)
+        return {"a": a, "sa": sa, "b": b, "sb": sb, "m_indices": m_indices}
+    return make
+
+
+def _poison_unused_groups(make):
+    """0xFF (NaN) codes and NaN scales in every group no row names: never read (SPEC §10)."""
+    def wrapped(gen):
+        a = make(gen)
+        ids = a["m_indices"] if "m_indices" in a else torch.nonzero(a["masked_m"] > 0).squeeze(1)
+        used = torch.zeros(a["b"].shape[0], dtype=torch.bool)
+        used[ids[ids >= 0].long()] = True
+        a["b"], a["sb"] = poison(a["b"], ~used[:, None, None]), poison(a["sb"], ~used[:, None, None])
+        return a
+    return wrapped
+
+
+def _poison_fp8_padding(make):
+    """NaN codes and NaN scales in every -1 padding row: c = 0 there, never NaN."""
+    def wrapped(gen):
+        a = make(gen)
+        pad = (a["m_indices"] < 0)[:, None]
+        a["a"], a["sa"] = poison(a["a"], pad), poison(a["sa"], pad)
+        return a
+    return wrapped
+
+
+def _fp8_contiguous_cases() -> list[Case]:
+    op = "moe_grouped_fp8_gemm_contiguous"
+    return [
+        Case(op, "tiny", _fp8_contiguous_case([3, 130], 128, 256), tags=TINY),
+        Case(op, "poison-padding-nan", _poison_fp8_padding(_fp8_contiguous_case([5, 0, 200, 1], 128, 256)), tags=POISON,
+             fill_uninitialized=True, note="NaN codes and scales in every -1 padding row: c = 0 there"),
+        Case(op, "poison-unused-groups", _poison_unused_groups(_fp8_contiguous_case([7, 0, 60, 0], 128, 256)), tags=POISON,
+             fill_uninitialized=True, note="NaN weights and scales for every group no row names: never read"),
+        Case(op, "skewed", _fp8_contiguous_case(SKEWED, 128, 128), tags=EDGE, note="300 rows on group 0, empty groups"),
+        Case(op, "ragged-n", _fp8_contiguous_case([7, 60], 200, 256), tags=EDGE, note="N not a multiple of 128: a partial scale block"),
+        Case(op, "strided-views", strided_views(_fp8_contiguous_case([7, 60], 128, 256)), tags=EDGE,
+             note="a, sa, b, sb and m_indices as offset views of padded, poisoned buffers"),
+        Case(op, "M0", _fp8_contiguous_case([0, 0, 0], 128, 128), tags=EDGE),
+        Case(op, "all-padding", lambda g: {**_fp8_contiguous_case([0, 0], 128, 128)(g),
+             **dict(zip(("a", "sa"), _fp8_acts(g, 128, k=128))), "m_indices": torch.full((128,), -1, dtype=torch.int32)},
+             tags=EDGE, note="one tile, every row -1: c = 0"),
+        Case(op, "ds-ep32", _fp8_contiguous_case([90, 130, 0, 17, 128, 260, 1, 64], 256, 256), tags=DEEPSEEK,
+             note="8 local experts (EP32), w13-like N, small K"),
+        Case(op, "ds-w13-tp8", _fp8_contiguous_case([90, 130, 0, 17], 2 * DS.moe_inter_dim // 8, DS.dim), tags=DEEPSEEK_FULL,
+             note="w1|w3 of a 1/8 slice of moe_inter_dim, K = dim"),
+    ]
+
+
+def _fp8_masked_case(counts: list[int], m_max: int, n: int, k: int):
+    def make(gen):
+        a, sa = _fp8_acts(gen, len(counts), m_max, k=k)  # rows beyond the count hold random codes: their output must be 0
+        b, sb = _fp8_experts(gen, len(counts), n, k)
+        return {"a": a, "sa": sa, "b": b, "sb": sb, "masked_m": torch.tensor(counts, dtype=torch.int32)}
+    return make
+
+
+def _poison_fp8_beyond_count(make):
+    def wrapped(gen):
+        a = make(gen)
+        rows = (torch.arange(a["a"].shape[1])[None, :] >= a["masked_m"][:, None])[..., None]
+        a["a"], a["sa"] = poison(a["a"], rows), poison(a["sa"], rows)
+        return a
+    return wrapped
+
+
+def _fp8_masked_cases() -> list[Case]:
+    op = "moe_grouped_fp8_gemm_masked"
+    return [
+        Case(op, "tiny", _fp8_masked_case([3, 8], 8, 128, 128), tags=TINY),
+        Case(op, "poison-beyond-count", _poison_fp8_beyond_count(_fp8_masked_case([3, 9, 0], 12, 128, 256)), tags=POISON,
+             fill_uninitialized=True, note="NaN codes and scales in every row at or beyond masked_m: c = 0 there"),
+        Case(op, "poison-empty-groups", _poison_unused_groups(_poison_fp8_beyond_count(_fp8_masked_case([0, 5, 0, 2], 8, 128, 256))),
+             tags=POISON, fill_uninitialized=True, note="NaN weights and scales for every group with masked_m = 0: never read"),
+        Case(op, "ragged-n", _fp8_masked_case([3, 9], 12, 200, 256), tags=EDGE, note="N not a multiple of 128"),
+        Case(op, "strided-views", strided_views(_fp8_masked_case([3, 9], 12, 128, 256)), tags=EDGE),
+        Case(op, "all-zero", _fp8_masked_case([0, 0], 16, 128, 128), tags=EDGE, note="c = 0"),
+        Case(op, "full", _fp8_masked_case([16, 16], 16, 128, 128), tags=EDGE, note="every slot used"),
+        Case(op, "G0", _fp8_masked_case([], 16, 128, 128), tags=EDGE),
+        Case(op, "ds-decode", _fp8_masked_case([20, 0, 64, 33, 1, 7, 64, 50], 64, 256, 256), tags=DEEPSEEK,
+             note="decode-style low-latency layout, 8 local experts"),
+        Case(op, "ds-w2-tp8", _fp8_masked_case([20, 0, 64, 33, 1, 7, 64, 50], 64, DS.dim, DS.moe_inter_dim // 8),
+             tags=DEEPSEEK_FULL, note="w2 of a 1/8 slice of moe_inter_dim: N = dim"),
+    ]
+
+
+def _k_blocks(arg: str) -> Check:
+    return Check(arg, "K divisible by 128 (one activation scale per 128 values)", lambda a, d: d["K"] % 128 == 0,
+                 lambda a, d: f"K={d['K']}")
+
+
+def _same_fp8(arg: str, like: str) -> Check:
+    return Check(arg, f"the same fp8 dtype as '{like}'", lambda a, d: a[arg].dtype == a[like].dtype,
+                 lambda a, d: f"{a[arg].dtype} vs {a[like].dtype}".replace("torch.", ""))
+
+
+FP8_CONTRACT = ("Per row and group the product is fp8_gemm's: one fp32 partial sum per 128-wide K block, times "
+                "sa[row, kb] * sb[g, n // 128, kb], summed; bf16 out. ")
+
+moe_grouped_fp8_gemm_contiguous = register(OpSpec(
+    name="moe_grouped_fp8_gemm_contiguous", family="moe",
+    summary="c[m] = fp8_gemm(a[m], sa[m], b[g], sb[g]) with g = m_indices[m]; 128-aligned segments, padding rows (-1) give 0.",
+    args=(Tensor("a", ("M", "K"), ("fp8",)), Tensor("sa", ("M", "K // 128"), ("fp32",)),
+          Tensor("b", ("G", "N", "K"), ("fp8",)), Tensor("sb", ("G", "cdiv(N, 128)", "K // 128"), ("fp32",)),
+          Tensor("m_indices", ("M",), ("int32",))),
+    outputs=(Output("c", ("M", "N"), torch.bfloat16),),
+    checks=(Check("a", "M divisible by 128 (segments are 128-aligned)", lambda a, d: d["M"] % ALIGN == 0, lambda a, d: f"M={d['M']}"),
+            _k_blocks("a"), _same_fp8("b", "a"), _ids_rule("m_indices", "G"),
+            Check("m_indices", "one group per 128-row tile (besides -1 padding rows)",
+                  lambda a, d: bool(_one_group_per_tile(a["m_indices"]).all()), lambda a, d: _mixed_tiles(a["m_indices"]))),
+    metric="close", reduction="K", source=SRC,
+    flops=lambda d: 2.0 * d["M"] * d["N"] * d["K"],  # padding rows included: the work a 128-tiled kernel issues
+    cases=_fp8_contiguous_cases,
+    doc=FP8_CONTRACT + "The FP8 form of moe_grouped_gemm_contiguous (DeepGEMM's m_grouped_fp8_gemm_nt_contiguous, "
+        "which leaves padding rows unwritten: dsport's contract makes them 0). Padding rows of a and sa, and the weights "
+        "and scales of groups no row names, may hold anything, NaN included (SPEC §10).",
+))
+
+moe_grouped_fp8_gemm_masked = register(OpSpec(
+    name="moe_grouped_fp8_gemm_masked", family="moe",
+    summary="c[g, m] = fp8_gemm(a[g, m], sa[g, m], b[g], sb[g]) for m < masked_m[g]; rows at or beyond the count are 0.",
+    args=(Tensor("a", ("G", "MM", "K"), ("fp8",)), Tensor("sa", ("G", "MM", "K // 128"), ("fp32",)),
+          Tensor("b", ("G", "N", "K"), ("fp8",)), Tensor("sb", ("G", "cdiv(N, 128)", "K // 128"), ("fp32",)),
+          Tensor("masked_m", ("G",), ("int32",))),
+    outputs=(Output("c", ("G", "MM", "N"), torch.bfloat16),),
+    checks=(Check("masked_m", "0 <= masked_m[g] <= MM", lambda a, d: a["masked_m"].numel() == 0 or bool(((a["masked_m"] >= 0) & (a["masked_m"] <= d["MM"])).all()),
+                  lambda a, d: f"values in [{int(a['masked_m'].min())}, {int(a['masked_m'].max())}], MM={d['MM']}"),
+            _k_blocks("a"), _same_fp8("b", "a")),
+    metric="close", reduction="K", source=SRC,
+    flops=lambda d: 2.0 * d["G"] * d["MM"] * d["N"] * d["K"],  # every slot up to MM: the work issued
+    cases=_fp8_masked_cases,
+    doc=FP8_CONTRACT + "The FP8 form of moe_grouped_gemm_masked (DeepGEMM's m_grouped_fp8_gemm_nt_masked, the decode "
+        "layout; rows at or beyond masked_m[g] are undefined there, 0 here). Those rows of a and sa, and the weights and "
+        "scales of groups with masked_m = 0, may hold anything (SPEC §10).",
 ))
