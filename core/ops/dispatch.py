@@ -47,8 +47,7 @@ def _src_in_range(a, d) -> bool:  # noqa: ANN001
 def _dispatch_case(t: int, d: int, k: int, n_ranks: int, per_rank: int, ids=None, nan_at_minus1: bool = False):  # noqa: ANN001
     def make(gen):
         e = n_ranks * per_rank
-        got = ids(gen, t, e, k) if ids is not None else torch.stack(
-            [torch.randperm(e, generator=gen)[:k] for _ in range(t)]).to(torch.int32).reshape(t, k)
+        got = (ids or _distinct)(gen, t, e, k)
         w = torch.rand(t, k, generator=gen) + 0.1
         if nan_at_minus1:
             w = torch.where(got < 0, torch.full_like(w, float("nan")), w)
@@ -56,12 +55,17 @@ def _dispatch_case(t: int, d: int, k: int, n_ranks: int, per_rank: int, ids=None
     return make
 
 
+def _distinct(gen, t, e, k):  # noqa: ANN001 - k distinct experts per token, as the gate picks them
+    rows = [torch.randperm(e, generator=gen)[:k] for _ in range(t)]
+    return torch.stack(rows).to(torch.int32) if rows else torch.zeros(0, k, dtype=torch.int32)
+
+
 def _one_rank(gen, t, e, k):  # noqa: ANN001 - every token's experts on rank 0 (the first quarter)
-    return torch.stack([torch.randperm(e // 4, generator=gen)[:k] for _ in range(t)]).to(torch.int32).reshape(t, k)
+    return _distinct(gen, t, e // 4, k)
 
 
 def _with_minus1(gen, t, e, k):  # noqa: ANN001
-    ids = torch.stack([torch.randperm(e, generator=gen)[:k] for _ in range(t)]).to(torch.int32).reshape(t, k)
+    ids = _distinct(gen, t, e, k)
     return torch.where(torch.rand(t, k, generator=gen) < 0.4, torch.full_like(ids, -1), ids)
 
 
