@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, ValidationError
 from .files import read_text
 from .fp8 import FP8_FORMATS, SCALE_FORMATS
 
@@ -240,8 +240,8 @@ def from_mapping(data: Mapping[str, Any], base: Config | None = None, origin: st
 
 
 def _parallel(v: Any, cfg: Config, origin: str) -> dict[str, int]:
-    """``parallel: {tp, ep}``: positive integers, one dividing the other (the rules of core/model/parallel.Layout)."""
-    from .model.parallel import Layout
+    """``parallel: {tp, ep}``: positive integers, one dividing the other (core/plan.check_world)."""
+    from .plan import check_world
 
     if not isinstance(v, Mapping):
         raise ConfigError(f"{origin}: parallel: expected a mapping with keys {list(PARALLEL_KEYS)}, got {type(v).__name__} {v!r}")
@@ -250,8 +250,8 @@ def _parallel(v: Any, cfg: Config, origin: str) -> dict[str, int]:
             raise unknown_name(f"{origin}: parallel: key", k, PARALLEL_KEYS)
     out = {"tp": v.get("tp", cfg.tp), "ep": v.get("ep", cfg.ep)}
     try:
-        Layout(out["tp"], out["ep"])
-    except ConfigError as e:
+        check_world(out["tp"], out["ep"], op="parallel")
+    except ValidationError as e:
         raise ConfigError(f"{origin}: {e}") from None
     return out
 

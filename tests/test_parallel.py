@@ -119,8 +119,9 @@ def test_dispatch_compute_combine_equals_all_experts_in_one_process():
 def test_parallel_config_values_are_checked():
     assert (from_mapping({"parallel": {"tp": 2, "ep": 4}}).tp, from_mapping({"parallel": {"ep": 4}}).ep) == (2, 4)
     assert from_mapping({"parallel": {"tp": 2}}).to_mapping()["parallel"] == {"tp": 2, "ep": 1}
-    for bad, msg in (({"tp": 0}, "tp: expected a positive integer, got 0"), ({"ep": "4"}, "ep: expected a positive integer"),
-                     ({"tp": 2, "ep": 3}, "one of tp and ep to divide the other"), ({"pp": 2}, "unknown name 'pp'"),
+    for bad, msg in (({"tp": 0}, "'parallel.tp': expected a positive tensor-parallel degree \\(an integer\\), got 0"),
+                     ({"ep": "4"}, "'parallel.ep': expected a positive expert-parallel degree \\(an integer\\), got '4'"),
+                     ({"tp": 2, "ep": 3}, "one degree dividing the other .* got tp=2, ep=3"), ({"pp": 2}, "unknown name 'pp'"),
                      ([2, 4], "expected a mapping")):
         with pytest.raises(ConfigError, match=msg):
             from_mapping({"parallel": bad})

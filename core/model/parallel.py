@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from ..constants import ModelConfig
 from ..errors import ConfigError
-from ..plan import check_degrees, split_of
+from ..plan import check_degrees, check_world, split_of
 
 log = logging.getLogger(__name__)
 FP8_BLOCK = 128
@@ -51,13 +51,7 @@ class Layout:
     rank: int = 0
 
     def __post_init__(self) -> None:
-        for key in ("tp", "ep"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"parallel: {key}: expected a positive integer, got {v!r}")
-        if max(self.tp, self.ep) % min(self.tp, self.ep):
-            raise ConfigError(f"parallel: expected one of tp and ep to divide the other (the world is max(tp, ep) ranks), "
-                              f"got tp={self.tp}, ep={self.ep}")
+        check_world(self.tp, self.ep, op="parallel")
         if not 0 <= self.rank < self.world:
             raise ConfigError(f"parallel: rank {self.rank} outside the world of {self.world} ranks (tp={self.tp}, ep={self.ep})")
 
@@ -164,7 +158,7 @@ class Parallel:
     """One rank's layout and its communicator, handed to the layers that split."""
 
     layout: Layout
-    comm: Communicator
+    comm: Communicator | None  # None in a world of one
     trivial: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -177,19 +171,20 @@ def init(tp: int, ep: int, device: str | None = None) -> Parallel:
     NCCL on CUDA/ROCm, gloo otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    layout = Layout(tp, ep, rank) if world == max(tp, ep) else None
-    if layout is None:
+    check_world(tp, ep, op="parallel")
+    if world != max(tp, ep):
         raise ConfigError(f"parallel: tp={tp}, ep={ep} needs a world of max(tp, ep) = {max(tp, ep)} processes, "
                           f"WORLD_SIZE is {world} (launch with torchrun --nproc-per-node {max(tp, ep)})")
+    layout = Layout(tp, ep, rank)
     if layout.world > 1 and not dist.is_initialized():
         backend = "nccl" if device is not None and torch.device(device).type == "cuda" else "gloo"
         dist.init_process_group(backend, rank=rank, world_size=world)
-    return Parallel(layout, Communicator(layout) if layout.world > 1 else None)  # type: ignore[arg-type]
+    return Parallel(layout, Communicator(layout) if layout.world > 1 else None)
 
 
 def single() -> Parallel:
     """The one-process layout: nothing split, no communicator."""
-    return Parallel(Layout(), None)  # type: ignore[arg-type]
+    return Parallel(Layout(), None)
 
 
 # -- sharding rules used by the layers and the loader --------------------------------------------
