@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -23,7 +24,6 @@ from ..config import DTYPES, config_from_args, add_config_arguments
 from . import parallel as par_mod
 from .transformer import Model
 
-log = logging.getLogger(__name__)
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -46,12 +46,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     dtype = DTYPES[cfg.dtype] if cfg.dtype else None
     model = Model.from_pretrained(args.checkpoint, backend=cfg.backend, dtype=dtype, parallel=par)
     if cfg.device:
-        model.to(cfg.device)
+        device = torch.device(cfg.device)
+        if device.type != "cpu" and device.index is None and not par.trivial:  # one device per rank of this host
+            device = torch.device(device.type, int(os.environ.get("LOCAL_RANK", "0")))
+        model.to(device)
     gen = torch.Generator().manual_seed(args.seed)
     tokens = torch.randint(0, model.cfg.vocab_size, (args.batch, args.prompt), generator=gen).to(model.lm_head.weight.device)
     logits = model(tokens)
     out_tokens = model.generate(tokens, args.generate) if args.generate else tokens
-    loaded = torch.tensor([model.loaded_bytes], dtype=torch.int64)
+    loaded = torch.tensor([model.loaded_bytes], dtype=torch.int64, device=tokens.device)
     if not par.trivial:
         everyone = [torch.zeros_like(loaded) for _ in range(par.layout.world)]
         dist.all_gather(everyone, loaded)

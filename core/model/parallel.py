@@ -138,7 +138,7 @@ class Communicator:
         n = self.size("ep")
         if n == 1:
             return x[0, : int(counts[0])], counts
-        send_counts = counts.to(torch.int64).cpu()
+        send_counts = counts.to(torch.int64)  # on x's device: NCCL/HCCL exchange device tensors only
         recv_counts = torch.empty_like(send_counts)
         dist.all_to_all_single(recv_counts, send_counts, group=self._groups["ep"])
         rows = torch.cat([x[r, : int(send_counts[r])] for r in range(n)])
@@ -165,10 +165,13 @@ class Parallel:
         self.trivial = self.layout.world == 1
 
 
+DIST_BACKENDS = {"cuda": "nccl", "npu": "hccl"}  # by device type (ROCm's torch calls its devices cuda: RCCL); gloo otherwise
+
+
 def init(tp: int, ep: int, device: str | None = None) -> Parallel:
     """Join the torch.distributed world torchrun describes (RANK, WORLD_SIZE,
-    MASTER_ADDR/PORT in the environment) as rank RANK of ``max(tp, ep)``:
-    NCCL on CUDA/ROCm, gloo otherwise."""
+    MASTER_ADDR/PORT in the environment) as rank RANK of ``max(tp, ep)``,
+    over the collective library of ``device``'s type (``DIST_BACKENDS``)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     check_world(tp, ep, op="parallel")
@@ -177,8 +180,8 @@ def init(tp: int, ep: int, device: str | None = None) -> Parallel:
                           f"WORLD_SIZE is {world} (launch with torchrun --nproc-per-node {max(tp, ep)})")
     layout = Layout(tp, ep, rank)
     if layout.world > 1 and not dist.is_initialized():
-        backend = "nccl" if device is not None and torch.device(device).type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=rank, world_size=world)
+        kind = torch.device(device).type if device is not None else "cpu"
+        dist.init_process_group(DIST_BACKENDS.get(kind, "gloo"), rank=rank, world_size=world)
     return Parallel(layout, Communicator(layout) if layout.world > 1 else None)
 
 
@@ -281,7 +284,7 @@ def routed(ops, par: Parallel, experts: Callable[[torch.Tensor, torch.Tensor, to
     recv_ids, _ = comm.all_to_all(send_ids, counts)
     recv_w, _ = comm.all_to_all(send_w, counts)
     y = experts(recv_x, recv_ids, recv_w) if recv_x.shape[0] else recv_x.new_zeros(0, x.shape[1])
-    back = comm.exchange(y.to(x.dtype), recv_counts, counts.to(torch.int64).cpu())
+    back = comm.exchange(y.to(x.dtype), recv_counts, counts.to(torch.int64))
     # the returned rows, put back into dispatch's slots: block r's first counts[r] rows
     slots = torch.zeros_like(send_x)
     starts = torch.cumsum(counts.long(), 0) - counts.long()
