@@ -139,3 +139,33 @@ def test_degrees_that_do_not_fit_the_model_are_named():
     os.environ.pop("WORLD_SIZE", None)
     with pytest.raises(ConfigError, match=r"needs a world of max\(tp, ep\) = 4 processes, WORLD_SIZE is 1"):
         parallel.init(2, 4)
+
+
+def test_a_rank_names_checkpoint_problems_by_the_checkpoint_names(ckpt, tmp_path):
+    """Rank 1 of EP=2 holds global experts 8..15 as experts.0..7: a missing expert 9 tensor is
+    named as the checkpoint names it, and a tensor no rank reads is still unexpected."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from dsport.core.model.weights import CheckpointError, load_weights
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpt, bad)
+    index = json.loads((bad / "model.safetensors.index.json").read_text())
+    gone = "model.layers.1.mlp.experts.9.up_proj.weight"
+    shard = bad / index["weight_map"].pop(gone)
+    tensors = load_file(shard)
+    del tensors[gone]
+    tensors["model.layers.1.mlp.bogus.weight"] = torch.zeros(2)
+    index["weight_map"]["model.layers.1.mlp.bogus.weight"] = shard.name
+    save_file(tensors, shard)
+    (bad / "model.safetensors.index.json").write_text(json.dumps(index))
+    model = Model(CFG, resolve("torch"), parallel=parallel.Parallel(parallel.Layout(1, 2, 1), None))
+    with pytest.raises(CheckpointError, match=r"missing tensors: \['model\.layers\.1\.mlp\.experts\.9\.up_proj\.weight'\].*"
+                                              r"unexpected tensors: \['model\.layers\.1\.mlp\.bogus\.weight'\]"):
+        load_weights(model, bad)
+    load_weights(model, ckpt)  # the intact checkpoint loads on this rank: its experts.1 is global expert 9
+    original = load_file(ckpt / scan(ckpt)[gone].shard)[gone]
+    torch.testing.assert_close(model.model.layers[1].mlp.experts[1].up_proj.weight, original.float())

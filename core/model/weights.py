@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -132,10 +132,12 @@ def _layer(name: str) -> int | None:
     return None
 
 
-def plan_load(model: torch.nn.Module, entries: dict[str, Entry], path: Path) -> list[tuple[str, str | None]]:
+def plan_load(model: torch.nn.Module, entries: dict[str, Entry], path: Path,
+              stored_as: dict[str, str] | None = None) -> list[tuple[str, str | None]]:
     """Check every tensor's dtype and shape against the model before anything is read:
     (parameter, scale to dequantize it with or None) for each parameter; all problems
-    are raised together in one CheckpointError."""
+    are raised together in one CheckpointError. ``stored_as``: the checkpoint's name
+    of a parameter whose name differs (a rank's local experts), for the messages."""
     params = dict(model.named_parameters())
     n_layers, n_extra = model.cfg.n_layers, getattr(model.cfg, "n_nextn_layers", 0)
     stored = {_layer(n) for n in entries} - {None}
@@ -186,7 +188,7 @@ def plan_load(model: torch.nn.Module, entries: dict[str, Entry], path: Path) -> 
         if name in params or name in consumed or (layer is not None and n_layers <= layer < n_layers + n_extra):
             continue
         unexpected.append(name)
-    missing = sorted(set(params) - set(entries))
+    missing = sorted((stored_as or {}).get(n, n) for n in set(params) - set(entries))
     if missing:
         problems.append(f"missing tensors: {missing}")
     if unexpected:
@@ -213,9 +215,12 @@ def rank_entries(model: torch.nn.Module, entries: dict[str, Entry]) -> tuple[dic
     names = [n for n, _ in model.named_parameters()]
     names += [n.removesuffix("weight") + "weight_scale_inv" for n in names if n.endswith(".weight")]
     for name in names:
+        if name in view:
+            continue
         ckpt = checkpoint_name(name, layout, cfg)
         e = entries.get(ckpt)
-        if e is None or name in view:
+        if e is None:  # missing: plan_load names it (as the checkpoint does)
+            parts[name] = (ckpt, None)
             continue
         rng = shard_range(ckpt, e.shape, layout, e.dtype in FP8_DTYPES)
         shape = e.shape
@@ -224,6 +229,9 @@ def rank_entries(model: torch.nn.Module, entries: dict[str, Entry]) -> tuple[dic
             shape = e.shape[:dim] + (stop - start,) + e.shape[dim + 1:]
         view[name] = Entry(e.shard, e.dtype, shape)
         parts[name] = (ckpt, rng)
+    # what no rank reads stays in view under its own name: plan_load skips the MTP layers and names the rest as unexpected
+    read = {checkpoint_name(n, replace(layout, rank=r), cfg) for r in range(layout.world) for n in names}
+    view.update({n: e for n, e in entries.items() if n not in read})
     return view, parts
 
 
@@ -245,7 +253,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     parallel = getattr(model, "parallel", None)
     if parallel is not None and not parallel.trivial:
         entries, parts = rank_entries(model, entries)
-    todo = plan_load(model, entries, path)
+    todo = plan_load(model, entries, path, {n: c for n, (c, _) in parts.items() if c != n})
     params = dict(model.named_parameters())
     by_shard: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
     for name, sname in todo:
