@@ -12,6 +12,7 @@ schema. Every unknown name is an error that lists the valid ones.
     arch: sm_90a                    # optional: one of KNOWN_ARCHS, checked against capabilities
     allow_absent_device: true       # optional: accept a device this machine lacks (building, planning)
     onnx: {opset: 21}               # a section named after a backend: the options it declares (OPTIONS)
+    parallel: {tp: 2, ep: 4}        # optional: tensor/expert-parallel degrees; launch max(tp, ep) ranks with torchrun
 
 A document that is empty or not a mapping, a key given twice, a file that is
 not text, a ``device`` this machine does not have (unless
@@ -33,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, ValidationError
 from .files import read_text
 from .fp8 import FP8_FORMATS, SCALE_FORMATS
 
@@ -44,11 +45,12 @@ DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64,
 }
 DEFAULT_CHAIN = ("torch", "reference")
-TOP_KEYS = ("backend", "ops", "fallback", "fallback_chain", "device", "dtype", "fp8", "arch", "allow_absent_device")
+TOP_KEYS = ("backend", "ops", "fallback", "fallback_chain", "device", "dtype", "fp8", "arch", "allow_absent_device", "parallel")
 ENV_ALLOW_ABSENT_DEVICE = "DSPORT_ALLOW_ABSENT_DEVICE"
 # the GPU architectures some part of dsport targets: native FP8 formats (core/fp8.py) and build limits (core/build.py)
 KNOWN_ARCHS = ("sm_89", "sm_90a", "gfx942", "gfx950")
 FP8_KEYS = ("format", "scale")
+PARALLEL_KEYS = ("tp", "ep")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class Config:
     arch: str | None = None
     allow_absent_device: bool = False
     backend_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # backend -> the options stated for it
+    tp: int = 1  # tensor-parallel degree (core/model/parallel.py)
+    ep: int = 1  # expert-parallel degree
     origin: str = "defaults"
 
     def chain(self, op: str) -> tuple[str, ...]:
@@ -114,6 +118,8 @@ class Config:
         if self.allow_absent_device:
             out["allow_absent_device"] = True
         out.update({b: dict(o) for b, o in self.backend_options.items()})
+        if (self.tp, self.ep) != (1, 1):
+            out["parallel"] = {"tp": self.tp, "ep": self.ep}
         return out
 
 
@@ -239,7 +245,26 @@ def from_mapping(data: Mapping[str, Any], base: Config | None = None, origin: st
         for b in sections:
             merged_opts.setdefault(b, {}).update(backend_options(b, data[b], origin))
         kw["backend_options"] = merged_opts
+    if "parallel" in data:
+        kw.update(_parallel(data["parallel"], cfg, origin))
     return replace(cfg, **kw)
+
+
+def _parallel(v: Any, cfg: Config, origin: str) -> dict[str, int]:
+    """``parallel: {tp, ep}``: positive integers, one dividing the other (core/plan.check_world)."""
+    from .plan import check_world
+
+    if not isinstance(v, Mapping):
+        raise ConfigError(f"{origin}: parallel: expected a mapping with keys {list(PARALLEL_KEYS)}, got {type(v).__name__} {v!r}")
+    for k in v:
+        if k not in PARALLEL_KEYS:
+            raise unknown_name(f"{origin}: parallel: key", k, PARALLEL_KEYS)
+    out = {"tp": v.get("tp", cfg.tp), "ep": v.get("ep", cfg.ep)}
+    try:
+        check_world(out["tp"], out["ep"], op="parallel")
+    except ValidationError as e:
+        raise ConfigError(f"{origin}: {e}") from None
+    return out
 
 
 def _strict_loader() -> type:

@@ -145,19 +145,27 @@ def _weight_kinds(cfg: ModelConfig) -> list[tuple[WeightTensor, int]]:
     return out
 
 
-def _check_degrees(cfg: ModelConfig, tp: int, ep: int) -> None:
-    if tp < 1:
-        raise ValidationError(OP, "--tp", "a positive tensor-parallel degree", tp)
-    if ep < 1:
-        raise ValidationError(OP, "--ep", "a positive expert-parallel degree", ep)
-    if cfg.n_heads % tp:
-        raise ValidationError(OP, "--tp", f"a divisor of n_heads={cfg.n_heads} (attention heads are split tp-way)", tp)
-    if cfg.n_routed_experts % ep:
-        raise ValidationError(OP, "--ep", f"a divisor of n_routed_experts={cfg.n_routed_experts} "
-                              "(each rank holds whole experts)", ep)
+def check_world(tp: int, ep: int, op: str = OP) -> None:
+    """Positive degrees, one dividing the other: the world is max(tp, ep) ranks (``op`` names the caller)."""
+    flag = (lambda k: f"--{k}") if op == OP else (lambda k: f"parallel.{k}")
+    for key, v in (("tp", tp), ("ep", ep)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            kind = "tensor" if key == "tp" else "expert"
+            raise ValidationError(op, flag(key), f"a positive {kind}-parallel degree (an integer)", repr(v))
     if max(tp, ep) % min(tp, ep):
-        raise ValidationError(OP, "--tp/--ep", "one degree dividing the other (the world is max(tp, ep) ranks)",
+        raise ValidationError(op, f"{flag('tp')}/{flag('ep')}", "one degree dividing the other (the world is max(tp, ep) ranks)",
                               f"tp={tp}, ep={ep}")
+
+
+def check_degrees(cfg: ModelConfig, tp: int, ep: int, op: str = OP) -> None:
+    """The rules a (tp, ep) split of ``cfg`` obeys, for the memory plan and the parallel model alike."""
+    flag = (lambda k: f"--{k}") if op == OP else (lambda k: f"parallel.{k}")
+    if isinstance(tp, int) and tp > 0 and cfg.n_heads % tp:
+        raise ValidationError(op, flag("tp"), f"a divisor of n_heads={cfg.n_heads} (attention heads are split tp-way)", tp)
+    if isinstance(ep, int) and ep > 0 and cfg.n_routed_experts % ep:
+        raise ValidationError(op, flag("ep"), f"a divisor of n_routed_experts={cfg.n_routed_experts} "
+                              "(each rank holds whole experts)", ep)
+    check_world(tp, ep, op)
 
 
 _EXPERT = re.compile(r"\.experts\.(\d+)\.")
@@ -269,7 +277,7 @@ def _activation_terms(cfg: ModelConfig, tp: int, ep: int, tokens: int, context: 
 
 
 def plan(cfg: ModelConfig, tp: int = 1, ep: int = 1, context: int = 8192, batch: int = 1, chunk: int = 4096) -> MemoryPlan:
-    _check_degrees(cfg, tp, ep)
+    check_degrees(cfg, tp, ep)
     for arg, v in (("--context", context), ("--batch", batch), ("--chunk", chunk)):
         if v < 1:
             raise ValidationError(OP, arg, "a positive integer", v)

@@ -160,7 +160,7 @@ def test_model_tokens_benchmark_runs(tmp_path):
     out = tmp_path / "b.json"
     assert main(["bench", "--json", str(out), "model_tokens", "--backends", "torch", "--prompt", "70", "--decode", "2"]) == 0
     got = json.loads(out.read_text())["backends"]["torch"]
-    assert got["served_by"] == {"torch": 26} and got["prefill_tokens_per_s"] > 0 and got["decode_tokens_per_s"] > 0
+    assert got["served_by"] == {"torch": len(dsport.specs())} and got["prefill_tokens_per_s"] > 0 and got["decode_tokens_per_s"] > 0
 
 
 @pytest.mark.slow  # ~90 s: Triton's interpreter runs the kernels of a whole model

@@ -9,7 +9,7 @@ checked tightly against them.
 """
 from __future__ import annotations
 
-from . import attention, indexer, mla_cache, moe, norm, quant, rotary, topk
+from . import attention, dispatch, indexer, mla_cache, moe, norm, quant, rotary, topk
 
 NAME = "reference"
 DESCRIPTION = "float64 PyTorch, written for clarity; the oracle of conformance"
@@ -42,6 +42,8 @@ OPS = {
     "moe_grouped_gemm_masked": moe.moe_grouped_gemm_masked,
     "moe_grouped_fp8_gemm_contiguous": moe.moe_grouped_fp8_gemm_contiguous,
     "moe_grouped_fp8_gemm_masked": moe.moe_grouped_fp8_gemm_masked,
+    "moe_dispatch": dispatch.moe_dispatch,
+    "moe_combine": dispatch.moe_combine,
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from . import attention, indexer, mla_cache, moe, norm, policy, quant, rotary, topk
+from . import attention, dispatch, indexer, mla_cache, moe, norm, policy, quant, rotary, topk
 from ...core.capabilities import Capability
 
 NAME = "torch"
@@ -46,6 +46,8 @@ OPS = {
     "moe_grouped_gemm_masked": moe.moe_grouped_gemm_masked,
     "moe_grouped_fp8_gemm_contiguous": moe.moe_grouped_fp8_gemm_contiguous,
     "moe_grouped_fp8_gemm_masked": moe.moe_grouped_fp8_gemm_masked,
+    "moe_dispatch": dispatch.moe_dispatch,
+    "moe_combine": dispatch.moe_combine,
 }
 
 _MATMUL_NOTE = "matmul operands: " + policy.describe()

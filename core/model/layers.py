@@ -9,7 +9,7 @@ embedding lookup and SiLU use torch directly.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,8 @@ from ..errors import ConfigError
 from .config import ModelConfig
 from ..registry import OpTable
 from ..spec import cdiv
+from . import parallel as par_mod
+from .parallel import Parallel
 
 FP8_BLOCK = 128
 WEIGHT_FMT = "e4m3fn"  # DeepSeek's released checkpoints store e4m3fn weights
@@ -33,10 +35,22 @@ def frozen_param(*shape: int, dtype: torch.dtype) -> nn.Parameter:
 
 class Linear(nn.Module):
     """y = x W^T. An FP8 weight (128x128 block scales in ``weight_scale_inv``)
-    runs as act_quant + fp8_gemm through the table, as the release does."""
+    runs as act_quant + fp8_gemm through the table, as the release does.
 
-    def __init__(self, ops: OpTable, cfg: ModelConfig, in_features: int, out_features: int, dtype: torch.dtype, fp8: bool):
+    With ``parallel`` of tp > 1 and ``style`` 'column' this rank holds
+    ``out_features / tp`` rows of W (its heads or columns); with 'row' it holds
+    ``in_features / tp`` columns and all-reduces its partial y over the
+    tensor-parallel group (DeepSeek's Column/RowParallelLinear)."""
+
+    def __init__(self, ops: OpTable, cfg: ModelConfig, in_features: int, out_features: int, dtype: torch.dtype, fp8: bool,
+                 parallel: Parallel | None = None, style: str | None = None):
         super().__init__()
+        tp = parallel.layout.tp if parallel is not None and style is not None else 1
+        if style == "column":
+            out_features = par_mod.shard(out_features, tp, "out_features of a column-parallel weight", fp8)
+        elif style == "row":
+            in_features = par_mod.shard(in_features, tp, "in_features of a row-parallel weight", fp8)
+        self.reduce = parallel.comm if style == "row" and tp > 1 else None
         self.ops, self.scale_fmt, self.out_features = ops, cfg.scale_fmt, out_features
         self.weight = frozen_param(out_features, in_features, dtype=torch.float8_e4m3fn if fp8 else dtype)
         self.weight_scale_inv = frozen_param(cdiv(out_features, FP8_BLOCK), cdiv(in_features, FP8_BLOCK), dtype=torch.float32) if fp8 else None
@@ -47,6 +61,10 @@ class Linear(nn.Module):
         return self.ops.weight_dequant(self.weight, self.weight_scale_inv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._local(x)
+        return y if self.reduce is None else self.reduce.all_reduce(y, "tp")
+
+    def _local(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight_scale_inv is None:
             return x @ self.weight.to(x.dtype).T
         x2 = x.reshape(-1, x.shape[-1])
@@ -216,19 +234,24 @@ class Indexer(nn.Module):
 class MLA(nn.Module):
     """Multi-head latent attention in the absorbed form: one shared latent KV
     head [kv | k_pe] of kv_lora_rank + qk_rope_head_dim, per-head up/down
-    projections folded into q and the output."""
+    projections folded into q and the output.
 
-    def __init__(self, ops: OpTable, cfg: ModelConfig, dtype: torch.dtype):
+    Tensor-parallel: each rank holds ``n_heads / tp`` heads (``self.cfg`` is
+    that rank's view, with its own head count); the latent projections, the
+    norms and the indexer are replicated, o_proj all-reduces."""
+
+    def __init__(self, ops: OpTable, cfg: ModelConfig, dtype: torch.dtype, parallel: Parallel | None = None):
         super().__init__()
-        self.ops, self.cfg = ops, cfg
-        fp8, h = cfg.fp8_weights, cfg.n_heads
+        tp = parallel.layout.tp if parallel is not None else 1
+        self.ops, self.cfg = ops, replace(cfg, n_heads=par_mod.shard(cfg.n_heads, tp, "n_heads", False))
+        fp8, h, p = cfg.fp8_weights, cfg.n_heads, parallel
         self.q_a_proj = Linear(ops, cfg, cfg.dim, cfg.q_lora_rank, dtype, fp8)
         self.q_a_layernorm = RMSNorm(ops, cfg.q_lora_rank, cfg.rms_eps)
-        self.q_b_proj = Linear(ops, cfg, cfg.q_lora_rank, h * cfg.qk_head_dim, dtype, fp8)
+        self.q_b_proj = Linear(ops, cfg, cfg.q_lora_rank, h * cfg.qk_head_dim, dtype, fp8, p, "column")
         self.kv_a_proj_with_mqa = Linear(ops, cfg, cfg.dim, cfg.kv_lora_rank + cfg.qk_rope_head_dim, dtype, fp8)
         self.kv_a_layernorm = RMSNorm(ops, cfg.kv_lora_rank, cfg.rms_eps)
-        self.kv_b_proj = Linear(ops, cfg, cfg.kv_lora_rank, h * (cfg.qk_nope_head_dim + cfg.v_head_dim), dtype, fp8)
-        self.o_proj = Linear(ops, cfg, h * cfg.v_head_dim, cfg.dim, dtype, fp8)
+        self.kv_b_proj = Linear(ops, cfg, cfg.kv_lora_rank, h * (cfg.qk_nope_head_dim + cfg.v_head_dim), dtype, fp8, p, "column")
+        self.o_proj = Linear(ops, cfg, h * cfg.v_head_dim, cfg.dim, dtype, fp8, p, "row")
         self.indexer = Indexer(ops, cfg, dtype) if cfg.sparse else None
         # paged [B * capacity / BS, BS, 1, W]: W = kv_lora + rope floats, or 656 bytes with the FP8 latent cache
         self.kv_cache: torch.Tensor | None = None
@@ -306,12 +329,12 @@ class MLA(nn.Module):
 class MLP(nn.Module):
     """SwiGLU feed-forward: the dense layers and the shared expert."""
 
-    def __init__(self, ops: OpTable, cfg: ModelConfig, inter: int, dtype: torch.dtype):
+    def __init__(self, ops: OpTable, cfg: ModelConfig, inter: int, dtype: torch.dtype, parallel: Parallel | None = None):
         super().__init__()
-        fp8 = cfg.fp8_weights
-        self.gate_proj = Linear(ops, cfg, cfg.dim, inter, dtype, fp8)
-        self.up_proj = Linear(ops, cfg, cfg.dim, inter, dtype, fp8)
-        self.down_proj = Linear(ops, cfg, inter, cfg.dim, dtype, fp8)
+        fp8, p = cfg.fp8_weights, parallel  # tensor-parallel: gate/up by columns, down by rows (all-reduced)
+        self.gate_proj = Linear(ops, cfg, cfg.dim, inter, dtype, fp8, p, "column")
+        self.up_proj = Linear(ops, cfg, cfg.dim, inter, dtype, fp8, p, "column")
+        self.down_proj = Linear(ops, cfg, inter, cfg.dim, dtype, fp8, p, "row")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj((F.silu(self.gate_proj(x).float()) * self.up_proj(x).float()).to(x.dtype))
@@ -325,14 +348,19 @@ class Gate(nn.Module):
 
 
 class MoE(nn.Module):
-    """Routed experts (gate + grouped SwiGLU) plus the always-on shared expert."""
+    """Routed experts (gate + grouped SwiGLU) plus the always-on shared expert.
 
-    def __init__(self, ops: OpTable, cfg: ModelConfig, dtype: torch.dtype):
+    Expert-parallel: ``experts`` holds this rank's ``n_routed_experts / ep``
+    (``experts.j`` is global expert ``ep_rank * E / ep + j``); the shared
+    expert is tensor-parallel like a dense MLP."""
+
+    def __init__(self, ops: OpTable, cfg: ModelConfig, dtype: torch.dtype, parallel: Parallel | None = None):
         super().__init__()
-        self.ops, self.cfg = ops, cfg
+        self.ops, self.cfg, self.parallel = ops, cfg, parallel
         self.gate = Gate(cfg)
-        self.experts = nn.ModuleList(MLP(ops, cfg, cfg.moe_inter_dim, dtype) for _ in range(cfg.n_routed_experts))
-        self.shared_experts = MLP(ops, cfg, cfg.n_shared_experts * cfg.moe_inter_dim, dtype)
+        n_local = cfg.n_routed_experts // (parallel.layout.ep if parallel is not None else 1)
+        self.experts = nn.ModuleList(MLP(ops, cfg, cfg.moe_inter_dim, dtype) for _ in range(n_local))
+        self.shared_experts = MLP(ops, cfg, cfg.n_shared_experts * cfg.moe_inter_dim, dtype, parallel)
         self._stacked: tuple[torch.Tensor, ...] | None = None
 
     PROJ = ("gate_proj", "up_proj", "down_proj")
@@ -369,7 +397,10 @@ class MoE(nn.Module):
         x2 = x.reshape(-1, cfg.dim)
         weights, ids = self.ops.moe_gate(x2, self.gate.weight.to(x.dtype), self.gate.e_score_correction_bias, cfg.n_expert_groups,
                                          cfg.n_limited_groups, cfg.n_activated_experts, float(cfg.route_scale), cfg.score_func)
-        return (self.routed(x2, ids, weights) + self.shared_experts(x2)).view_as(x)
+        if self.parallel is None or self.parallel.trivial:
+            return (self.routed(x2, ids, weights) + self.shared_experts(x2)).view_as(x)
+        y = par_mod.routed(self.ops, self.parallel, self.routed, x2, ids, weights, len(self.experts))
+        return (y + self.shared_experts(x2)).view_as(x)
 
     def routed(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """sum_j weights[t, j] * expert_{ids[t, j]}(x[t]) over the routed experts; ids -1 add nothing.
@@ -470,12 +501,13 @@ class MoE(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, ops: OpTable, cfg: ModelConfig, layer_id: int, dtype: torch.dtype):
+    def __init__(self, ops: OpTable, cfg: ModelConfig, layer_id: int, dtype: torch.dtype, parallel: Parallel | None = None):
         super().__init__()
         self.input_layernorm = RMSNorm(ops, cfg.dim, cfg.rms_eps)
-        self.self_attn = MLA(ops, cfg, dtype)
+        self.self_attn = MLA(ops, cfg, dtype, parallel)
         self.post_attention_layernorm = RMSNorm(ops, cfg.dim, cfg.rms_eps)
-        self.mlp = MLP(ops, cfg, cfg.inter_dim, dtype) if layer_id < cfg.n_dense_layers else MoE(ops, cfg, dtype)
+        dense = layer_id < cfg.n_dense_layers
+        self.mlp = MLP(ops, cfg, cfg.inter_dim, dtype, parallel) if dense else MoE(ops, cfg, dtype, parallel)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None, b: Batch):
         if residual is None:

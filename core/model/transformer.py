@@ -5,21 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, ValidationError
 from .config import INDEXER_PRECISIONS, ModelConfig, load_config
+from . import parallel as par_mod
 from .layers import MLA, Batch, Block, RMSNorm, frozen_param
+from .parallel import Parallel
 from ..registry import OpTable, resolve
 
 
 class Decoder(nn.Module):
-    def __init__(self, ops: OpTable, cfg: ModelConfig, dtype: torch.dtype):
+    def __init__(self, ops: OpTable, cfg: ModelConfig, dtype: torch.dtype, parallel: Parallel | None = None):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim, dtype=dtype)
+        vocab = par_mod.shard(cfg.vocab_size, parallel.layout.tp, "vocab_size", False) if parallel is not None else cfg.vocab_size
+        self.embed_tokens = nn.Embedding(vocab, cfg.dim, dtype=dtype)
         self.embed_tokens.weight.requires_grad_(False)
-        self.layers = nn.ModuleList(Block(ops, cfg, i, dtype) for i in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(ops, cfg, i, dtype, parallel) for i in range(cfg.n_layers))
         self.norm = RMSNorm(ops, cfg.dim, cfg.rms_eps)
 
 
@@ -29,14 +31,20 @@ class Model(nn.Module):
     The KV caches (latent MLA cache and FP8 indexer key cache) are allocated
     by :meth:`reset` and filled as tokens arrive; ``start_pos`` > 0 continues
     a sequence whose first ``start_pos`` tokens are already cached.
+
+    With ``parallel`` (see :mod:`.parallel`) this process is one rank of a
+    tensor/expert-parallel world: it holds only its shards, every rank takes
+    the same tokens and returns the same logits.
     """
 
-    def __init__(self, cfg: ModelConfig, ops: OpTable, dtype: torch.dtype = torch.float32):
+    def __init__(self, cfg: ModelConfig, ops: OpTable, dtype: torch.dtype = torch.float32, parallel: Parallel | None = None):
         super().__init__()
-        self.cfg, self.ops, self.dtype = cfg, ops, dtype
-        self.model = Decoder(ops, cfg, dtype)
+        if parallel is not None:
+            parallel.layout.check(cfg)
+        self.cfg, self.ops, self.dtype, self.parallel = cfg, ops, dtype, parallel or par_mod.single()
+        self.model = Decoder(ops, cfg, dtype, parallel)
         self.lm_head = nn.Module()
-        self.lm_head.weight = frozen_param(cfg.vocab_size, cfg.dim, dtype=dtype)
+        self.lm_head.weight = frozen_param(self.model.embed_tokens.weight.shape[0], cfg.dim, dtype=dtype)
         self.freqs = ops.yarn_freqs(cfg.qk_rope_head_dim, float(cfg.rope_theta), float(cfg.rope_factor) if cfg.yarn else 1.0,
                                     cfg.original_seq_len, cfg.beta_fast, cfg.beta_slow)
         self.batch = self.capacity = 0
@@ -44,7 +52,8 @@ class Model(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, backend: str = "torch", dtype: torch.dtype | None = None,
                         dequantize: bool = False, ops: OpTable | None = None, indexer: str = "auto",
-                        kv_cache: str = "float", moe: str = "experts", index_cache: str = "paged") -> Model:
+                        kv_cache: str = "float", moe: str = "experts", index_cache: str = "paged",
+                        parallel: Parallel | None = None) -> Model:
         """Load a Hugging Face-format checkpoint (config.json + safetensors).
 
         FP8 weights stay FP8 (act_quant + fp8_gemm) unless ``dequantize``.
@@ -54,7 +63,8 @@ class Model(nn.Module):
         latent rows). ``moe``: ``experts`` (one moe_experts call) or ``grouped``
         (DeepGEMM-style grouped GEMMs). ``index_cache``: ``paged`` (FP8 128-dim
         keys with ue8m0 scales in DeepGEMM's paged layout, where they apply) or
-        ``flat`` (one FP8 key cache and a scale per token)."""
+        ``flat`` (one FP8 key cache and a scale per token). ``parallel``: this
+        process's rank of a tensor/expert-parallel world (it reads only its shards)."""
         from dataclasses import replace
 
         from .weights import load_weights
@@ -72,7 +82,7 @@ class Model(nn.Module):
             cfg = replace(cfg, fp8_weights=False)
         ops = ops or resolve(backend)
         dtype = dtype or (torch.float64 if backend == "reference" else torch.float32)
-        model = cls(cfg, ops, dtype)
+        model = cls(cfg, ops, dtype, parallel)
         load_weights(model, Path(path))
         return model
 
@@ -88,6 +98,7 @@ class Model(nn.Module):
     def forward(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
         if tokens.dim() != 2:
             raise ValidationError("Model.forward", "tokens", "input ids of shape [B, S]", tuple(tokens.shape))
+        tokens = par_mod.batch_share(tokens, self.parallel)  # data-parallel attention: this group's sequences
         bsz, seqlen = tokens.shape
         if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
             raise ValidationError("Model.forward", "tokens", "integer token ids", str(tokens.dtype).removeprefix("torch."))
@@ -101,12 +112,12 @@ class Model(nn.Module):
             raise ValidationError("Model.forward", "tokens", f"batch {self.batch} and start_pos + S <= {self.capacity} "
                                   "(call reset(batch, capacity) first)", f"batch {bsz}, start_pos + S = {start_pos + seqlen}")
         b = Batch(start_pos, seqlen, bsz, self.capacity, self.freqs)
-        h, residual = F.embedding(tokens.reshape(-1), self.model.embed_tokens.weight), None
+        h, residual = par_mod.embed(tokens.reshape(-1), self.model.embed_tokens.weight, self.parallel), None
         for layer in self.model.layers:
             h, residual = layer(h, residual, b)
         h, _ = self.model.norm(h, residual)
-        logits = h.to(self.lm_head.weight.dtype) @ self.lm_head.weight.T
-        return logits.view(bsz, seqlen, -1).float()
+        logits = par_mod.lm_head(h.to(self.lm_head.weight.dtype), self.lm_head.weight, self.parallel)
+        return par_mod.gather_batch(logits.view(bsz, seqlen, -1).float(), self.parallel)
 
     @torch.inference_mode()
     def generate(self, tokens: torch.Tensor, max_new_tokens: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from ..errors import DsportError
 from ..fp8 import E4M3FN
 from .config import ModelConfig, to_hf
+from .parallel import checkpoint_name, shard_range
 
 log = logging.getLogger(__name__)
 INDEX = "model.safetensors.index.json"
@@ -131,10 +132,12 @@ def _layer(name: str) -> int | None:
     return None
 
 
-def plan_load(model: torch.nn.Module, entries: dict[str, Entry], path: Path) -> list[tuple[str, str | None]]:
+def plan_load(model: torch.nn.Module, entries: dict[str, Entry], path: Path,
+              stored_as: dict[str, str] | None = None) -> list[tuple[str, str | None]]:
     """Check every tensor's dtype and shape against the model before anything is read:
     (parameter, scale to dequantize it with or None) for each parameter; all problems
-    are raised together in one CheckpointError."""
+    are raised together in one CheckpointError. ``stored_as``: the checkpoint's name
+    of a parameter whose name differs (a rank's local experts), for the messages."""
     params = dict(model.named_parameters())
     n_layers, n_extra = model.cfg.n_layers, getattr(model.cfg, "n_nextn_layers", 0)
     stored = {_layer(n) for n in entries} - {None}
@@ -185,7 +188,7 @@ def plan_load(model: torch.nn.Module, entries: dict[str, Entry], path: Path) -> 
         if name in params or name in consumed or (layer is not None and n_layers <= layer < n_layers + n_extra):
             continue
         unexpected.append(name)
-    missing = sorted(set(params) - set(entries))
+    missing = sorted((stored_as or {}).get(n, n) for n in set(params) - set(entries))
     if missing:
         problems.append(f"missing tensors: {missing}")
     if unexpected:
@@ -199,6 +202,39 @@ def plan_load(model: torch.nn.Module, entries: dict[str, Entry], path: Path) -> 
     return todo
 
 
+Part = tuple[str, "tuple[int, int, int] | None"]  # (checkpoint tensor, (dim, start, stop) of this rank's shard or None)
+
+
+def rank_entries(model: torch.nn.Module, entries: dict[str, Entry]) -> tuple[dict[str, Entry], dict[str, Part]]:
+    """The checkpoint as one rank of a parallel model sees it: keyed by the model's
+    parameter names (and the scales of FP8 weights it dequantizes), with the shapes of
+    this rank's shards, and where each lies in the checkpoint."""
+    layout, cfg = model.parallel.layout, model.cfg
+    view: dict[str, Entry] = {}
+    parts: dict[str, Part] = {}
+    names = [n for n, _ in model.named_parameters()]
+    names += [n.removesuffix("weight") + "weight_scale_inv" for n in names if n.endswith(".weight")]
+    for name in names:
+        if name in view:
+            continue
+        ckpt = checkpoint_name(name, layout, cfg)
+        e = entries.get(ckpt)
+        if e is None:  # missing: plan_load names it (as the checkpoint does)
+            parts[name] = (ckpt, None)
+            continue
+        rng = shard_range(ckpt, e.shape, layout, e.dtype in FP8_DTYPES)
+        shape = e.shape
+        if rng is not None:
+            dim, start, stop = rng
+            shape = e.shape[:dim] + (stop - start,) + e.shape[dim + 1:]
+        view[name] = Entry(e.shard, e.dtype, shape)
+        parts[name] = (ckpt, rng)
+    # what no rank reads stays in view under its own name: plan_load skips the MTP layers and names the rest as unexpected
+    read = {checkpoint_name(n, replace(layout, rank=r), cfg) for r in range(layout.world) for n in names}
+    view.update({n: e for n, e in entries.items() if n not in read})
+    return view, parts
+
+
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Copy every tensor of the checkpoint into ``model`` by name, after checking
     all of them (see :func:`plan_load`). An FP8 tensor (e4m3fn or e4m3fnuz)
@@ -206,28 +242,46 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     an e4m3fnuz weight kept in FP8 is converted by value to the model's e4m3fn
     (exact: every e4m3fnuz value above 2^-9 is an e4m3fn value). The
     multi-token-prediction layers after the decoder's (the release's layer 61)
-    are skipped."""
+    are skipped.
+
+    One rank of a parallel model (``model.parallel``) reads only its experts and
+    its slices of the split tensors (safetensors' ``get_slice``);
+    ``model.loaded_bytes`` counts the bytes read."""
     path = Path(path)
     entries = scan(path)
-    todo = plan_load(model, entries, path)
+    parts: dict[str, Part] = {n: (n, None) for n in entries}
+    parallel = getattr(model, "parallel", None)
+    if parallel is not None and not parallel.trivial:
+        entries, parts = rank_entries(model, entries)
+    todo = plan_load(model, entries, path, {n: c for n, (c, _) in parts.items() if c != n})
     params = dict(model.named_parameters())
     by_shard: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
     for name, sname in todo:
         by_shard[entries[name].shard].append((name, sname))
+    read = 0
     for shard, items in sorted(by_shard.items()):
         with _open(path / shard) as f:
             for name, sname in items:
-                t = _read(f, name, path / shard)
+                t = _read(f, parts[name], path / shard)
+                read += t.numel() * t.element_size()
                 if sname is not None:
                     with _open(path / entries[sname].shard) as g:
-                        t = _dequantize(t, _read(g, sname, path / entries[sname].shard))
+                        s = _read(g, parts[sname], path / entries[sname].shard)
+                        read += s.numel() * s.element_size()
+                        t = _dequantize(t, s)
                 params[name].data.copy_(t.to(params[name].dtype))
-    log.info("loaded %d tensors from %d shard(s) of %s", len(todo), len(by_shard), path)
+    model.loaded_bytes = read
+    log.info("loaded %d tensors (%d bytes) from %d shard(s) of %s", len(todo), read, len(by_shard), path)
 
 
-def _read(f, name: str, file: Path) -> torch.Tensor:  # noqa: ANN001
+def _read(f, part: Part, file: Path) -> torch.Tensor:  # noqa: ANN001
+    name, rng = part
     try:
-        return f.get_tensor(name)
+        if rng is None:
+            return f.get_tensor(name)
+        dim, start, stop = rng
+        sl = f.get_slice(name)  # reads only the shard's bytes
+        return sl[(slice(None),) * dim + (slice(start, stop),)]
     except Exception as e:  # noqa: BLE001 - a truncated or corrupt shard: name the file and the tensor
         raise CheckpointError(f"{file}: cannot read tensor {name}: {type(e).__name__}: {e} (truncated or corrupt shard?)") from None
 
