@@ -48,8 +48,9 @@ def device_info() -> dict[str, Any]:
     return {"kind": "cpu", "name": platform.processor() or platform.machine(), "count": 0}
 
 
-def environment(backends: Mapping[str, Any]) -> dict[str, Any]:
-    """The fingerprint of this machine: versions, device, backend availability."""
+def environment(backends: Mapping[str, Any], run_device: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The fingerprint of this machine: versions, device, backend availability, and (``--device``) where
+    the backends' calls ran."""
     from .. import __version__
 
     dev = device_info()
@@ -65,6 +66,7 @@ def environment(backends: Mapping[str, Any]) -> dict[str, Any]:
         "backends": {name: {"available": b.available, "reason": b.reason, "ops": len(b.ops), "env": b.env,
                             "module": b.module, "targets": b.targets}
                      for name, b in backends.items()},
+        **({"run_device": dict(run_device)} if run_device else {}),
     }
 
 
@@ -80,9 +82,9 @@ def strict_json(x: Any) -> Any:
 
 
 def build_document(rows: Iterable[ResultRow], backends: Mapping[str, Any], command: str, case_set: str,
-                   extra_rows: Iterable[ResultRow] = ()) -> dict[str, Any]:
+                   extra_rows: Iterable[ResultRow] = (), run_device: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The report of a run on this machine; every reader below takes this document, never the rows."""
-    env = environment(backends)
+    env = environment(backends, run_device)
     results = [{**r.to_json(), "machine": r.machine or env["machine"]} for r in [*rows, *extra_rows]]
     doc = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION,
            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -229,7 +231,8 @@ def markdown(doc: Mapping[str, Any], max_failures: int = 30) -> str:
     for env in doc["environments"]:
         pk = env["packages"]
         out.append(f"- `{env['machine']}`: {env['device']['kind']} {env['device']['name']}, python {env['python']}, "
-                   f"torch {pk.get('torch')}, triton {pk.get('triton')}, tilelang {pk.get('tilelang')}, dsport {pk.get('dsport')}")
+                   f"torch {pk.get('torch')}, triton {pk.get('triton')}, tilelang {pk.get('tilelang')}, dsport {pk.get('dsport')}"
+                   + (f"; calls ran on `{env['run_device']['torch']}` ({env['run_device']['name']})" if env.get("run_device") else ""))
     out += ["", "| op | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for op in ops:
         row = []

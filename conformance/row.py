@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 #: keys written only when they hold something (the schema does not require them)
-OPTIONAL = ("machine", "ops", "source")
+OPTIONAL = ("machine", "ops", "source", "run_device")
 
 
 class Item(NamedTuple):
@@ -54,6 +54,7 @@ class ResultRow:
     seconds: float | None = None
     reproduce: str = ""
     source: str | None = None             # only for rows read from a build report: that file
+    run_device: dict[str, str] | None = None  # only with --device: {"torch", "name"[, "layout"]} the call ran on
 
     # -- the four ways a row comes about -------------------------------------------------
     @classmethod

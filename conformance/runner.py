@@ -26,10 +26,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .process import Worker
 from .row import Item, ResultRow
+
+if TYPE_CHECKING:
+    from .device import RunDevice
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class ConformancePlan:
     build_timeout: float = 600.0
     jobs: int = 1                         # backends run at the same time, one worker each
     ref_cache: str | None = None          # reference outputs shared by the run's workers (default: a temp dir)
+    device: RunDevice | None = None       # where backends' calls run (inputs moved there); None: the CPU, unmoved
 
 
 def select_items(plan: ConformancePlan) -> list[Item]:
@@ -139,7 +143,11 @@ def run_backend(label: str, module: str | None, items: Sequence[Item | tuple[str
     rows: list[ResultRow] = []
 
     def add(row: ResultRow) -> None:
-        rows.append(row.placed(info.label, module))
+        row = row.placed(info.label, module)
+        if plan.device is not None and not row.is_build:  # a crash or timeout row gets the device it was meant for
+            row = dataclasses.replace(row, run_device=row.run_device or plan.device.to_json(),
+                                      reproduce=f"{row.reproduce} --device {shlex.quote(plan.device.torch)}")
+        rows.append(row)
         on_row(rows[-1])
 
     remaining = [Item("(build)", t) for t in build_targets] if build_targets else [as_item(i) for i in items]
@@ -159,7 +167,7 @@ def run_backend(label: str, module: str | None, items: Sequence[Item | tuple[str
 def _job(label: str, module: str | None, items: list[Item], plan: ConformancePlan,
          build_targets: Sequence[str] | None) -> dict[str, Any]:
     job = {"backend": label, "backend_module": module, "items": items, "ref_cache": plan.ref_cache,
-           "case_set": None if plan.cases else plan.case_set}
+           "case_set": None if plan.cases else plan.case_set, "device": plan.device.torch if plan.device else None}
     if build_targets:
         job = {**job, "items": [], "build": {"targets": [it.case for it in items],
                                              "out_dir": plan.build_dir or tempfile.mkdtemp(prefix="dsport-build-")}}

@@ -16,6 +16,7 @@ passing case is reported ``contract``, never ``pass``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from .row import Item, ResultRow
 from ..core.backend import CONTRACT
 
 if TYPE_CHECKING:
+    from .device import RunDevice
     from ..core.backend import BackendModule
     from ..core.spec import Case
 
@@ -136,9 +138,11 @@ def case_of(op: str, case_id: str) -> Case:
 
 def run_case(mod: BackendModule, ref_ops: dict[str, Callable[..., Any]], op: str, case_id: str,
              is_reference: bool = False, ref_cache: str | None = None, case_set: str | None = None,
-             contract: bool = False) -> ResultRow:
+             contract: bool = False, device: RunDevice | None = None) -> ResultRow:
     """Run and judge one case in this process; returns its row (the runner places it: backend, reproduce).
-    With ``contract`` the backend's ``contract_ops`` run instead of ``OPS`` and a pass is ``contract``."""
+    With ``contract`` the backend's ``contract_ops`` run instead of ``OPS`` and a pass is ``contract``.
+    With ``device`` the inputs move there (same layout) before the capability query and the call, the
+    input checks run on the device tensors, and outputs must come back on it; the judge runs on the CPU."""
     from .guard import InputGuard, uninitialized_memory_filled
     from .metrics import judge
     from ..core.capabilities import query_of
@@ -147,10 +151,18 @@ def run_case(mod: BackendModule, ref_ops: dict[str, Callable[..., Any]], op: str
     spec = specs()[op]
     case = case_of(op, case_id)
     args = case.inputs()
+    notes: list[str] = []
+    if device is not None:
+        from .device import inputs_on, stray_outputs, to_cpu
+
+        args, notes = inputs_on(args, device.device)
     bound = spec.bind(**args)
     dims = spec.validate(bound)
     q = query_of(spec, bound, dims)
-    verdict = ResultRow.for_case(op, case, spec.metric, _describe(bound), q).judged
+    row = ResultRow.for_case(op, case, spec.metric, _describe(bound), q)
+    if device is not None:
+        row = dataclasses.replace(row, run_device={**device.to_json(), **({"layout": "; ".join(notes)} if notes else {})})
+    verdict = row.judged
 
     ops = contract_table(mod) if contract else mod.ops
     impl = ops.get(op)
@@ -179,10 +191,17 @@ def run_case(mod: BackendModule, ref_ops: dict[str, Callable[..., Any]], op: str
         tb = traceback.format_exc(limit=-3)
         return verdict("crash", f"raised {type(e).__name__}: {e}", metrics={"traceback": tb}, seconds=time.perf_counter() - t0)
     seconds = time.perf_counter() - t0
+    if device is not None:
+        stray = stray_outputs(outs, device.device, [o.name for o in spec.outputs_for(bound)])
+        if stray:
+            return verdict("fail", stray, metrics={"outputs": "on the wrong device"}, seconds=seconds)
     broken = guard.violations(outs)
     if broken:
         return verdict("fail", broken, metrics={"inputs": "modified or aliased"}, seconds=seconds)
-    j = judge(spec, guard.pristine, dims, outs, refs, check_dtypes=not is_reference)
+    pristine = guard.pristine
+    if device is not None:
+        outs, pristine = to_cpu(outs), to_cpu(pristine)
+    j = judge(spec, pristine, dims, outs, refs, check_dtypes=not is_reference)
     passed = CONTRACT if contract else "pass"
     return verdict(passed if j.ok else "fail", j.reason, metrics=j.metrics, tolerance=j.tolerance, seconds=seconds)
 
@@ -256,10 +275,16 @@ def main(argv: list[str] | None = None) -> int:
 
     ref_ops = dict(reference.OPS)
     is_reference = mod.module is reference or name == "reference"
+    device = None
+    if job.get("device"):
+        from .device import resolve
+
+        device = resolve(job["device"])
     for item in map(Item._make, job["items"]):
         emit(proto, event="start", op=item.op, case=item.case)
         try:
-            row = run_case(mod, ref_ops, item.op, item.case, is_reference, job.get("ref_cache"), job.get("case_set"), contract)
+            row = run_case(mod, ref_ops, item.op, item.case, is_reference, job.get("ref_cache"), job.get("case_set"), contract,
+                           device)
         except Exception as e:  # a harness-side failure on one case must not end the run
             row = ResultRow.lost(item, "crash", f"harness error {type(e).__name__}: {e}",
                                  metrics={"traceback": traceback.format_exc(limit=-4)})

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What dsport can execute on an H200 machine without network access, bounded to about
 # 8 minutes: install from the working tree (no dependencies: the machine's torch, triton,
-# numpy, pyyaml, rich and safetensors serve), list backends, op conformance on the GPU (when
-# this dsport has `conformance --device`), the profiler on the GPU. Run it from the project
+# numpy, pyyaml, rich and safetensors serve), list backends, op conformance on the GPU
+# (`dsport conformance --device cuda`), the profiler on the GPU. Run it from the project
 # root:  bash cuda_kernels/h200-check.sh   Result files go to $OUT, default ./device-out;
 # logs go to /tmp and their tails to stdout.
 # The cuda backend's part: build every cuda_kernels/*.cu for sm_90a there (registers, spills,
@@ -29,16 +29,10 @@ timeout 90 python3 -m dsport.backends.cuda.device_check --json "$OUT/h200_cuda_d
 echo "device check exit $?"; tail -4 /tmp/dsport-cuda-device.log; grep -E "\| (fail|crash) \|" "$OUT/h200_cuda_device.md" | head -20
 # verdicts per implementation: the wgmma sparse MLA kernel (h_q % 64 == 0) and the CUDA-core one on the same cases
 python3 -c "import json,collections,sys; r=json.load(open(sys.argv[1]))['rows']; c=collections.Counter((x['op'],x['impl'],x['verdict']) for x in r); [print(*k, n) for k, n in sorted(c.items())]" "$OUT/h200_cuda_device.json" 2>&1 | tee "$OUT/h200_cuda_device_summary.txt"
-if dsport conformance --help 2>/dev/null | grep -q -- "--device"; then
-  log "conformance on the GPU"
-  timeout 120 dsport conformance --device cuda --no-progress --json "$OUT/h200_conformance.json" --markdown "$OUT/h200_conformance.md" >/tmp/dsport-conformance.log 2>&1
-  echo "conformance exit $?"; tail -25 /tmp/dsport-conformance.log
-else
-  echo "this dsport has no 'conformance --device': conformance of cuda, triton, torch runs on the CPU (cuda: contract rows)"
-  timeout 120 dsport conformance --backends cuda,triton,torch --build-report "$OUT/h200_cuda_build.json" --no-progress \
-    --json "$OUT/h200_conformance.json" --markdown "$OUT/h200_conformance.md" >/tmp/dsport-conformance.log 2>&1
-  echo "conformance exit $?"; tail -8 /tmp/dsport-conformance.log
-fi
+log "conformance with the backends' calls on the GPU (inputs generated and judged on the CPU)"
+timeout 150 dsport conformance --device cuda --backends cuda triton torch --build-report "$OUT/h200_cuda_build.json" \
+  --no-progress --json "$OUT/h200_conformance.json" --markdown "$OUT/h200_conformance.md" >/tmp/dsport-conformance.log 2>&1
+echo "conformance exit $?"; tail -25 /tmp/dsport-conformance.log
 log "profile on the GPU"
 timeout 120 dsport profile --device cuda --budget 2 --json "$OUT/h200_profile.json" --markdown "$OUT/h200_profile.md" --plot "$OUT/h200_roofline.png" >/tmp/dsport-profile.log 2>&1
 echo "profile exit $?"; tail -40 /tmp/dsport-profile.log

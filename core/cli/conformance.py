@@ -10,7 +10,8 @@ Exit status (also in ``--help``):
   something the user asked for: a ``--backend-module`` that does not import or
   has no ``OPS`` table, an ``available()`` that raises, a ``--cases`` pattern
   that matches no case, a backend named with ``--backends`` that is unavailable
-  here (unless ``--allow-skip``), an unreadable report given to ``merge``.
+  here (unless ``--allow-skip``), a ``--device`` torch does not know or this
+  machine does not have, an unreadable report given to ``merge``.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ EPILOG = """exit status: 0 every requested check ran and passed (or was unsuppor
 1 a case failed, crashed or timed out; 2 usage or input error, including a run that checked nothing
 for something you asked for (backend module that does not import or has no OPS, available() raising,
 --cases matching nothing, a backend named in --backends that is unavailable here unless --allow-skip,
-an unreadable report given to merge)"""
+a --device torch does not know or this machine lacks, an unreadable report given to merge)"""
 
 
 def _csv(values: list[str] | None) -> list[str] | None:
@@ -66,6 +67,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-skip", action="store_true",
                    help="a backend named with --backends that is unavailable here is reported as skip and exits 0 "
                         "(default: it is an error, exit 2)")
+    p.add_argument("--device", metavar="DEV",
+                   help="run each backend's calls on this torch device (cuda, cuda:1, npu, cpu; ROCm GPUs are cuda): "
+                        "inputs are generated and the reference runs on the CPU, inputs move there keeping their strides, "
+                        "outputs come back to be judged; refused (exit 2) when this machine has no such device")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
     p.epilog = EPILOG
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -150,6 +155,13 @@ def _run(args: argparse.Namespace, err: Any) -> int:
     from ...conformance.runner import ConformancePlan, check_module, load_build_reports, run, select_items, unchecked
     from ..errors import ConfigError
 
+    device = None
+    if args.device:  # before anything runs: an absent device is never a silent CPU run
+        from ...conformance.device import resolve
+
+        if args.model:
+            raise ConfigError("--device: op conformance only; --model runs the graph on the CPU")
+        device = resolve(args.device)
     targets = _csv(args.targets)
     named = _csv(args.backends) or []
     if named:
@@ -162,7 +174,7 @@ def _run(args: argparse.Namespace, err: Any) -> int:
     plan = ConformancePlan(backends=named or ([] if args.backend_module else _default_backends()),
                 backend_modules=args.backend_module, ops=_csv(args.ops), case_set=args.case_set, cases=_csv(args.cases),
                 timeout=args.timeout, build_targets=(targets or ["all"]) if (args.build or targets) else None,
-                build_dir=args.build_dir, jobs=args.jobs)
+                build_dir=args.build_dir, jobs=args.jobs, device=device)
     if args.model:
         from ...conformance.model import model_rows, model_unchecked
 
@@ -191,7 +203,8 @@ def _run(args: argparse.Namespace, err: Any) -> int:
 
         runs, rows = run(plan, on_row=on_row)
     command = shlex.join(["dsport", "conformance", *sys.argv[2:]]) if sys.argv[1:2] == ["conformance"] else "dsport conformance"
-    doc = report.build_document(rows, runs, command, plan.case_set, extra_rows=load_build_reports(args.build_report))
+    doc = report.build_document(rows, runs, command, plan.case_set, extra_rows=load_build_reports(args.build_report),
+                                run_device=device.to_json() if device else None)
     report.print_terminal(doc)
     _write_outputs(doc, args.json, args.junit, args.markdown)
     return _verdict(doc, unchecked(runs, rows, named, args.allow_skip), err)
