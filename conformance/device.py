@@ -66,7 +66,7 @@ def resolve(text: str) -> RunDevice:
     from ..core.errors import ConfigError
 
     kind = text.split(":", 1)[0].strip().lower()
-    mod = _accelerator_module(kind)  # before torch.device: 'npu' parses only once torch_npu is imported
+    api = _accelerator_module(kind)  # before torch.device: 'npu' parses only once torch_npu is imported
     try:
         dev = torch.device(text)
     except (RuntimeError, ValueError) as e:
@@ -74,17 +74,17 @@ def resolve(text: str) -> RunDevice:
                           "expected e.g. cpu, cuda, cuda:1, npu:0") from None
     if dev.type == "cpu":
         return RunDevice("cpu", platform.processor() or platform.machine())
-    if mod is None or not hasattr(mod, "is_available") or not hasattr(mod, "device_count"):
+    if api is None or not hasattr(api, "is_available") or not hasattr(api, "device_count"):
         raise ConfigError(f"--device: {text!r}: conformance runs on cpu, cuda (ROCm included) or npu devices, "
                           f"not {dev.type} (its tensors cannot be judged or torch has no device API for it)")
     label = dev.type.upper()
-    if not mod.is_available():
+    if not api.is_available():
         raise DeviceAbsent(f"torch has no {label} device here: {_why_absent(dev.type)}")
-    count = int(mod.device_count())
-    index = dev.index if dev.index is not None else int(mod.current_device())
+    count = int(api.device_count())
+    index = dev.index if dev.index is not None else int(api.current_device())
     if index >= count:
         raise DeviceAbsent(f"torch has no {label} device {text!r} here: {count} visible ({dev.type}:0..{dev.type}:{count - 1})")
-    named = getattr(mod, "get_device_name", None)
+    named = getattr(api, "get_device_name", None)
     return RunDevice(f"{dev.type}:{index}", str(named(index)) if named else dev.type)
 
 
