@@ -161,6 +161,9 @@ def print_terminal(doc: Mapping[str, Any], console: Any = None, max_failures: in
         table.add_row(*row)
     console.print(table)
     for env in doc["environments"]:
+        if env.get("run_device"):
+            console.print(escape(f"calls ran on {env['run_device']['torch']} ({env['run_device']['name']}) "
+                                 f"of {env['machine']}; inputs generated and judged on its CPU"), style="dim", highlight=False)
         for name, b in env["backends"].items():
             if not b["available"]:
                 console.print(escape(f"{name}@{env['machine']}: skipped, {b['reason']}"), style="dim", highlight=False)

@@ -41,9 +41,12 @@ def _with(op: str, wrap) -> object:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
-def test_cuda_is_refused_with_the_reason_before_anything_runs(capsys):
+def test_cuda_is_refused_with_the_reason_before_anything_runs(capsys, monkeypatch):
+    from dsport.conformance import runner
+
     with pytest.raises(DeviceAbsent, match="torch has no CUDA device here: "):
         resolve("cuda")
+    monkeypatch.setattr(runner, "run", lambda *a, **k: pytest.fail("a run started although the device is absent"))
     assert main(["conformance", "--device", "cuda:1", "--backends", "torch", "--ops", "rms_norm", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "torch has no CUDA device here" in err and "pass" not in err
@@ -91,6 +94,10 @@ def test_torch_backend_on_device_cpu_passes_and_every_row_names_the_device(tmp_p
     doc = report.build_document(rows, {"torch": info}, "dsport conformance --device cpu", "quick", run_device=CPU.to_json())
     assert schema.errors(doc) == [] and doc["environments"][0]["run_device"] == CPU.to_json()
     assert ResultRow.from_json(json.loads(json.dumps(doc["results"][0]))).run_device == CPU.to_json()
+    from dsport.conformance.merge import merge
+
+    merged = merge([doc], ["cpu.json"])
+    assert schema.errors(merged) == [] and all(r["run_device"] == CPU.to_json() for r in merged["results"])
 
 
 def test_without_device_nothing_moves_and_rows_carry_no_device():
