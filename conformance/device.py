@@ -134,6 +134,14 @@ def _same(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a kernel's fault is raised inside the backend's call and its
+    time is the call's own (accelerator launches return before the kernel ends)."""
+    api = getattr(torch, device.type, None) if device.type != "cpu" else None
+    if api is not None and hasattr(api, "synchronize"):
+        api.synchronize(device)
+
+
 def to_cpu(x: Any) -> Any:
     """A tensor (or a tuple / dict of them) on the CPU, for the judge."""
     if isinstance(x, torch.Tensor):

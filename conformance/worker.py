@@ -153,7 +153,7 @@ def run_case(mod: BackendModule, ref_ops: dict[str, Callable[..., Any]], op: str
     args = case.inputs()
     notes: list[str] = []
     if device is not None:
-        from .device import inputs_on, stray_outputs, to_cpu
+        from .device import inputs_on, stray_outputs, synchronize, to_cpu
 
         args, notes = inputs_on(args, device.device)
     bound = spec.bind(**args)
@@ -185,6 +185,8 @@ def run_case(mod: BackendModule, ref_ops: dict[str, Callable[..., Any]], op: str
     try:
         with uninitialized_memory_filled(case.fill_uninitialized):
             outs = _tuple(impl(**args))
+            if device is not None:
+                synchronize(device.device)
     except NotImplementedError as e:
         return verdict("unsupported", f"raised NotImplementedError: {e}" if str(e) else "raised NotImplementedError")
     except Exception as e:
