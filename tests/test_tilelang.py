@@ -101,9 +101,14 @@ def test_fp8_gemm_matches_reference(tl, case):
     r = ref.fp8_gemm(**inp)
     assert c.dtype == torch.bfloat16 and c.shape == r.shape
     if r.numel():
-        assert torch.isfinite(c).all()
+        # non-finite exactly where the reference has it (NaN codes, inf scales: SPEC §10)
+        assert torch.equal(c.isnan(), r.isnan()) and torch.equal(c.isinf(), r.isinf())
+        fin = torch.isfinite(r)
+        c, r = c.double()[fin], r[fin]
+        if not r.numel():
+            return
         # bf16 output: each element within half an ulp of bf16 (2^-9 relative) plus fp32 summation noise
-        assert ((c.double() - r).abs() <= r.abs() * 2.0 ** -8 + r.abs().max() * 1e-5).all()
+        assert ((c - r).abs() <= r.abs() * 2.0 ** -8 + r.abs().max() * 1e-5).all()
 
 
 # -- rms_norm against the formula ------------------------------------------------------
