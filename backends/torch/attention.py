@@ -2,6 +2,9 @@
 
 The sparse paths gather only the KV rows the indices name, one query block
 at a time: time and memory scale with T * k, independent of the context S.
+With few heads over a short window (H * (window - k) small against k, see
+DENSE_OVER_GATHER) prefill scores the block against its whole finite window
+instead and keeps only the named scores: the same result, fewer passes.
 Scores (q.k matmuls), softmax and lse are fp32; the P.V matmul operand dtype
 comes from :mod:`policy` (fp32 on CPUs without bf16 matrix units)."""
 from __future__ import annotations

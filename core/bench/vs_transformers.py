@@ -178,6 +178,6 @@ def _print(out: dict[str, Any]) -> None:
     console = Console()
     console.print(table)
     for mode, cos in out["logits_cosine"].items():
-        console.print(f"logits vs transformers, indexer={mode}: per-position cosine median {cos['median']:.9f}, "
-                      f"min {cos['min']:.9f}")
+        console.print(f"logits vs transformers, indexer={mode}: per-position cosine median {cos['median']:.9f} "
+                      f"(1 - cos {1 - cos['median']:.1e}), min {cos['min']:.9f} (1 - cos {1 - cos['min']:.1e})")
     console.print(f"logits match (indexer=auto, min > {out['cosine_goal']}): {out['logits_match']}")
