@@ -425,7 +425,7 @@ def brute_experts(x, ids, wts, w1, w3, w2):
     return y
 
 
-@pytest.mark.parametrize("layout", ["balanced", "one-expert", "empty-expert-and-dropped", "T0"])
+@pytest.mark.parametrize("layout", ["balanced", "one-expert", "empty-expert-and-dropped", "decode", "idle-experts-batched", "T0"])
 def test_moe_experts_paths(layout, monkeypatch):
     t, e, d, i, k = 24, 8, 32, 16, 2
     x = torch.randn(t, d, generator=g(44))
@@ -441,6 +441,11 @@ def test_moe_experts_paths(layout, monkeypatch):
     elif layout == "empty-expert-and-dropped":
         ids = torch.randint(0, e - 2, (t, k), generator=g(49), dtype=torch.int32)
         ids[::3, 0] = -1
+    elif layout == "decode":             # one token, two experts busy: weight views, no copy of the busy ones
+        x, wts, ids = x[:1], wts[:1], torch.tensor([[6, 1]], dtype=torch.int32)
+    elif layout == "idle-experts-batched":
+        ids = (torch.arange(t * k).reshape(t, k) % (e - 2)).to(torch.int32)
+        monkeypatch.setattr(tmoe, "GATHER_ROWS", 1)
     else:
         x, ids, wts = x[:0], torch.zeros(0, k, dtype=torch.int32), wts[:0]
     paths = []
@@ -448,7 +453,8 @@ def test_moe_experts_paths(layout, monkeypatch):
         orig = getattr(tmoe, name)
         monkeypatch.setattr(tmoe, name, lambda *a, _o=orig, _n=name: (paths.append(_n), _o(*a))[1])
     close(tb.moe_experts(x, ids, wts, w1, w3, w2), brute_experts(x, ids, wts, w1, w3, w2), torch.float32)
-    expected = {"balanced": ["_masked_path"], "one-expert": ["_segment_path"], "T0": []}.get(layout)
+    expected = {"balanced": ["_masked_path"], "one-expert": ["_segment_path"], "decode": ["_segment_path"],
+                "idle-experts-batched": ["_masked_path"], "T0": []}.get(layout)
     if expected is not None:
         assert paths == expected
 
