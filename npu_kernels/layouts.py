@@ -126,9 +126,10 @@ def prefix_sums_to_lengths(sums: torch.Tensor) -> torch.Tensor:
 # -- softmax_max / softmax_sum (N2, T1, N1/N2) <-> lse [T1, N1] ---------------------------------------------------
 def stats_to_lse(softmax_max: torch.Tensor, softmax_sum: torch.Tensor) -> torch.Tensor:
     """(N2, T1, G) max and sum of exp(s - max) -> natural-log lse [T1, N2 * G] (query head h = n2 * G + g).
-    A row whose sum is 0 (nothing attended) gets -inf."""
+    A row whose sum is 0 (nothing attended) gets -inf; a NaN sum (a NaN score) stays NaN, as SPEC §10
+    wants (``sum > 0`` would call that row empty)."""
     lse = softmax_max.float() + torch.log(softmax_sum.float())
-    lse = torch.where(softmax_sum > 0, lse, torch.full_like(lse, float("-inf")))
+    lse = torch.where(softmax_sum == 0, torch.full_like(lse, float("-inf")), lse)
     n2, t, g = lse.shape
     return lse.permute(1, 0, 2).reshape(t, n2 * g)
 

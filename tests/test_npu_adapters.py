@@ -57,7 +57,7 @@ def test_npu_backend_runs_contract_in_the_conformance_worker():
     assert got[("sparse_mla_decode", "fp8-page1")] == ("unsupported", got[("sparse_mla_decode", "fp8-page1")][1])
     assert "page size 1" in got[("sparse_mla_decode", "fp8-page1")][1]
     # the declared limit, answered by refusal() before the call (not the adapter's NotImplementedError)
-    assert got[("sparse_mla_prefill", "tiny")] == ("unsupported", "DQK 80 not in [576]; d_v 64 not in [512]")
+    assert got[("sparse_mla_prefill", "tiny")] == ("unsupported", "DQK = 80 not in [576]; d_v = 64 not in [512]")
     assert got[("indexer_logits", "tiny-fp8")][0] == "unsupported"
     assert "pass" not in {v for v, _ in got.values()}
 

@@ -32,7 +32,7 @@ def close(out: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
     out, want = out.double(), want.double()
     fin = torch.isfinite(want)
     assert torch.equal(fin, torch.isfinite(out)), "finite pattern differs"
-    assert torch.equal(out[~fin], want[~fin])
+    torch.testing.assert_close(out[~fin], want[~fin], rtol=0, atol=0, equal_nan=True)  # NaN matches NaN, inf its sign
     if fin.any():
         peak = want[fin].abs().max().clamp_min(1e-30)
         err = (out[fin] - want[fin]).abs().max() / peak
@@ -280,6 +280,26 @@ def test_sparse_mla_prefill_edges(dtype):
     assert e[0].shape == (0, h, dv)
 
 
+@pytest.mark.parametrize("window", [False, True])
+def test_sparse_prefill_window_and_gather_paths_agree_and_skip_unnamed_nan(monkeypatch, window):
+    from dsport.backends.torch import attention
+    t, s, h, d, dv, k = 7, 24, 4, 40, 32, 6
+    q, kv = torch.randn(t, h, d, generator=g(60)), torch.randn(s, 1, d, generator=g(61))
+    idx = torch.randint(0, s - 1, (t, 1, k), generator=g(62), dtype=torch.int32)
+    idx[0, 0, 2:] = -1
+    idx[4, 0, :] = 3                                                # duplicates count each time
+    monkeypatch.setattr(attention, "DENSE_OVER_GATHER", 10 ** 9 if window else -10 ** 9)
+    want = brute_sparse(q, kv[:, 0], idx[:, 0], 0.1, dv)
+    for a, b in zip(tb.sparse_mla_prefill(q, kv, idx, 0.1, dv), want):
+        close(a, b, torch.float32)
+    named = set(idx[idx >= 0].tolist())
+    unnamed = next(r for r in range(s) if r not in named)
+    assert unnamed < max(named)                                     # inside the window the scores span
+    kv[unnamed] = float("nan")                                      # SPEC §10: as if it were absent
+    for a, b in zip(tb.sparse_mla_prefill(q, kv, idx, 0.1, dv), want):
+        close(a, b, torch.float32)
+
+
 def test_sparse_prefill_non_contiguous_and_block_boundaries(monkeypatch):
     from dsport.backends.torch import policy
     t, s, h, d, k = 9, 30, 2, 64, 5
@@ -405,7 +425,7 @@ def brute_experts(x, ids, wts, w1, w3, w2):
     return y
 
 
-@pytest.mark.parametrize("layout", ["balanced", "one-expert", "empty-expert-and-dropped", "T0"])
+@pytest.mark.parametrize("layout", ["balanced", "one-expert", "empty-expert-and-dropped", "decode", "idle-experts-batched", "T0"])
 def test_moe_experts_paths(layout, monkeypatch):
     t, e, d, i, k = 24, 8, 32, 16, 2
     x = torch.randn(t, d, generator=g(44))
@@ -421,6 +441,11 @@ def test_moe_experts_paths(layout, monkeypatch):
     elif layout == "empty-expert-and-dropped":
         ids = torch.randint(0, e - 2, (t, k), generator=g(49), dtype=torch.int32)
         ids[::3, 0] = -1
+    elif layout == "decode":             # one token, two experts busy: weight views, no copy of the busy ones
+        x, wts, ids = x[:1], wts[:1], torch.tensor([[6, 1]], dtype=torch.int32)
+    elif layout == "idle-experts-batched":
+        ids = (torch.arange(t * k).reshape(t, k) % (e - 2)).to(torch.int32)
+        monkeypatch.setattr(tmoe, "GATHER_ROWS", 1)
     else:
         x, ids, wts = x[:0], torch.zeros(0, k, dtype=torch.int32), wts[:0]
     paths = []
@@ -428,7 +453,8 @@ def test_moe_experts_paths(layout, monkeypatch):
         orig = getattr(tmoe, name)
         monkeypatch.setattr(tmoe, name, lambda *a, _o=orig, _n=name: (paths.append(_n), _o(*a))[1])
     close(tb.moe_experts(x, ids, wts, w1, w3, w2), brute_experts(x, ids, wts, w1, w3, w2), torch.float32)
-    expected = {"balanced": ["_masked_path"], "one-expert": ["_segment_path"], "T0": []}.get(layout)
+    expected = {"balanced": ["_masked_path"], "one-expert": ["_segment_path"], "decode": ["_segment_path"],
+                "idle-experts-batched": ["_masked_path"], "T0": []}.get(layout)
     if expected is not None:
         assert paths == expected
 

@@ -38,9 +38,16 @@ def record(name: str, ok: bool, detail: str = "") -> None:
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    if ref.numel() == 0:
+    """max |out - ref| / max |ref| over the finite reference values; inf where the two disagree on which
+    values are NaN or infinite (SPEC §10: non-finite values propagate exactly as the reference's)."""
+    o, r = out.double(), ref.double()
+    fin = torch.isfinite(r)
+    if not torch.equal(torch.isnan(o), torch.isnan(r)) or not torch.equal(o[torch.isinf(r)], r[torch.isinf(r)]) \
+            or not torch.isfinite(o[fin]).all():
+        return float("inf")
+    if not fin.any():
         return 0.0
-    return float((out.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-30))
+    return float((o[fin] - r[fin]).abs().max() / r[fin].abs().max().clamp_min(1e-30))
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:

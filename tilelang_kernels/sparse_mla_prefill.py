@@ -12,7 +12,10 @@ output) and a third GEMM of the probabilities with the gathered values.
 As on the GPU, the probabilities enter the value GEMM rounded to bf16 while
 their fp32 values feed the running sum, and the CPU form reproduces that
 rounding explicitly (round_bf16). A row with no valid index ends with sum 0:
-out = 0, lse = max_logits = -inf, never NaN.
+out = 0, lse = max_logits = -inf, never NaN. A NaN score among the valid
+entries (NaN in q or in a named kv row) makes out, lse and max_logits of that
+row NaN, as in the reference (SPEC §10): the running max carries it, and only
+an exactly zero sum is taken for an empty row.
 """
 # no `from __future__ import annotations`: TileLang reads the tensor annotations as live objects
 from typing import Any
@@ -47,6 +50,8 @@ def program(p: Profile, H: int, DQK: int, DV: int, K: int, sm_scale: float, stag
             m_prev = p.tile((HB,), "float32")
             rmax = p.tile((HB,), "float32")
             rsum = p.tile((HB,), "float32")
+            nan_sc = p.tile((HB, BI), "float32")
+            nans = p.tile((HB,), "float32")
             lsum = p.tile((HB,), "float32")
             alpha = p.tile((HB,), "float32")
             T.copy(Q[t, hb * HB, 0], q_s)
@@ -87,8 +92,14 @@ def program(p: Profile, H: int, DQK: int, DV: int, K: int, sm_scale: float, stag
                     sc[h, i] = T.if_then_else(ok[i] == 1, sc[h, i] * T.float32(sm_scale), neg_inf)
                 T.copy(m, m_prev)
                 T.reduce_max(sc, rmax, dim=1)
+                # A max reduction may drop NaN (fmaxf on a GPU, a > b ? a : b in C): a row whose valid scores
+                # were all NaN would keep m = -inf and be zeroed as empty. The NaN-only sum (0 or NaN) puts
+                # it back, and a NaN m_prev stays NaN (T.max(NaN, x) may return x).
+                for h, i in p.loop(HB, BI):
+                    nan_sc[h, i] = T.if_then_else(T.isnan(sc[h, i]), sc[h, i], T.float32(0))
+                T.reduce_sum(nan_sc, nans, dim=1)
                 for h in p.loop(HB):
-                    m[h] = T.max(m_prev[h], rmax[h])
+                    m[h] = T.if_then_else(T.isnan(m_prev[h]), m_prev[h], T.max(m_prev[h], rmax[h]) + nans[h])
                     # while nothing valid was seen m is -inf: rescale by 0, never exp(-inf - -inf)
                     alpha[h] = T.if_then_else(m[h] == neg_inf, T.float32(0), T.exp(m_prev[h] - m[h]))
                 for h, i in p.loop(HB, BI):
@@ -105,10 +116,11 @@ def program(p: Profile, H: int, DQK: int, DV: int, K: int, sm_scale: float, stag
                     for h, i in p.loop(HB, BI):
                         p_f[h, i] = p.round_bf16(sc[h, i])
                     T.gemm(p_f, kv_f, acc)
+            # only an exactly zero sum is an empty row: `lsum > 0` is false for NaN and would write 0 / -inf
             for h, d in p.loop(HB, DV):
-                O[t, hb * HB + h, d] = p.store_bf16(T.if_then_else(lsum[h] > T.float32(0), acc[h, d] / lsum[h], T.float32(0)))
+                O[t, hb * HB + h, d] = p.store_bf16(T.if_then_else(lsum[h] == T.float32(0), T.float32(0), acc[h, d] / lsum[h]))
             for h in p.loop(HB):
-                LSE[t, hb * HB + h] = T.if_then_else(lsum[h] > T.float32(0), m[h] + T.log(lsum[h]), neg_inf)
+                LSE[t, hb * HB + h] = T.if_then_else(lsum[h] == T.float32(0), neg_inf, m[h] + T.log(lsum[h]))
                 MAXL[t, hb * HB + h] = m[h]
 
     return sparse_mla_prefill

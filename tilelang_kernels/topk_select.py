@@ -14,7 +14,9 @@ atomics, and the scan over the 256 bins is repeated by every thread from
 shared memory (cheaper than a broadcast). The CPU form runs the same sweeps
 serially and increments in place. Picks are collected in a staged tile that
 starts as -1 and is copied out once, so threads never race on global memory.
-NaN logits are outside the contract of this kernel (see CAPABILITIES).
+Every NaN logit gets the largest key, so NaN ranks above +inf whatever its
+sign, the order of torch.sort and of the reference (SPEC §10: a NaN score is
+selected and shows downstream, never dropped).
 """
 # no `from __future__ import annotations`: TileLang reads the tensor annotations as live objects
 from typing import Any
@@ -32,8 +34,11 @@ def program(p: Profile, K: int) -> Any:
 
     def key_of(x):
         b = as_u32(T, x)
-        return T.if_then_else(T.shift_right(b, T.uint32(31)) == T.uint32(1), T.bitwise_not(b),
-                              T.bitwise_or(b, T.uint32(0x80000000)))
+        # NaN ranks above +inf whatever its sign bit, as in torch.sort (the reference): without the
+        # test a NaN with the sign bit set (x86's default NaN, 0xFFC00000) maps below -inf and is
+        # never selected. T.isnan, not x != x: the TIR simplifier folds x != x to False.
+        return T.if_then_else(T.isnan(x), T.uint32(0xFFFFFFFF), T.if_then_else(
+            T.shift_right(b, T.uint32(31)) == T.uint32(1), T.bitwise_not(b), T.bitwise_or(b, T.uint32(0x80000000))))
 
     @T.macro
     def bump(buf, i, slot):

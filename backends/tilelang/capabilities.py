@@ -25,7 +25,7 @@ CAPABILITIES: dict[str, Capability] = {
     "indexer_logits": Capability(dtypes=(torch.bfloat16,), fp8_formats=FP8, heads=tuple(range(1, 129)), devices=CPU, archs=ARCHS,
                                  note="bf16 or fp8 q/k; H <= 128 is the GEMM's N tile, padded to a multiple of 8 with zero-weight heads"),
     "topk_select": Capability(topk_max=4096, devices=CPU, archs=ARCHS,
-                              note="k at most 4096 (the picks are staged in shared memory); no NaN logits"),
+                              note="k at most 4096 (the picks are staged in shared memory); NaN ranks above +inf, as in torch.sort"),
     "sparse_mla_prefill": Capability(dtypes=(torch.bfloat16,), heads=(16, 32, 64, 128), topk_multiple=64, devices=CPU, archs=ARCHS,
                                      note="bf16; heads in blocks of up to 64 (one wgmma M tile); topk a multiple of BI = 64"),
 }

@@ -17,6 +17,11 @@ from .quant import fp8_gemm
 PAD_WASTE = 1.25
 """Use the padded batched path while M_max * experts_with_tokens <= PAD_WASTE * rows."""
 
+GATHER_ROWS = 32
+"""With idle experts, the padded batched path also needs M_max >= GATHER_ROWS rows per expert: copying an
+expert's three weights costs about as much as that many rows of its GEMMs (measured at decode, one token,
+4 of 16 experts: the copies took a third of the step)."""
+
 
 def moe_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, n_group: int = 8,
              topk_group: int = 4, topk: int = 8, route_scale: float = 2.5,
@@ -61,7 +66,9 @@ def moe_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: t
     tok = order // kslots
     gate = weights.reshape(-1)[order].float()
     # the routing weight scales the [rows, inter] activations before w2 (linear), not the wider [rows, dim] output
-    if m_max * n_act <= PAD_WASTE * rows:
+    # with some experts idle the batched path first copies the busy experts' weights: with few rows per
+    # expert (decode) that copy costs more than the GEMMs, and per-expert GEMMs on weight views skip it
+    if m_max * n_act <= PAD_WASTE * rows and (n_act == e or m_max >= GATHER_ROWS):
         return _masked_path(x, tok, gate, eid, counts, active, m_max, w1, w3, w2, mdt)
     return _segment_path(x, tok, gate, counts[active].tolist(), active.tolist(), w1, w3, w2, mdt)
 

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .numerics import INTERPRETED, cast_out, mma
+from .numerics import INTERPRETED, cast_out, fp8_to_f32, mma
 from ...core.fp8 import fp8_format
 
 CACHE_BYTES = 656  # per token: 512 fp8 latent, 4 fp32 tile scales (at 512), 64 bf16 rope values (at 528)
@@ -64,7 +64,7 @@ def sparse_mla_kernel(q_ptr, kv_ptr, idx_ptr, out_ptr, lse_ptr, mlog_ptr, H, K, 
             base = kv_ptr + row * 656
             raw = tl.load(base[:, None] + dv[None, :], mask=lm, other=0)
             scale = tl.load((base + 512).to(tl.pointer_type(tl.float32))[:, None] + dv[None, :] // 128, mask=lm, other=0.0)
-            kv_lat = cast_out(raw.to(FP8_DT, bitcast=True).to(tl.float32) * scale, q_ptr.dtype.element_ty)
+            kv_lat = cast_out(fp8_to_f32(raw.to(FP8_DT, bitcast=True), INTERP) * scale, q_ptr.dtype.element_ty)
             # the cache keeps rope in bf16 whatever q is; the products take both operands in q's dtype
             kv_pe = tl.load((base + 528).to(tl.pointer_type(tl.bfloat16))[:, None] + dr[None, :], mask=pm,
                             other=0.0).to(q_ptr.dtype.element_ty)
@@ -94,13 +94,16 @@ def sparse_mla_kernel(q_ptr, kv_ptr, idx_ptr, out_ptr, lse_ptr, mlog_ptr, H, K, 
         l = l * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None] + mma(cast_out(p, kv_lat.dtype), kv_lat, INTERP)
         m = m_new
-    has = l > 0.0
+    # l is 0 exactly for a row with no valid key; a NaN score makes it NaN, and that row must come out
+    # NaN (SPEC §10), not empty: `l > 0` is false for NaN
+    has = l != 0.0
     o = acc / tl.where(has, l, 1.0)[:, None]
     tl.store(out_ptr + (r * H + hs[:, None]) * DV + dv[None, :], cast_out(o, out_ptr.dtype.element_ty),
              mask=hm[:, None] & dvm[None, :])
     lse = tl.where(has, m * 0.6931471805599453 + tl.log(tl.where(has, l, 1.0)), float("-inf"))
     tl.store(lse_ptr + r * H + hs, lse, mask=hm)
-    tl.store(mlog_ptr + r * H + hs, m * 0.6931471805599453, mask=hm)
+    # the running max may have dropped the NaN (maximum is fmaxf on the GPU); the sum has not
+    tl.store(mlog_ptr + r * H + hs, tl.where(l != l, float("nan"), m * 0.6931471805599453), mask=hm)
 
 
 def q_as_b(fp8_cache: bool, amd: bool) -> bool:

@@ -71,5 +71,24 @@ def mma(a, b, INTERP: tl.constexpr):
     """
     if INTERP and a.dtype == tl.bfloat16:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    elif INTERP and (a.dtype == tl.float8e4nv or a.dtype == tl.float8e4b8):
+        return tl.dot(fp8_to_f32(a, INTERP), fp8_to_f32(b, INTERP), input_precision="ieee")
     else:
         return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
+def fp8_to_f32(x, INTERP: tl.constexpr):
+    """e4m3fn / e4m3fnuz -> fp32 with the NaN codes read as NaN (SPEC §10: a NaN input is reported).
+
+    The GPUs' conversion instructions (and their FP8 MMAs) already do; the Triton 3.9 interpreter
+    decodes the NaN codes (e4m3fn: S.1111.111, e4m3fnuz: 0x80) as finite numbers, so under the
+    interpreter they are selected back to NaN. Compiled kernels (INTERP=False) pay nothing."""
+    v = x.to(tl.float32)
+    if INTERP:
+        code = x.to(tl.uint8, bitcast=True)
+        if x.dtype == tl.float8e4nv:
+            v = tl.where((code & 0x7F) == 0x7F, float("nan"), v)
+        else:
+            v = tl.where(code == 0x80, float("nan"), v)
+    return v

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .numerics import cast_out, round_fp8
+from .numerics import INTERPRETED, cast_out, mma, round_fp8
 from ...core.fp8 import Fp8Format, ScaleFormat, fp8_format, scale_format
 
 
@@ -74,7 +74,7 @@ def act_quant(x: torch.Tensor, block: int = 128, fmt: str | Fp8Format = "e4m3fn"
 
 @triton.jit
 def fp8_gemm_kernel(a_ptr, sa_ptr, b_ptr, sb_ptr, c_ptr, M, N, K,
-                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, INTERP: tl.constexpr):
     # BK == 128 == the scale block: each K-block's partial sum is promoted to
     # fp32 and scaled once (DeepGEMM's promotion scheme), then accumulated.
     pid_m = tl.program_id(0)
@@ -95,7 +95,7 @@ def fp8_gemm_kernel(a_ptr, sa_ptr, b_ptr, sb_ptr, c_ptr, M, N, K,
         b = tl.load(b_ptrs, mask=nmask[:, None], other=0.0)
         sa = tl.load(sa_ptrs + kb, mask=mmask, other=0.0)
         sb = tl.load(sb_ptrs + kb, mask=nmask, other=0.0)
-        part = tl.dot(a, tl.trans(b))
+        part = mma(a, tl.trans(b), INTERP)
         acc += part * sa[:, None] * sb[None, :]
         a_ptrs += BK
         b_ptrs += BK
@@ -113,7 +113,7 @@ def fp8_gemm(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tenso
     if m and n:
         t = FP8_GEMM_TILE
         fp8_gemm_kernel[(triton.cdiv(m, t["BM"]), triton.cdiv(n, t["BN"]))](
-            a.contiguous(), sa.contiguous(), b.contiguous(), sb.contiguous(), c, m, n, k, **t)
+            a.contiguous(), sa.contiguous(), b.contiguous(), sb.contiguous(), c, m, n, k, **t, INTERP=INTERPRETED)
     elif m and not k:
         c.zero_()
     return c

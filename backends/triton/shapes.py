@@ -23,7 +23,7 @@ def _quant() -> list[AotSpec]:
         out.append(AotSpec(f"fp8_gemm_{label}", quant.fp8_gemm_kernel, ("fp8_gemm",),
                            {"a_ptr": "*fp8", "sa_ptr": "*fp32", "b_ptr": "*fp8", "sb_ptr": "*fp32", "c_ptr": "*bf16",
                             "M": TOKENS, "N": n, "K": k},
-                           dict(quant.FP8_GEMM_TILE), num_warps=4, num_stages=3, matrix=True, hot=True,
+                           {**quant.FP8_GEMM_TILE, "INTERP": False}, num_warps=4, num_stages=3, matrix=True, hot=True,
                            shape=f"M={TOKENS} N={n} K={k}"))
     return out
 

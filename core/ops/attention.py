@@ -266,6 +266,17 @@ def _sparse_prefill_cases() -> list[Case]:
              note="q, kv and indices as offset views of padded, NaN-filled buffers"),
     ]
     cases += [Case(op, f"heads-{h}", _prefill(2, h, 128, 64), tags=EDGE) for h in TP_HEADS]
+
+    def nan_inputs(gen, a):
+        """NaN in one query head of token 0 (every score of that head NaN) and in a kv row only token 1
+        names (one score per head NaN): those output rows are NaN (out, lse, max_logits), the rest finite."""
+        a["q"][0, 2, 7] = float("nan")
+        named = [set(a["indices"][t, 0].tolist()) - {-1} for t in range(3)]
+        a["kv"][min(named[1] - named[0] - named[2]), 0, 10] = float("nan")
+        return a
+
+    cases += [Case(op, "nan-query-and-row", _prefill(3, 16, 128, 64, edit=nan_inputs), tags=EDGE,
+                   note="SPEC §10: NaN in a query or a named kv row gives NaN in that output row, never 0 / -inf")]
     return cases
 
 

@@ -124,6 +124,13 @@ def _indexer_cases() -> list[Case]:
              tags=DEEPSEEK_FULL, note="64 heads x 128 dims, 4096 keys: 4.3 GFLOP, about a second in float64"),
     ]
     cases += [Case(c, f"heads-{h}", _indexer_case(4, 128, h, fmt="e4m3fn", window="random"), tags=EDGE) for h in HEADS_PER_RANK]
+
+    def nan_fp8_key(gen):
+        args = _indexer_case(3, 16, 4, fmt="e4m3fn")(gen)
+        args["k"].view(torch.uint8)[5, 9] = 0x7F  # e4m3fn NaN: key 5's logit is NaN in every row whose window holds it
+        return args
+
+    cases += [Case(c, "nan-fp8-key", nan_fp8_key, tags=EDGE, note="a NaN code in a key inside the windows: NaN there, not -inf or 0")]
     return cases
 
 

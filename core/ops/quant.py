@@ -179,5 +179,20 @@ fp8_gemm = register(OpSpec(
         Case("fp8_gemm", "transposed-b", _transposed_b(_gemm_case(4, 256, 256, "e4m3fnuz")), tags=EDGE,
              note="b (and sb) column-major, as a weight stored transposed"),
         Case("fp8_gemm", "ds-wq-b", _gemm_case(32, 1536, 1536), tags=DEEPSEEK_FULL),
+        Case("fp8_gemm", "nonfinite-operands", lambda g: _nonfinite_gemm(_gemm_case(4, 256, 256)(g)), tags=EDGE,
+             note="a NaN code in a and in b, and a group as act_quant writes an inf one (zeros, one NaN code, scale inf): "
+                  "NaN rows and columns, never 0"),
     ],
 ))
+
+
+def _nonfinite_gemm(a: dict) -> dict:
+    """Row 1 of a and row 3 of b (an output column) hold a NaN code; row 2's second group is what
+    act_quant makes of a group holding +inf: zero codes, one NaN code, scale inf."""
+    nan = 0x7F if a["a"].dtype == torch.float8_e4m3fn else 0x80
+    a["a"].view(torch.uint8)[1, 5] = nan
+    a["b"].view(torch.uint8)[3, 200] = nan
+    a["a"].view(torch.uint8)[2, 128:256] = 0
+    a["a"].view(torch.uint8)[2, 140] = nan
+    a["sa"][2, 1] = float("inf")
+    return a
