@@ -293,14 +293,21 @@ def fp8_paged_mqa_logits_model(q, kv_cache, weights, context_lens, block_table, 
     return out
 
 
-def m_grouped_contiguous_model(a, b, d, m_indices):
-    """``m_grouped_bf16_gemm_nt_contiguous``: rows of group g (a segment starting
-    at a multiple of 128) get a @ b[g]^T; rows marked -1 are not written."""
-    assert a.dtype == b.dtype == d.dtype == torch.bfloat16 and m_indices.dtype == torch.int32
+def _aligned_segments(m_indices: torch.Tensor) -> list[int]:
+    """The contiguous layout's group of each row, with DeepGEMM's rule checked: every group's segment
+    starts at a multiple of MK_ALIGNMENT."""
     idx = m_indices.tolist()
     for r in range(len(idx)):
         if idx[r] >= 0 and (r == 0 or idx[r - 1] != idx[r]):
             assert r % MK_ALIGNMENT == 0, f"segment of group {idx[r]} starts at row {r}, not aligned to {MK_ALIGNMENT}"
+    return idx
+
+
+def m_grouped_contiguous_model(a, b, d, m_indices):
+    """``m_grouped_bf16_gemm_nt_contiguous``: rows of group g (a segment starting
+    at a multiple of 128) get a @ b[g]^T; rows marked -1 are not written."""
+    assert a.dtype == b.dtype == d.dtype == torch.bfloat16 and m_indices.dtype == torch.int32
+    idx = _aligned_segments(m_indices)
     d.fill_(math.nan)  # unwritten memory: anything
     for g in sorted({x for x in idx if x >= 0}):
         rows = m_indices == g
@@ -347,10 +354,7 @@ def m_grouped_fp8_contiguous_model(a_pair, b_pair, d, m_indices, recipe=None, co
     (m, k), (g, n) = a.shape, b.shape[:2]
     _check_sfa(sfa, m, k)
     _check_grouped_sfb(sfb, g, n, k)
-    idx = m_indices.tolist()
-    for r in range(len(idx)):
-        if idx[r] >= 0 and (r == 0 or idx[r - 1] != idx[r]):
-            assert r % MK_ALIGNMENT == 0, f"segment of group {idx[r]} starts at row {r}, not aligned to {MK_ALIGNMENT}"
+    idx = _aligned_segments(m_indices)
     d.fill_(math.nan)  # unwritten memory: anything
     for grp in sorted({x for x in idx if x >= 0}):
         rows = m_indices == grp
