@@ -2,9 +2,6 @@
 
 The sparse paths gather only the KV rows the indices name, one query block
 at a time: time and memory scale with T * k, independent of the context S.
-With few heads over a short window (H * (window - k) small against k, see
-DENSE_OVER_GATHER) prefill scores the block against its whole finite window
-instead and keeps only the named scores: the same result, fewer passes.
 Scores (q.k matmuls), softmax and lse are fp32; the P.V matmul operand dtype
 comes from :mod:`policy` (fp32 on CPUs without bf16 matrix units)."""
 from __future__ import annotations
@@ -89,40 +86,10 @@ def sparse_mla_prefill(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor,
     for t0 in range(0, t, step):  # query blocks bound the gathered working set
         bi = idx[t0:t0 + step]
         valid = (bi >= 0) & (bi < s)
-        hi = int(torch.where(valid, bi, 0).max()) + 1                        # rows past every index are never read
-        if h * (hi - k) <= DENSE_OVER_GATHER * k and bool(torch.isfinite(rows[:hi]).all()):
-            o, l, m = _attend_window(q[t0:t0 + step], rows[:hi], bi, valid, sm_scale, d_v, mdt)
-            out[t0:t0 + step], lse[t0:t0 + step], mx[t0:t0 + step] = o.to(q.dtype), l, m
-            continue
         g = rows.index_select(0, torch.where(valid, bi, 0).reshape(-1)).view(*bi.shape, d)   # only the named rows
         o, l, m = attend(q[t0:t0 + step], named_rows(g, valid), valid, sm_scale, d_v, mdt)
         out[t0:t0 + step], lse[t0:t0 + step], mx[t0:t0 + step] = o.to(q.dtype), l, m
     return out, lse, mx
-
-
-DENSE_OVER_GATHER = 32
-"""Score a query block against every row of its index window [0, hi) when H * (hi - k) <= this * k: the
-extra score FLOPs cost less than gathering k rows per query (three passes over [b, k, D] and two small
-batched GEMMs per query), which dominates with few heads over a short context (measured at H=8, k=64)."""
-
-
-def _attend_window(q: torch.Tensor, rows: torch.Tensor, bi: torch.Tensor, valid: torch.Tensor, sm_scale: float,
-                   d_v: int, mdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`attend` of q [b, H, D] over rows[bi] without gathering them: fp32 scores against the whole
-    window rows [W, D], the named ones picked out, and the probabilities scattered back over the window for
-    one P.V GEMM. The caller checks the window is finite: an unnamed row enters the P.V product with p = 0,
-    which is exact only for finite rows (SPEC §10)."""
-    b, h, _ = q.shape
-    pick = torch.where(valid, bi, 0).long()[:, None, :].expand(b, h, bi.shape[-1])
-    full = torch.matmul((q.float() * sm_scale).reshape(b * h, -1), rows.float().t()).view(b, h, -1)   # [b, H, W]
-    s = full.gather(-1, pick)                                                                    # [b, H, k]
-    if not bool(valid.all()):
-        s.masked_fill_(~valid.unsqueeze(1), NEG_INF)
-    p, lse, m, _ = softmax_lse(s)
-    # a repeated index adds its probability twice, as the gathered product does
-    pw = torch.zeros_like(full, dtype=mdt).scatter_add_(-1, pick, p.to(mdt))
-    out = torch.matmul(pw.reshape(b * h, -1), rows[:, :d_v].to(mdt)).view(b, h, d_v).float()
-    return out, lse, m
 
 
 def sparse_mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, indices: torch.Tensor, sm_scale: float,
