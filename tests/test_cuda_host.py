@@ -121,30 +121,36 @@ def test_radix_key_orders_nan_above_inf_and_zero_signs_together():
     assert sorted(hostlib.topk_select(signed_first, 2)[0].tolist()) == sorted(R.OPS["topk_select"](signed_first, 2)[0].tolist()) == [0, 2]
 
 
-@pytest.mark.parametrize("tile", [32, 64])  # the decode kernel's key tile, and a second size: the merge must not care
-@pytest.mark.parametrize("cid", ["tiny", "rows-all-invalid", "all-invalid", "duplicates", "S-lt-k", "heads-8"])
-def test_online_softmax_merge_against_the_reference(cid, tile):
-    case = next(c for c in specs()["sparse_mla_prefill"].cases() if c.id == cid)
-    a = case.inputs()
+def _prefill_rows(cid):
+    """Per (token, head) of a sparse prefill case: the scores and value rows a kernel sees, with NaN in
+    every masked slot (SPEC §10: what masked slots hold must not matter; the kernels stage zeros there),
+    and the reference's out, lse and max_logits."""
+    a = next(c for c in specs()["sparse_mla_prefill"].cases() if c.id == cid).inputs()
     out, lse, mx = R.OPS["sparse_mla_prefill"](**a)
     q, kv, idx, sm = a["q"].double(), a["kv"][:, 0].double(), a["indices"][:, 0], a["sm_scale"]
-    d_v = a.get("d_v", 512)
     for t in range(q.shape[0]):
         valid = idx[t] >= 0
         rows = kv[idx[t].clamp_min(0).long()]
-        v = rows[:, :d_v].clone()
-        v[~valid] = float("nan")  # SPEC §10: what masked slots hold must not matter
+        v = rows[:, :a.get("d_v", 512)].clone()
+        v[~valid] = float("nan")
         for h in range(q.shape[1]):
             scores = (rows @ q[t, h]) * sm
             scores[~valid] = float("nan")
-            o, l, m = hostlib.sparse_attn_row(scores, valid, v, tile=tile)
-            if math.isinf(lse[t, h]):
-                assert l == -math.inf and m == -math.inf and torch.equal(o, torch.zeros_like(o))
-                continue
-            # fp32 exp2/log2 over <= 2048 terms: lse within 1e-5 absolute, out within 1e-5 of the row's peak
-            assert abs(l - float(lse[t, h])) < 1e-5 and abs(m - float(mx[t, h])) < 1e-5
-            peak = out[t, h].abs().max().item() or 1.0
-            assert (o.double() - out[t, h]).abs().max().item() <= 1e-5 * peak
+            yield scores, valid, v, out[t, h], float(lse[t, h]), float(mx[t, h])
+
+
+@pytest.mark.parametrize("tile", [32, 64])  # the decode kernel's key tile, and a second size: the merge must not care
+@pytest.mark.parametrize("cid", ["tiny", "rows-all-invalid", "all-invalid", "duplicates", "S-lt-k", "heads-8"])
+def test_online_softmax_merge_against_the_reference(cid, tile):
+    for scores, valid, v, ref, lse, mx in _prefill_rows(cid):
+        o, l, m = hostlib.sparse_attn_row(scores, valid, v, tile=tile)
+        if math.isinf(lse):
+            assert l == -math.inf and m == -math.inf and torch.equal(o, torch.zeros_like(o))
+            continue
+        # fp32 exp2/log2 over <= 2048 terms: lse within 1e-5 absolute, out within 1e-5 of the row's peak
+        assert abs(l - lse) < 1e-5 and abs(m - mx) < 1e-5
+        peak = ref.abs().max().item() or 1.0
+        assert (o.double() - ref).abs().max().item() <= 1e-5 * peak
 
 
 # -- the wgmma sparse MLA kernel (sparse_mla_wgmma.cu): tile arithmetic and its softmax step ----------------
@@ -231,24 +237,12 @@ def test_wgmma_shared_memory_budget():
 @pytest.mark.parametrize("cid", ["rows-all-invalid", "all-invalid", "duplicates", "S-lt-k", "heads-8", "small"])
 def test_wgmma_softmax_step_against_the_reference(cid):
     # the tensor-core kernel's tile step: new max first, P rounded to bf16 for P.V (fp32 for the sum)
-    case = next(c for c in specs()["sparse_mla_prefill"].cases() if c.id == cid)
-    a = case.inputs()
-    out, lse, mx = R.OPS["sparse_mla_prefill"](**a)
-    q, kv, idx, sm = a["q"].double(), a["kv"][:, 0].double(), a["indices"][:, 0], a["sm_scale"]
-    d_v = a.get("d_v", 512)
-    for t in range(q.shape[0]):
-        valid = idx[t] >= 0
-        rows = kv[idx[t].clamp_min(0).long()]
-        v = rows[:, :d_v].clone()
-        v[~valid] = float("nan")  # never read: the kernel stages zeros there
+    for scores, valid, v, ref, lse, mx in _prefill_rows(cid):
         vmax = v[valid].abs().max().item() if valid.any() else 0.0
-        for h in range(q.shape[1]):
-            scores = (rows @ q[t, h]) * sm
-            scores[~valid] = float("nan")
-            o, l, m = hostlib.sparse_attn_row(scores, valid, v, tile=64, wgmma=True)
-            if math.isinf(lse[t, h]):
-                assert l == -math.inf and m == -math.inf and torch.equal(o, torch.zeros_like(o))
-                continue
-            assert abs(l - float(lse[t, h])) < 1e-5 and abs(m - float(mx[t, h])) < 1e-5
-            # a bf16 P has relative error <= 2^-9 per term, so |o - ref| <= 2^-9 max|v| (+ fp32 rounding)
-            assert (o.double() - out[t, h]).abs().max().item() <= 2 ** -9 * vmax + 1e-5 * (vmax or 1.0)
+        o, l, m = hostlib.sparse_attn_row(scores, valid, v, tile=64, wgmma=True)
+        if math.isinf(lse):
+            assert l == -math.inf and m == -math.inf and torch.equal(o, torch.zeros_like(o))
+            continue
+        assert abs(l - lse) < 1e-5 and abs(m - mx) < 1e-5
+        # a bf16 P has relative error <= 2^-9 per term, so |o - ref| <= 2^-9 max|v| (+ fp32 rounding)
+        assert (o.double() - ref).abs().max().item() <= 2 ** -9 * vmax + 1e-5 * (vmax or 1.0)
