@@ -22,7 +22,7 @@ from ..spec import cdiv
 from . import parallel as par_mod
 from .parallel import Parallel
 
-FP8_BLOCK = 128
+FP8_BLOCK = par_mod.FP8_BLOCK
 WEIGHT_FMT = "e4m3fn"  # DeepSeek's released checkpoints store e4m3fn weights
 PAGED_INDEX_DIM = 128  # the paged indexer key cache stores 128-dim keys (DeepGEMM's layout)
 FP8_LATENT = (512, 64)  # kv_lora_rank, qk_rope_head_dim of the 656-byte FP8 latent cache (FlashMLA's layout)

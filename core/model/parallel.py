@@ -34,12 +34,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..constants import ModelConfig
+from ..constants import DEEPSEEK_V32, ModelConfig
 from ..errors import ConfigError
 from ..plan import check_degrees, check_world, split_of
 
 log = logging.getLogger(__name__)
-FP8_BLOCK = 128
+FP8_BLOCK = DEEPSEEK_V32.fp8_block  # the quantization group and weight scale block (core/constants.py)
 
 
 @dataclass(frozen=True)
