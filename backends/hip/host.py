@@ -65,59 +65,47 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
     return x.detach().to(torch.float32).contiguous()
 
 
+def _elementwise(fn: str, src: torch.Tensor, out_dtype: torch.dtype, *extra: int) -> torch.Tensor:
+    """``dsp_<fn>(src, out, n, *extra)`` of the host library: one output element per input element."""
+    out = torch.empty(src.shape, dtype=out_dtype)
+    getattr(lib(), f"dsp_{fn}")(_p(src), _p(out), ctypes.c_int64(src.numel()), *extra)
+    return out
+
+
+def _bytes(b: torch.Tensor) -> torch.Tensor:
+    return b.contiguous().view(torch.uint8)
+
+
 def encode(x: torch.Tensor, fmt: str | Fp8Format) -> torch.Tensor:
     """float -> fp8 bytes (uint8) with the kernels' encoder."""
-    f = fp8_format(fmt, "hip.encode")
-    src = _f32(x)
-    out = torch.empty(src.shape, dtype=torch.uint8)
-    lib().dsp_fp8_encode(_p(src), _p(out), ctypes.c_int64(src.numel()), FMT_CODE[f.name])
-    return out
+    return _elementwise("fp8_encode", _f32(x), torch.uint8, FMT_CODE[fp8_format(fmt, "hip.encode").name])
 
 
 def decode(b: torch.Tensor, fmt: str | Fp8Format) -> torch.Tensor:
-    f = fp8_format(fmt, "hip.decode")
-    src = b.contiguous().view(torch.uint8)
-    out = torch.empty(src.shape, dtype=torch.float32)
-    lib().dsp_fp8_decode(_p(src), _p(out), ctypes.c_int64(src.numel()), FMT_CODE[f.name])
-    return out
+    return _elementwise("fp8_decode", _bytes(b), torch.float32, FMT_CODE[fp8_format(fmt, "hip.decode").name])
 
 
 def e5m2_encode(x: torch.Tensor) -> torch.Tensor:
     """float -> OCP e5m2 bytes, saturating finite (TileLang's gfx950 e5m2 type)."""
-    src = _f32(x)
-    out = torch.empty(src.shape, dtype=torch.uint8)
-    lib().dsp_e5m2_encode(_p(src), _p(out), ctypes.c_int64(src.numel()))
-    return out
+    return _elementwise("e5m2_encode", _f32(x), torch.uint8)
 
 
 def e5m2_decode(b: torch.Tensor) -> torch.Tensor:
-    src = b.contiguous().view(torch.uint8)
-    out = torch.empty(src.shape, dtype=torch.float32)
-    lib().dsp_e5m2_decode(_p(src), _p(out), ctypes.c_int64(src.numel()))
-    return out
+    return _elementwise("e5m2_decode", _bytes(b), torch.float32)
 
 
 def ue8m0_ceil(s: torch.Tensor) -> torch.Tensor:
-    src = _f32(s)
-    out = torch.empty_like(src)
-    lib().dsp_ue8m0_ceil(_p(src), _p(out), ctypes.c_int64(src.numel()))
-    return out
+    return _elementwise("ue8m0_ceil", _f32(s), torch.float32)
 
 
 def e8m0_decode(b: torch.Tensor) -> torch.Tensor:
     """E8M0 scale bytes -> float32 with the kernels' decoder (e8m0.h)."""
-    src = b.contiguous().view(torch.uint8)
-    out = torch.empty(src.shape, dtype=torch.float32)
-    lib().dsp_e8m0_decode(_p(src), _p(out), ctypes.c_int64(src.numel()))
-    return out
+    return _elementwise("e8m0_decode", _bytes(b), torch.float32)
 
 
 def e8m0_encode(s: torch.Tensor) -> torch.Tensor:
     """fp32 scales -> their exact E8M0 code (int32), or E8M0_NONE (0x1FF) where there is none."""
-    src = _f32(s)
-    out = torch.empty(src.shape, dtype=torch.int32)
-    lib().dsp_e8m0_encode(_p(src), _p(out), ctypes.c_int64(src.numel()))
-    return out
+    return _elementwise("e8m0_encode", _f32(s), torch.int32)
 
 
 def mx_scales(sa: torch.Tensor, sb: torch.Tensor, m: int, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
