@@ -126,6 +126,17 @@ def paged_mqa_logits_adapter(vendor: Callable[..., Any], metadata: Callable[...,
     return indexer_logits_paged
 
 
+def _zero_padding_rows(d: torch.Tensor, m_indices: torch.Tensor) -> torch.Tensor:
+    """DeepGEMM leaves the rows of -1 padding unwritten; dsport's contract makes them 0."""
+    return torch.where(m_indices[:, None] >= 0, d, torch.zeros((), dtype=d.dtype, device=d.device))
+
+
+def _zero_rows_past_counts(d: torch.Tensor, masked_m: torch.Tensor) -> torch.Tensor:
+    """DeepGEMM's masked GEMM leaves rows at or past masked_m[g] undefined; dsport's contract makes them 0."""
+    rows = torch.arange(d.shape[1], device=d.device)
+    return torch.where((rows[None, :] < masked_m[:, None]).unsqueeze(-1), d, torch.zeros((), dtype=d.dtype, device=d.device))
+
+
 def contiguous_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
     @declare(GROUPED_CAPABILITY)
     def moe_grouped_gemm_contiguous(a, b, m_indices):
@@ -137,7 +148,7 @@ def contiguous_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
             return d
         idx = m_indices.int().contiguous()
         vendor(a.contiguous(), b.contiguous(), d, idx)
-        return torch.where(idx[:, None] >= 0, d, torch.zeros((), dtype=d.dtype, device=d.device))
+        return _zero_padding_rows(d, idx)
     return moe_grouped_gemm_contiguous
 
 
@@ -153,8 +164,7 @@ def masked_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
             return d
         counts = masked_m.int().contiguous()
         vendor(a.contiguous(), b.contiguous(), d, counts, max(int(counts.max()), 1))
-        rows = torch.arange(mm, device=a.device)
-        return torch.where((rows[None, :] < counts[:, None]).unsqueeze(-1), d, torch.zeros((), dtype=d.dtype, device=d.device))
+        return _zero_rows_past_counts(d, counts)
     return moe_grouped_gemm_masked
 
 
@@ -176,7 +186,7 @@ def fp8_contiguous_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
             return d
         idx = m_indices.int().contiguous()
         vendor((a.contiguous(), mn_major_tma_aligned(sa)), (b.contiguous(), sb.float().contiguous()), d, idx)
-        return torch.where(idx[:, None] >= 0, d, torch.zeros((), dtype=d.dtype, device=d.device))
+        return _zero_padding_rows(d, idx)
     return moe_grouped_fp8_gemm_contiguous
 
 
@@ -191,8 +201,7 @@ def fp8_masked_adapter(vendor: Callable[..., Any]) -> Callable[..., Any]:
         counts = masked_m.int().contiguous()
         vendor((a.contiguous(), mn_major_tma_aligned_groups(sa)), (b.contiguous(), sb.float().contiguous()), d, counts,
                max(int(counts.max()), 1))
-        rows = torch.arange(mm, device=a.device)
-        return torch.where((rows[None, :] < counts[:, None]).unsqueeze(-1), d, torch.zeros((), dtype=d.dtype, device=d.device))
+        return _zero_rows_past_counts(d, counts)
     return moe_grouped_fp8_gemm_masked
 
 
