@@ -44,6 +44,25 @@ def test_logits_check_fails_for_a_wrong_model(monkeypatch):
     monkeypatch.setattr(vt.Model, "from_pretrained", perturbed)
     out = vt.run(_args())
     assert not out["logits_match"], out["logits_cosine"]
+    assert "logits vs transformers" in out["failed_checks"][0]
+
+
+def test_a_failed_accuracy_check_makes_the_bench_command_exit_1(monkeypatch, capsys):
+    # `dsport bench` reports a missed speed target and exits 0, but not figures whose accuracy check failed
+    import sys
+    import types
+
+    from dsport.core.cli import bench as cli_bench
+    from dsport.core.cli import main
+
+    fake = types.ModuleType("fake_bench")
+    fake.DESCRIPTION, fake.add_arguments = "test-only", lambda p: p.add_argument("--fail", action="store_true")
+    fake.run = lambda a: {"failed_checks": ["logits differ"]} if a.fail else {"speedup": 0.5}
+    monkeypatch.setitem(sys.modules, "fake_bench", fake)
+    monkeypatch.setattr(cli_bench, "benchmarks", lambda: {"fake": "fake_bench"})
+    assert main(["bench", "fake"]) == 0
+    assert main(["bench", "fake", "--fail"]) == 1
+    assert "accuracy check failed: logits differ" in capsys.readouterr().err
 
 
 def test_prompt_must_exceed_index_topk():

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     ctx = mp.get_context("spawn")
-    rows, results = [], []
+    rows, results, failed = [], [], []
     for phase in shapes.PHASES:
         inp = _inputs(args.scale, phase, args.device)
         m, k = inp["a"].shape
@@ -125,6 +125,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 peaks[p] = pool.apply(_peak, (p, args.scale, phase, args.device, torch.get_num_threads()))
         speedup = best["dense baseline"] / best["blocked"]
         ok = all(c >= tol.cos_min and e <= tol.peak_rel for c, e in acc.values())
+        if not ok:
+            failed.append(f"{phase}: (cosine, peak-relative error) per path {acc} outside the fp8_gemm bound "
+                          f"(cosine >= {tol.cos_min:.6f}, error <= {tol.peak_rel:.3g})")
         verdict = "pass" if speedup >= TARGET and ok else "miss"
         r = {"phase": phase, "M": m, "N": n, "K": k, "seconds": best, "speedup": speedup,
              "extra_peak_bytes": peaks, "accuracy": {p: {"cosine": c, "peak_rel": e} for p, (c, e) in acc.items()},
@@ -143,4 +146,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         table.add_row(*row)
     Console().print(table)
     return {"benchmark": "fp8_gemm_blocked", "scale": args.scale, "device": str(dev), "threads": torch.get_num_threads(),
-            "target_speedup": TARGET, "results": results}
+            "target_speedup": TARGET, "results": results, **({"failed_checks": failed} if failed else {})}

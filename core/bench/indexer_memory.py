@@ -99,4 +99,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     table.add_row(f"target < {TARGET_GIB} GiB", f"[{'green' if verdict == 'pass' else 'red'}]{verdict}[/]")
     Console().print(table)
     return {"benchmark": "indexer_memory", "tokens": args.tokens, "heads": args.heads, "topk": args.topk,
-            "device": args.device, **r, "extra_peak_gib": extra_gib, "target_gib": TARGET_GIB, "verdict": verdict}
+            "device": args.device, **r, "extra_peak_gib": extra_gib, "target_gib": TARGET_GIB, "verdict": verdict,
+            **({} if r["selections_ok"] else {"failed_checks": ["top-k selections: wrong count or a non-causal index"]})}

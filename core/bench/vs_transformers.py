@@ -160,6 +160,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "logits_cosine": logits, "cosine_goal": COSINE_GOAL,
         "logits_match": logits["auto"]["min"] > COSINE_GOAL,
     }
+    if not out["logits_match"]:
+        out["failed_checks"] = [f"logits vs transformers (indexer=auto): min per-position cosine {logits['auto']['min']:.6f} "
+                                f"<= {COSINE_GOAL}"]
     _print(out)
     return out
 

@@ -32,4 +32,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2, default=str)
+    # a speed target missed is a figure to report; an accuracy check that failed makes the figures meaningless
+    failed = result.get("failed_checks") if isinstance(result, dict) else None
+    if failed:
+        print(f"dsport bench {args.name}: accuracy check failed: {'; '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
