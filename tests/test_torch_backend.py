@@ -149,7 +149,7 @@ def test_indexer_logits_causal_float(budget):
 
 
 @pytest.mark.parametrize("fmt", ["e4m3fn", "e4m3fnuz"])
-def test_indexer_logits_fp8_with_key_scales(fmt):
+def test_indexer_logits_fp8_with_key_scales(fmt, budget):
     dt = torch.float8_e4m3fn if fmt == "e4m3fn" else torch.float8_e4m3fnuz
     t, s, h, d = 4, 7, 2, 128
     q = (torch.randn(t, h, d, generator=g(13)) * 20).to(dt)
@@ -171,7 +171,7 @@ def brute_topk_values(logits, k, ks, ke):
     return [sorted(sorted(logits[r, int(ks[r]):int(ke[r])].tolist(), reverse=True)[:k]) for r in range(logits.shape[0])]
 
 
-def test_topk_select_windows_padding_and_ties():
+def test_topk_select_windows_padding_and_ties(budget):
     lg = torch.randn(5, 40, generator=g(17))
     lg[2, 10:20] = 3.0  # ties straddling the boundary: any tied choice is valid
     ks = torch.tensor([0, 5, 0, 30, 0], dtype=torch.int32)
@@ -185,6 +185,24 @@ def test_topk_select_windows_padding_and_ties():
         assert ((v >= ks[r]) & (v < ke[r])).all() and v.unique().numel() == v.numel()
     whole = tb.topk_select(lg, 50)  # k > S: pad with -1
     assert (whole[:, 40:] == -1).all() and (whole[:, :40].sort(-1).values == torch.arange(40)).all()
+
+
+def test_causal_indexer_logits_and_topk_across_row_blocks_and_key_tiles(budget):
+    """Causal rows after a prefix: with one-row budgets the rows split into blocks and the keys into
+    one-column tiles, so tiles inside every row's window (unmasked) and straddling tiles both occur."""
+    t, s, h, d, k = 40, 70, 3, 16, 9
+    q, kk, w = torch.randn(t, h, d, generator=g(61)), torch.randn(s, d, generator=g(62)), torch.randn(t, h, generator=g(63))
+    ks = torch.zeros(t, dtype=torch.int32)
+    ks[25:] = 12                                                 # a sliding start for the later rows
+    ke = torch.arange(s - t + 1, s + 1, dtype=torch.int32)
+    want = brute_logits(q, kk, w, ks, ke)
+    got = tb.indexer_logits(q, kk, w, ks, ke)
+    close(got, want, torch.float32)
+    lg = want.float()
+    lg[5, 3:14] = lg[5, :36].max() + 1                          # 11 tied at the top, 9 taken: a tie straddling the k-th place
+    idx = tb.topk_select(lg, k, ks, ke)
+    assert values_multiset(lg, idx) == brute_topk_values(lg, k, ks, ke)
+    assert sorted(idx[5].tolist()) == list(range(3, 12))        # the lowest tied positions win, on every path
 
 
 def test_blocked_indexer_topk_equals_logits_then_topk():
@@ -205,7 +223,7 @@ def budget(request, monkeypatch):
     """Run a test with the default working set and with one query/sequence per block (block edges exercised)."""
     if request.param == "one-row-blocks":
         from dsport.backends.torch import policy
-        monkeypatch.setattr(policy, "WORKSET_BYTES", 1)
+        monkeypatch.setitem(policy.WORKSET_BYTES, "cpu", 1)
     return request.param
 
 
@@ -304,7 +322,7 @@ def test_sparse_prefill_non_contiguous_and_block_boundaries(monkeypatch):
     kv = torch.randn(s, 1, d, generator=g(29))
     idx = torch.randint(-1, s, (t, 1, k), generator=g(30), dtype=torch.int32)
     want = brute_sparse(q, kv[:, 0], idx[:, 0], 0.1, 32)
-    monkeypatch.setattr(policy, "WORKSET_BYTES", 1)             # one query per block
+    monkeypatch.setitem(policy.WORKSET_BYTES, "cpu", 1)             # one query per block
     for a, b in zip(tb.sparse_mla_prefill(q, kv, idx, 0.1, 32), want):
         close(a, b, torch.float32)
 

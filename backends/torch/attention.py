@@ -58,13 +58,16 @@ def attend(q: torch.Tensor, kv: torch.Tensor, valid: torch.Tensor, sm_scale: flo
 
 def named_rows(g: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Gathered rows [n, L, D] with the rows no index names ([n, L] False) replaced by zeros: unused
-    cache slots may hold NaN or 0xFF bytes (FlashMLA's tests fill them so on purpose)."""
-    return g if bool(valid.all()) else g.masked_fill(~valid.unsqueeze(-1), 0.0)
+    cache slots may hold NaN or 0xFF bytes (FlashMLA's tests fill them so on purpose).
+
+    In place: every caller passes a fresh gather it owns, and a copy of the block would cost as
+    much as the gather itself."""
+    return g if bool(valid.all()) else g.masked_fill_(~valid.unsqueeze(-1), 0.0)
 
 
-def _step(h: int, k: int, d: int, mdt: torch.dtype) -> int:
+def _step(h: int, k: int, d: int, mdt: torch.dtype, device: torch.device) -> int:
     # per query row: gathered rows (k x d, matmul dtype + fp32 source) and three fp32 [H, k] score tiles
-    return policy.rows_per_block(k * d * (torch.empty((), dtype=mdt).element_size() + 4) + 3 * 4 * h * k)
+    return policy.rows_per_block(k * d * (torch.empty((), dtype=mdt).element_size() + 4) + 3 * 4 * h * k, device)
 
 
 def sparse_mla_prefill(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, sm_scale: float,
@@ -82,7 +85,7 @@ def sparse_mla_prefill(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor,
         # each row is gathered T*k/S times on average: widen the table once instead of every gathered copy
         rows = rows.to(mdt)
     idx = indices[:, 0]
-    step = _step(h, k, d, mdt)
+    step = _step(h, k, d, mdt, q.device)
     for t0 in range(0, t, step):  # query blocks bound the gathered working set
         bi = idx[t0:t0 + step]
         valid = (bi >= 0) & (bi < s)
@@ -105,7 +108,7 @@ def sparse_mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, indices: torch.Te
     lse = torch.full((n, h), NEG_INF, dtype=torch.float32, device=q.device)
     if n and k and nb * bs:
         fp8 = kv_cache.dtype == torch.uint8 and w == WIDTH
-        step = _step(h, k, d, mdt)
+        step = _step(h, k, d, mdt, q.device)
         for r0 in range(0, n, step):
             bi = idx[r0:r0 + step]
             valid = (bi >= 0) & (bi < nb * bs)
@@ -129,7 +132,7 @@ def mla_prefill_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return out, lse
     off = s - t
     kf, vh = k.transpose(0, 1).float(), v.transpose(0, 1).to(mdt)             # [H, S, D]
-    step = policy.rows_per_block(3 * 4 * h * s)
+    step = policy.rows_per_block(3 * 4 * h * s, q.device)
     for t0 in range(0, t, step):
         t1 = min(t, t0 + step)
         end = off + t1                                                          # keys this block can see
@@ -157,8 +160,8 @@ def mla_decode_dense(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch
         return out, lse
     pos = torch.arange(mb * bs, device=q.device)
     # blocks of (sequences, query rows) bound the [b, q_rows * H, MB * BS] fp32 score tiles
-    q_step = min(sq, policy.rows_per_block(3 * 4 * h * mb * bs))
-    b_step = 1 if q_step < sq else policy.rows_per_block(mb * bs * (d * 4 + 3 * 4 * sq * h))
+    q_step = min(sq, policy.rows_per_block(3 * 4 * h * mb * bs, q.device))
+    b_step = 1 if q_step < sq else policy.rows_per_block(mb * bs * (d * 4 + 3 * 4 * sq * h), q.device)
     for b0 in range(0, b, b_step):
         bt, sl = block_table[b0:b0 + b_step], cache_seqlens[b0:b0 + b_step]
         n = bt.shape[0]

@@ -1,8 +1,9 @@
 """Lightning-indexer logits (prefill and paged decode), the 132-byte key
 cache, and the blocked indexer + top-k composite.
 
-Logits are computed per query block: a block holds [block, H, S] fp32 scores,
-so peak memory is O(block * S) and :func:`indexer_topk` never holds [T, S]."""
+Logits are computed per query block, in tiles of key columns: a tile holds
+[rows, H, cols] fp32 scores within the device's working set, so peak memory is
+O(block * S) and :func:`indexer_topk` never holds [T, S]."""
 from __future__ import annotations
 
 import torch
@@ -14,36 +15,50 @@ from ...core.fp8 import UE8M0, Fp8Format, fp8_format
 NEG_INF = float("-inf")
 
 
-def _block_logits(q: torch.Tensor, k32: torch.Tensor, w32: torch.Tensor, lo: int, hi: int,
-                  k_scale: torch.Tensor | None) -> torch.Tensor:
-    """[b, hi - lo] = sum_h w[t, h] * relu(q[t, h] . k[s]) (* k_scale[s]) for s in [lo, hi)."""
-    kk = k32[lo:hi]
+MIN_ROWS = 16
+"""Fewest query rows a block holds: the score GEMM is [rows * H, D] x [D, cols], and below ~16 rows the
+per-tile overhead (a few torch calls) outweighs the GEMM. Long contexts tile the key columns instead."""
+
+
+def _tile_logits(q32: torch.Tensor, k32: torch.Tensor, w32: torch.Tensor, k_scale: torch.Tensor | None) -> torch.Tensor:
+    """[b, c] = sum_h w[t, h] * relu(q[t, h] . k[s]) (* k_scale[s]) over the c keys of ``k32``."""
     # FP8 values widen to fp32 exactly; k_scale multiplies the head sum afterwards, as the FP8 kernels do
-    scores = torch.matmul(q.float(), kk.t()).relu_()                  # [b, H, W], fp32 accumulation
+    scores = torch.matmul(q32, k32.t()).relu_()                        # [b, H, c], fp32 accumulation
     out = torch.bmm(w32.unsqueeze(1), scores).squeeze(1)              # head sum as a batched GEMV
     if k_scale is not None:
-        out *= k_scale[lo:hi].float()
+        out *= k_scale.float()
     return out
 
 
-def _block_rows(h: int, s: int, block: int | None) -> int:
-    return block or policy.rows_per_block(4 * h * max(s, 1))
-
-
 def _blocks(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, ks: torch.Tensor, ke: torch.Tensor,
-            k_scale: torch.Tensor | None, block: int | None):
-    """Yield (t0, t1, lo, logits [t1 - t0, hi - lo]) with columns outside each row's window at -inf."""
+            k_scale: torch.Tensor | None, block: int | None, out: torch.Tensor | None = None):
+    """Yield (t0, t1, lo, logits [t1 - t0, hi - lo]) with columns outside each row's window at -inf.
+
+    A block of rows covers the union [lo, hi) of its rows' windows (for causal rows, the keys the
+    block's last row sees), computed in tiles of ``cols`` keys so the [rows, H, cols] fp32 scores,
+    which three passes read, stay within the device's working set. With ``out`` [T, S] the tiles are
+    written into it and the yielded logits are its views."""
     t, h, _ = q.shape
+    s = k.shape[0]
     k32, w32 = k.float(), weights.float()                             # O(S) and O(T * H); q widens per block
-    step = _block_rows(h, k.shape[0], block)
+    budget = policy.workset_bytes(q.device) // (4 * h)                # rows x cols of one score tile
+    step = block or max(1, min(t, max(MIN_ROWS, budget // max(s, 1))))
     for t0 in range(0, t, step):  # a loop over query blocks, each a few large GEMMs
         t1 = min(t, t0 + step)
         bks, bke = ks[t0:t1], ke[t0:t1]
         lo, hi = int(bks.min()), int(bke.max())
         hi = max(hi, lo)
-        lg = _block_logits(q[t0:t1], k32, w32[t0:t1], lo, hi, k_scale)
-        pos = torch.arange(lo, hi, device=q.device)
-        lg.masked_fill_((pos[None, :] < bks[:, None]) | (pos[None, :] >= bke[:, None]), NEG_INF)
+        inner_lo, inner_hi = int(bks.max()), int(bke.min())           # columns every row of the block sees
+        lg = out[t0:t1, lo:hi] if out is not None else torch.empty(t1 - t0, hi - lo, device=q.device)
+        q32 = q[t0:t1].float()
+        cols = max(1, hi - lo if block else budget // (t1 - t0))      # an explicit block keeps whole-window tiles
+        for c0 in range(lo, hi, cols):
+            c1 = min(hi, c0 + cols)
+            tile = _tile_logits(q32, k32[c0:c1], w32[t0:t1], None if k_scale is None else k_scale[c0:c1])
+            if not (inner_lo <= c0 and c1 <= inner_hi):               # a tile inside every window needs no mask
+                pos = torch.arange(c0, c1, device=q.device)
+                tile.masked_fill_((pos[None, :] < bks[:, None]) | (pos[None, :] >= bke[:, None]), NEG_INF)
+            lg[:, c0 - lo:c1 - lo] = tile
         yield t0, t1, lo, lg
 
 
@@ -51,8 +66,8 @@ def indexer_logits(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, ks: 
                    k_scale: torch.Tensor | None = None) -> torch.Tensor:
     t, s = q.shape[0], k.shape[0]
     out = torch.full((t, s), NEG_INF, dtype=torch.float32, device=q.device)
-    for t0, t1, lo, lg in _blocks(q, k, weights, ks, ke, k_scale, None):
-        out[t0:t1, lo:lo + lg.shape[1]] = lg
+    for _ in _blocks(q, k, weights, ks, ke, k_scale, None, out):      # the tiles are written into out
+        pass
     return out
 
 
@@ -106,7 +121,7 @@ def indexer_logits_paged(q: torch.Tensor, k_cache: torch.Tensor, weights: torch.
     if b == 0 or mb == 0 or nb == 0:
         return out
     pos = torch.arange(mb * bs, device=q.device)
-    step = policy.rows_per_block(mb * bs * (4 * h + 4 * d + k_cache.shape[-1]))
+    step = policy.rows_per_block(mb * bs * (4 * h + 4 * d + k_cache.shape[-1]), q.device)
     for b0 in range(0, b, step):
         bt = block_table[b0:b0 + step]
         n = bt.shape[0]

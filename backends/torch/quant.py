@@ -87,7 +87,7 @@ def _blocked_fp8_gemm(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: to
     sb_cols = sb.float().t().repeat_interleave(128, 1)[:, :n] * _FP16_REBIAS[b.dtype]  # [kb, N], the rebias folded in
     u8 = b.contiguous().view(torch.uint8)
     nt = min(n, 128 * max(1, FP8_GEMM_TILE_BYTES // (128 * k * 4)))
-    mt = min(m, policy.rows_per_block(kb * nt * 4, FP8_GEMM_TILE_BYTES * 4))
+    mt = min(m, policy.rows_per_block(kb * nt * 4, a.device, FP8_GEMM_TILE_BYTES * 4))
     i16 = torch.empty(nt, k, dtype=torch.int16, device=a.device)
     w = torch.empty(nt, k, dtype=torch.float32, device=a.device)
     nan = torch.empty(n, dtype=torch.bool, device=a.device)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from . import policy
+
 
 def topk_window(logits: torch.Tensor, k: int, ks: torch.Tensor | None, ke: torch.Tensor | None,
                 col0: int = 0) -> torch.Tensor:
@@ -37,11 +39,19 @@ def topk_select(logits: torch.Tensor, k: int, ks: torch.Tensor | None = None,
     t, s = logits.shape
     if ks is None or t == 0:
         return topk_window(logits, k, None, None)
-    # only the union of the rows' windows can hold a selection: for causal rows that skips the masked triangle
-    lo, hi = int(ks.min()), int(ke.max())
-    if hi <= lo:
-        return torch.full((t, k), -1, dtype=torch.int32, device=logits.device)
-    return topk_window(logits[:, lo:hi], k, ks, ke, col0=lo)
+    out = torch.empty((t, k), dtype=torch.int32, device=logits.device)
+    # Row blocks, each over the union of its rows' windows: for causal rows that skips the masked
+    # triangle, and the block's masked copies ([rows, W] fp32 and bool, ~12 bytes a column) stay
+    # within the device's working set instead of streaming [T, S] through memory several times.
+    step = policy.rows_per_block(12 * s, logits.device)
+    for t0 in range(0, t, step):
+        bks, bke = ks[t0:t0 + step], ke[t0:t0 + step]
+        lo, hi = int(bks.min()), int(bke.max())
+        if hi <= lo:
+            out[t0:t0 + step] = -1
+        else:
+            out[t0:t0 + step] = topk_window(logits[t0:t0 + step, lo:hi], k, bks, bke, col0=lo)
+    return out
 
 
 def _lowest_index_on_ties(logits: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, kk: int) -> None:
@@ -51,14 +61,13 @@ def _lowest_index_on_ties(logits: torch.Tensor, vals: torch.Tensor, idx: torch.T
     computed in would make decode (one row) and prefill (a block of rows) pick different keys for the
     same logits; lowest-position-first is the same on every path. Only rows with such ties pay."""
     thr = vals.amin(-1, keepdim=True)                                          # the k-th largest value
-    eq = logits == thr
-    n_gt = (logits > thr).sum(-1)
-    tied = ((n_gt + eq.sum(-1)) > kk) & torch.isfinite(thr.squeeze(-1))
+    tied = ((logits >= thr).sum(-1) > kk) & torch.isfinite(thr.squeeze(-1))    # one pass finds the rows
     if not bool(tied.any()):
         return
     rows = tied.nonzero().squeeze(1)
-    sub, t, e = logits[rows], thr[rows], eq[rows]
-    take = (sub > t) | (e & (e.cumsum(-1) <= (kk - n_gt[rows])[:, None]))   # exactly kk per row
+    sub, t = logits[rows], thr[rows]
+    e, n_gt = sub == t, (sub > t).sum(-1)
+    take = (sub > t) | (e & (e.cumsum(-1) <= (kk - n_gt)[:, None]))          # exactly kk per row
     w = logits.shape[-1]
     pos = torch.arange(w, device=logits.device, dtype=torch.float64) / w        # ranks the taken set first, any order
     idx[rows] = torch.topk(take.double() - pos, kk, dim=-1, sorted=False).indices
