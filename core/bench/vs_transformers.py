@@ -214,18 +214,18 @@ def _print(out: dict[str, Any]) -> None:
     table.add_column("prompt tokens")
     for p in out["prompts"]:
         table.add_column(str(p["prompt"]), justify="right")
-    rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
-        ("prefill tok/s: dsport", lambda p: f"{p['tokens_per_s']['dsport']['prefill_tokens_per_s']:.1f}"),
-        ("prefill tok/s: transformers", lambda p: f"{p['tokens_per_s']['transformers']['prefill_tokens_per_s']:.1f}"),
-        ("prefill: dsport / transformers", lambda p: f"{p['prefill_speedup']:.2f}x"),
-        ("decode tok/s: dsport", lambda p: f"{p['tokens_per_s']['dsport']['decode_tokens_per_s']:.2f}"),
-        ("decode tok/s: transformers", lambda p: f"{p['tokens_per_s']['transformers']['decode_tokens_per_s']:.2f}"),
-        ("decode: dsport / transformers", lambda p: f"{p['decode_speedup']:.2f}x"),
-        ("logits, shared choices: 1 - min cosine", lambda p: f"{1 - p['logits_cosine']['shared_choices']['min']:.1e}"),
-        ("chosen keys differing (rows)", lambda p: f"{p['choices']['keys']['differing_rows']} / {p['choices']['keys']['rows']}"),
-        ("  largest gap to the k-th score", lambda p: f"{p['choices']['keys']['max_gap']:.1e}"),
-        ("chosen experts differing (rows)", lambda p: f"{p['choices']['experts']['differing_rows']} / {p['choices']['experts']['rows']}"),
-        ("  largest gap to the k-th score ", lambda p: f"{p['choices']['experts']['max_gap']:.1e}"),
+    rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = []
+    for phase, fmt in (("prefill", ".1f"), ("decode", ".2f")):
+        for side in ("dsport", "transformers"):
+            rows.append((f"{phase} tok/s: {side}",
+                         lambda p, side=side, phase=phase, fmt=fmt: format(p["tokens_per_s"][side][f"{phase}_tokens_per_s"], fmt)))
+        rows.append((f"{phase}: dsport / transformers", lambda p, phase=phase: f"{p[f'{phase}_speedup']:.2f}x"))
+    rows.append(("logits, shared choices: 1 - min cosine", lambda p: f"{1 - p['logits_cosine']['shared_choices']['min']:.1e}"))
+    for kind in ("keys", "experts"):
+        rows.append((f"chosen {kind} differing (rows)",
+                     lambda p, kind=kind: f"{p['choices'][kind]['differing_rows']} / {p['choices'][kind]['rows']}"))
+        rows.append((f"  {kind}: largest gap to the k-th score", lambda p, kind=kind: f"{p['choices'][kind]['max_gap']:.1e}"))
+    rows += [
         ("logits, free-running: min cosine", lambda p: f"{p['logits_cosine']['free_running']['min']:.6f}"),
         ("  positions below the goal", lambda p: str(p["logits_cosine"]["free_running"]["below_goal"])),
         ("indexer='fp8' vs transformers: min cosine", lambda p: f"{p['logits_cosine']['fp8']['min']:.6f}"),
