@@ -276,7 +276,8 @@ def _sparse_prefill_cases() -> list[Case]:
         return a
 
     cases += [Case(op, "nan-query-and-row", _prefill(3, 16, 128, 64, edit=nan_inputs), tags=EDGE,
-                   note="SPEC §10: NaN in a query or a named kv row gives NaN in that output row, never 0 / -inf")]
+                   note="SPEC §10: NaN in a query or a named kv row gives NaN in that output row, never 0 / -inf"),
+              Case(op, "nan-query-and-row-fp32", _prefill(3, 8, 64, 16, dtype=torch.float32, edit=nan_inputs), tags=EDGE)]
     return cases
 
 

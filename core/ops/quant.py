@@ -182,6 +182,8 @@ fp8_gemm = register(OpSpec(
         Case("fp8_gemm", "nonfinite-operands", lambda g: _nonfinite_gemm(_gemm_case(4, 256, 256)(g)), tags=EDGE,
              note="a NaN code in a and in b, and a group as act_quant writes an inf one (zeros, one NaN code, scale inf): "
                   "NaN rows and columns, never 0"),
+        Case("fp8_gemm", "nonfinite-operands-fnuz", lambda g: _nonfinite_gemm(_gemm_case(4, 256, 256, "e4m3fnuz")(g)), tags=EDGE,
+             note="the same in e4m3fnuz, whose one NaN code is 0x80 (e4m3fn's -0)"),
     ],
 ))
 

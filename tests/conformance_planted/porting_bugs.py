@@ -383,6 +383,20 @@ def act_quant_hides_nonfinite(x, block=128, fmt="e4m3fn", scale_fmt="ue8m0"):
     return T["act_quant"](x.float().nan_to_num(0.0, f.max, -f.max), block, fmt, scale_fmt)
 
 
+@bug("fp8_gemm", "range", "FP8 decoded through a table without NaN: a NaN code reads as 0, the NaN row comes out finite")
+def fp8_gemm_nan_code_as_zero(a, sa, b, sb):
+    def finite(t: torch.Tensor) -> torch.Tensor:
+        return torch.where(torch.isnan(t.float()), torch.zeros((), dtype=t.dtype), t)
+    return T["fp8_gemm"](finite(a), sa, finite(b), sb)
+
+
+@bug("sparse_mla_prefill", "range", "a row is empty when its softmax sum is not > 0: a NaN row reads as empty (0, -inf)")
+def sparse_prefill_nan_row_as_empty(q, kv, indices, sm_scale, d_v=512):
+    out, lse, mx = T["sparse_mla_prefill"](q, kv, indices, sm_scale, d_v)
+    empty = torch.isnan(lse)                                   # what `l > 0` decides for a NaN sum
+    return out.masked_fill(empty[..., None], 0.0), lse.masked_fill(empty, NEG_INF), mx.masked_fill(empty, NEG_INF)
+
+
 @bug("rms_norm", "range", "eps added outside the sqrt: x / (sqrt(mean(x^2)) + eps)")
 def rms_norm_eps_outside_sqrt(x, w, eps=1e-6, residual=None):
     h = x.float() + (residual.float() if residual is not None else 0.0)
