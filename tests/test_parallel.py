@@ -76,9 +76,10 @@ def test_parallel_logits_equal_one_process(ckpt, one_process, tmp_path, tp, ep):
 def test_fp8_shards_of_whole_scale_blocks_equal_one_process(tmp_path):
     """An FP8 checkpoint whose shards are whole 128-blocks (inter 512, shared expert 256 over tp=2):
     weights and their scales sliced together give one process's logits. On the reference backend
-    (float64 accumulation): the torch backend's fp8_gemm accumulates in fp32, and two partial sums
-    rounded apart can cross an FP8 rounding boundary of a later act_quant that one whole sum does
-    not (observed minimum cosine 0.998 there)."""
+    (float64 results): the torch backend's fp8_gemm returns bf16, as its contract (DeepGEMM's) says,
+    so each rank's partial sum of a row-parallel layer is rounded to bf16 before the all-reduce, and
+    the next act_quant's FP8 rounding amplifies the difference (minimum cosine 0.998 in the world; the
+    same split of o_proj and down_proj in one process, two bf16 partials summed, gives 0.9976)."""
     cfg = tiny_config(n_layers=2, inter_dim=512, moe_inter_dim=256)
     ckpt = make_checkpoint(tmp_path / "fp8", cfg, seed=2)
     one = tmp_path / "one.pt"
