@@ -169,31 +169,34 @@ def _router_gap(rec: dict[str, Any], rows: torch.Tensor, ours: torch.Tensor, the
     return torch.minimum(group_margin, expert_gap)
 
 
-def tie_check(hf: Any, seen: Seen, ours: Choices, topk: int) -> dict[str, dict[str, Any]]:
-    """Per kind of choice (``keys``, ``experts``): rows compared, rows differing, the largest tie gap, and
-    ``ties_only`` (every difference a rounding tie, in at most MAX_DIFFERING_ROWS of the rows)."""
-    out = {}
-    key_stats = [0, 0, 0.0]
+def _key_rows(hf: Any, seen: Seen, ours: Choices, topk: int) -> Iterator[tuple[int, int, float]]:
+    """Per layer: (rows compared, rows whose chosen keys differ, their largest tie gap)."""
     for rec, mine in zip(seen.keys, ours.keys):
         n = mine.shape[0]
         visible = torch.arange(n)[:, None]
         # transformers ranks every key and lets the causal mask drop the later ones: compare the visible ones
         diff = _as_sets(torch.where(rec["own"] <= visible, rec["own"], -1), n) ^ _as_sets(mine.long(), n)
         bad = diff.any(1).nonzero().flatten()
-        key_stats[0] += n
-        if bad.numel():
-            key_stats[1] += bad.numel()
-            key_stats[2] = max(key_stats[2], _gap(_key_scores64(hf, rec, bad), topk, diff[bad]).max().item())
-    expert_stats = [0, 0, 0.0]
+        yield n, bad.numel(), _gap(_key_scores64(hf, rec, bad), topk, diff[bad]).max().item() if bad.numel() else 0.0
+
+
+def _expert_rows(seen: Seen, ours: Choices) -> Iterator[tuple[int, int, float]]:
+    """Per MoE layer: (rows compared, rows whose chosen experts differ, their largest tie gap)."""
     for layer, rec in seen.experts.items():
         mine, theirs = ours.experts[layer].long(), rec["own"]
         e = rec["module"].num_experts
         bad = (_as_sets(mine, e) ^ _as_sets(theirs, e)).any(1).nonzero().flatten()
-        expert_stats[0] += mine.shape[0]
-        if bad.numel():
-            expert_stats[1] += bad.numel()
-            expert_stats[2] = max(expert_stats[2], _router_gap(rec, bad, mine[bad], theirs[bad]).max().item())
-    for kind, (rows, differing, gap) in (("keys", key_stats), ("experts", expert_stats)):
+        yield mine.shape[0], bad.numel(), _router_gap(rec, bad, mine[bad], theirs[bad]).max().item() if bad.numel() else 0.0
+
+
+def tie_check(hf: Any, seen: Seen, ours: Choices, topk: int) -> dict[str, dict[str, Any]]:
+    """Per kind of choice (``keys``, ``experts``): rows compared, rows differing, the largest tie gap, and
+    ``ties_only`` (every difference a rounding tie, in at most MAX_DIFFERING_ROWS of the rows)."""
+    out = {}
+    for kind, layers in (("keys", _key_rows(hf, seen, ours, topk)), ("experts", _expert_rows(seen, ours))):
+        stats = list(layers)
+        rows, differing = sum(s[0] for s in stats), sum(s[1] for s in stats)
+        gap = max((s[2] for s in stats), default=0.0)
         frac = differing / max(rows, 1)
         out[kind] = {"rows": rows, "differing_rows": differing, "differing_fraction": frac, "max_gap": gap,
                      "ties_only": gap <= TIE_GAP and frac <= MAX_DIFFERING_ROWS}
